@@ -1,0 +1,3 @@
+"""kdforge: knowledge distillation for image classifiers on one fast engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,246 @@
+"""Typed run configuration: defaults live here, a YAML file says only what differs.
+
+Every section is a dataclass; `load_config` merges a YAML file and `--set key.path=value`
+overrides into the defaults and validates every key and type, so a typo fails before
+any work starts with an error naming the key path and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdforge.errors import ConfigError, suggest
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4
+    hflip: bool = True
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset loader
+    train_split: str = "train"
+    eval_split: str = "test"
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = None  # zoo name; a teacher's may come from its checkpoint
+    checkpoint: str | None = None  # a kdforge checkpoint or run folder to load weights from
+    options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    epochs: int = 240
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0  # floor of the cosine schedule
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None  # None: on where it helps (bf16/fp16 autocast)
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 20  # steps between logged training metrics (each log syncs the device)
+    eval_every: int = 1  # epochs
+    progress: bool = True
+    tensorboard: bool = True
+    max_steps: int | None = None  # stop early after this many optimizer steps (smoke runs)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(model="resnet8"))
+    teacher: ModelConfig | None = None
+    # method name (optionally "name:tag" to use one method twice) -> weight, or
+    # {weight: w, <method parameter>: value, ...}
+    losses: dict[str, Any] = field(default_factory=lambda: {"ce": 1.0})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Return `value` checked (and gently converted) against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}.")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list of {_type_name(args[0])}, got {value!r}")
+        if origin is tuple and len(args) != len(value) and Ellipsis not in args:
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+        item_types = args if origin is tuple and Ellipsis not in args else [args[0]] * len(value)
+        items = [_coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 5e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {tp!r} at {path}")
+
+
+def _from_dict(cls: type, data: Any, path: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(
+                f"unknown config key '{where}'.{suggest(str(key), names)} Allowed keys here: {', '.join(names)}."
+            )
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build a validated RunConfig from a nested dict (as read from YAML)."""
+    return _from_dict(RunConfig, data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), suitable for YAML/JSON."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(cfg)
+
+
+def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `data['a']['b'] = value` for `dotted == 'a.b'`, creating mappings on the way."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=0.1' -> ('optim.lr', 0.1); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. optim.lr=0.1")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- `--set` overrides, validated."""
+    data = read_yaml(path) if path else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_by_path(data, key, value)
+    return config_from_dict(data)

@@ -1,0 +1,59 @@
+import pytest
+
+from kdforge.config import RunConfig, config_from_dict, config_to_dict, load_config
+from kdforge.errors import ConfigError
+
+
+def test_defaults_and_yaml_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\noptim:\n  lr: 0.1\nschedule: {epochs: 3, milestones: [1, 2]}\n")
+    cfg = load_config(path, ["optim.weight_decay=1e-4", "losses.kd=0.9", "teacher.checkpoint=runs/t"])
+    assert cfg.name == "x" and cfg.optim.lr == 0.1 and cfg.optim.weight_decay == 1e-4
+    assert cfg.optim.momentum == RunConfig().optim.momentum  # untouched default
+    assert cfg.schedule.milestones == [1, 2] and cfg.schedule.epochs == 3
+    assert cfg.losses == {"kd": 0.9}
+    assert cfg.teacher.checkpoint == "runs/t" and cfg.teacher.model is None
+
+
+def test_round_trip():
+    cfg = config_from_dict({"optim": {"betas": [0.8, 0.9]}, "teacher": {"model": "resnet20"}})
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg and again.optim.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"optim": {"lrr": 0.1}}, "optim.lrr"),
+    ({"optim": {"lr": "fast"}}, "optim.lr"),
+    ({"optim": {"name": "lion"}}, "optim.name"),
+    ({"schedule": {"milestones": [1, "x"]}}, "schedule.milestones[1]"),
+    ({"train": {"compile": "yes"}}, "train.compile"),
+    ({"data": {"batch_size": 6.5}}, "data.batch_size"),
+    ({"dat": {}}, "dat"),
+])
+def test_errors_name_the_key(data, fragment):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert fragment in str(info.value)
+
+
+def test_unknown_key_suggests_and_lists():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"optim": {"momentun": 0.9}})
+    message = str(info.value)
+    assert "momentum" in message and "Allowed keys" in message
+
+
+def test_literal_lists_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"precision": "fp8"}})
+    assert "'bf16'" in str(info.value) and "'fp32'" in str(info.value)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(None, ["optim.lr"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
