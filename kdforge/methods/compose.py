@@ -1,0 +1,81 @@
+"""A weighted sum of named methods: what a run's `losses:` section builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdforge.errors import ConfigError
+from kdforge.methods.base import Method, StepOutputs
+from kdforge.methods.registry import build_method
+
+
+def parse_loss_spec(key: str, spec: Any) -> tuple[str, float, dict[str, Any]]:
+    """`losses:` entry -> (method name, weight, parameters). `key` may be 'name:tag'."""
+    name = key.split(":", 1)[0]
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, dict)):
+        raise ConfigError(f"losses.{key}: expected a weight or a mapping with 'weight', got {spec!r}")
+    if isinstance(spec, dict):
+        params = dict(spec)
+        weight = params.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError(f"losses.{key}.weight: expected a number, got {weight!r}")
+        return name, float(weight), params
+    return name, float(spec), {}
+
+
+class LossComposer(nn.Module):
+    """Holds the run's methods and weights; returns every weighted loss by name."""
+
+    def __init__(self, methods: dict[str, Method], weights: dict[str, float]):
+        super().__init__()
+        if not methods:
+            raise ConfigError("losses: at least one loss is needed, e.g. `losses: {ce: 1.0}`")
+        self.methods = nn.ModuleDict(methods)
+        self.weights = dict(weights)
+
+    @classmethod
+    def from_config(cls, losses: dict[str, Any]) -> "LossComposer":
+        methods, weights = {}, {}
+        for key, spec in losses.items():
+            name, weight, params = parse_loss_spec(key, spec)
+            methods[key] = build_method(name, params, path=f"losses.{key}")
+            weights[key] = weight
+        return cls(methods, weights)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(m.needs_teacher for m in self.methods.values())
+
+    @property
+    def needs_labels(self) -> bool:
+        return any(m.needs_labels for m in self.methods.values())
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(t for m in self.methods.values() for t in m.teacher_layers))
+
+    @property
+    def student_taps(self) -> list[str]:
+        return list(dict.fromkeys(t for m in self.methods.values() for t in m.student_layers))
+
+    def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
+        for method in self.methods.values():
+            method.setup(student, teacher, example)
+
+    def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        """{name: weight * loss}; a method returning a dict gives names 'key/part'."""
+        losses: dict[str, torch.Tensor] = {}
+        for key, method in self.methods.items():
+            weight = self.weights[key]
+            if weight == 0.0:
+                continue
+            value = method(out)
+            if isinstance(value, dict):
+                for part, loss in value.items():
+                    losses[f"{key}/{part}"] = weight * loss
+            else:
+                losses[key] = weight * value
+        return losses

@@ -1,0 +1,82 @@
+"""Methods by name, with their parameters read from each class's `__init__` signature."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from kdforge.config import _coerce
+from kdforge.errors import ConfigError, KDForgeError, suggest
+from kdforge.methods.base import Method
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+class UnknownMethodError(KDForgeError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` available under `cls.name`."""
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _METHODS:
+        raise UnknownMethodError(
+            f"unknown method '{name}'.{suggest(name, _METHODS)} `kdforge methods` lists them all."
+        )
+    return _METHODS[name]
+
+
+@dataclass
+class Param:
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def type_name(self) -> str:
+        tp = self.annotation
+        return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def method_params(name: str) -> list[Param]:
+    """The keyword parameters of a method with their types and defaults."""
+    cls = method_class(name)
+    hints = typing.get_type_hints(cls.__init__)
+    params = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        params.append(Param(p.name, hints.get(p.name, Any), p.default))
+    return params
+
+
+def build_method(name: str, params: dict[str, Any] | None = None, path: str | None = None) -> Method:
+    """Instantiate method `name` with validated `params` (errors name `path.key`)."""
+    cls = method_class(name)
+    where = path or f"losses.{name}"
+    known = {p.name: p for p in method_params(name)}
+    kwargs = {}
+    for key, value in (params or {}).items():
+        if key not in known:
+            raise ConfigError(
+                f"{where}.{key}: method '{name}' has no parameter '{key}'.{suggest(key, known)} "
+                f"Parameters: {', '.join(known) or 'none'} (see `kdforge methods {name}`)."
+            )
+        kwargs[key] = _coerce(value, known[key].annotation, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
