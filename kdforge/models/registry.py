@@ -1,0 +1,89 @@
+"""Models by name: `register_model` records a builder, `build_model` calls it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from kdforge.errors import ConfigError, KDForgeError, suggest
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of a model; `builder(num_classes=, in_channels=, **options)`."""
+
+    name: str
+    family: str
+    input_size: int
+    paper: str
+    builder: Builder
+
+    def options(self) -> dict[str, object]:
+        """The builder's extra keyword options with their defaults."""
+        params = inspect.signature(self.builder).parameters.values()
+        return {p.name: p.default for p in params
+                if p.name not in ("num_classes", "in_channels")
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+class UnknownModelError(KDForgeError, KeyError):
+    """A model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str, input_size: int, paper: str = "") -> Callable[[Builder], Builder]:
+    """Decorator: make `builder(num_classes=..., in_channels=3, **kw)` available as `name`."""
+    if input_size not in (32, 224):
+        raise ValueError(f"input_size of model {name!r} must be 32 or 224, got {input_size}")
+
+    def decorator(builder: Builder) -> Builder:
+        if not name or name in _MODELS:
+            raise ValueError(f"model name {name!r} is empty or already registered")
+        _MODELS[name] = ModelInfo(name, family, input_size, paper, builder)
+        return builder
+
+    return decorator
+
+
+def model_names() -> list[str]:
+    """Every registered name, sorted."""
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _MODELS:
+        raise UnknownModelError(
+            f"unknown model '{name}'.{suggest(name, _MODELS)} `kdforge models` lists all names."
+        )
+    return _MODELS[name]
+
+
+def build_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
+    """A freshly initialised model `name` (weights depend only on the torch RNG state)."""
+    info = model_info(name)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model '{name}': {key} must be a positive integer, got {value!r}")
+    options = info.options()
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(info.builder).parameters.values())
+    for key in kwargs:
+        if key not in options and not accepts_any:
+            listed = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
+            raise ConfigError(
+                f"model '{name}' has no option '{key}'.{suggest(key, options)} Options: {listed}."
+            )
+    model = info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    # how to rebuild this model: stored in checkpoints so `kdforge eval RUN` needs no config
+    model.zoo_record = {"name": info.name, "num_classes": num_classes, "in_channels": in_channels,
+                        "options": dict(kwargs)}
+    return model
