@@ -1,0 +1,80 @@
+"""From a config to a finished run: load data and models, build the losses, train."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kdforge.config import ModelConfig, RunConfig
+from kdforge.engine.checkpoint import load_checkpoint, load_weights
+from kdforge.engine.seeding import seed_everything
+from kdforge.engine.trainer import Trainer
+from kdforge.errors import CheckpointError, ConfigError
+
+
+def load_datasets(cfg: RunConfig):
+    """(train, eval) datasets named by `cfg.data`."""
+    from kdforge.data import load_dataset
+
+    d = cfg.data
+    train = load_dataset(d.name, d.root, d.train_split, **d.options)
+    evaluation = load_dataset(d.name, d.root, d.eval_split, **d.options) if d.eval_split else None
+    return train, evaluation
+
+
+def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role: str):
+    """A zoo model for `role` ('student' / 'teacher'), with weights from `mcfg.checkpoint` if given."""
+    from kdforge.models import build_model
+
+    ckpt = None
+    name = mcfg.model
+    options = dict(mcfg.options)
+    if mcfg.checkpoint:
+        ckpt = load_checkpoint(mcfg.checkpoint, "best")
+        stored = ckpt.get("model") or {}
+        if name is None:
+            name, options = stored.get("name"), {**stored.get("options", {}), **options}
+        elif stored.get("name") and stored["name"] != name:
+            raise CheckpointError(f"{role}.checkpoint {ckpt['path']} holds a {stored['name']}, "
+                                  f"but {role}.model is {name}")
+    if name is None:
+        raise ConfigError(f"{role}.model: name a zoo model (see `kdforge models`) or give {role}.checkpoint")
+    model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    if ckpt is not None:
+        load_weights(model, ckpt["student"], ckpt["path"])
+    return model
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.name
+    has_run = (run_dir / "checkpoints").exists() or (run_dir / "log.jsonl").exists()
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise CheckpointError(f"--resume: {run_dir}/checkpoints/last.pt does not exist")
+    elif has_run:
+        if not overwrite:
+            raise ConfigError(f"run folder {run_dir} already holds a run: use --resume to continue it, "
+                              f"--overwrite to start again, or --set name=NEW_NAME")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
+                      until_epoch: int | None = None) -> dict[str, Any]:
+    """Run one training job as described by `cfg`; returns its summary."""
+    from kdforge.methods import LossComposer
+
+    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    train, evaluation = load_datasets(cfg)
+    losses = LossComposer.from_config(cfg.losses)
+    student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student")
+    teacher = None
+    if cfg.teacher is not None and losses.needs_teacher:
+        if not cfg.teacher.checkpoint:
+            raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
+        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+    trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir)
+    return trainer.fit(resume=resume, until_epoch=until_epoch)

@@ -1,0 +1,343 @@
+"""The one training loop of kdforge: every method and every recipe stage runs through it.
+
+Per step: teacher forward (eval mode, no grad) with taps -> student forward with taps ->
+the run's methods turn those outputs into named, weighted losses -> one backward and
+optimizer step. Metrics stay on the device and are read back only every `log_every`
+steps, so logging does not stall the accelerator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdforge.config import RunConfig, config_to_dict
+from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights
+from kdforge.engine.evaluate import evaluate
+from kdforge.engine.logger import RunLogger
+from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.precision import Precision, resolve_device, resolve_precision
+from kdforge.engine.seeding import restore_rng_state, rng_state
+from kdforge.errors import ConfigError, KDForgeError
+from kdforge.features import FeatureTaps
+from kdforge.methods.base import StepOutputs
+from kdforge.methods.compose import LossComposer
+
+
+class NonFiniteLossError(KDForgeError, FloatingPointError):
+    """A loss became NaN or infinite; the message names the loss term and the step."""
+
+
+def model_record_of(model: nn.Module) -> dict[str, Any] | None:
+    """How to rebuild `model` from the zoo (set by `build_model`), or None for a custom model."""
+    return getattr(model, "zoo_record", None)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    best_top1: float = -math.inf
+    best_epoch: int = 0
+    elapsed_s: float = 0.0  # wall time spent in fit(), summed over resumes
+    train_images: int = 0
+    train_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train `student` with the weighted `losses` on `train_data`, evaluating on `eval_data`.
+
+    `teacher` (optional) is frozen: eval mode, no gradients. The run folder receives the
+    resolved config, `log.jsonl`, TensorBoard logs, `checkpoints/{last,best}.pt`,
+    `curves.png` and `summary.json`.
+    """
+
+    def __init__(self, student: nn.Module, losses: LossComposer, train_data, eval_data=None, *,
+                 teacher: nn.Module | None = None, config: RunConfig | None = None,
+                 run_dir: str | Path | None = None):
+        self.cfg = config or RunConfig()
+        self.student = student
+        self.teacher = teacher
+        self.losses = losses
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(self.cfg.output_dir) / self.cfg.name
+        if losses.needs_teacher and teacher is None:
+            names = [k for k, m in losses.methods.items() if m.needs_teacher]
+            raise ConfigError(f"losses {names} need a teacher: set teacher.checkpoint to a trained run or .pt file")
+        self.state = TrainState()
+        self._prepared = False
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare(self) -> None:
+        cfg, tcfg = self.cfg, self.cfg.train
+        device = resolve_device(tcfg.device)
+        self.precision: Precision = resolve_precision(tcfg.precision, tcfg.channels_last, device)
+        fmt = self.precision.memory_format()
+        self.student.to(device=device, memory_format=fmt)
+        self.use_teacher = self.teacher is not None and self.losses.needs_teacher
+        if self.use_teacher:
+            self.teacher.to(device=device, memory_format=fmt).eval().requires_grad_(False)
+
+        from kdforge.data import Augment, TensorLoader
+
+        aug = cfg.data.augment
+        augment = Augment(crop_padding=aug.crop_padding, hflip=aug.hflip)
+        self.train_loader = TensorLoader(
+            self.train_data, cfg.data.batch_size, shuffle=True, drop_last=True, device=device,
+            augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                              f"({len(self.train_data)} images)")
+        self.eval_loader = None if self.eval_data is None else TensorLoader(
+            self.eval_data, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+            augment=None, seed=cfg.seed, channels_last=self.precision.channels_last)
+
+        runner = torch.compile(self.student) if tcfg.compile else None
+        self.student_taps = FeatureTaps(self.student, self.losses.student_taps, runner=runner)
+        self.teacher_taps = FeatureTaps(self.teacher, self.losses.teacher_taps) if self.use_teacher else None
+        self._dry_run(device)
+        self.losses.to(device=device)
+        if self.precision.channels_last:
+            self.losses.to(memory_format=torch.channels_last)
+
+        params = list(self.student.parameters()) + list(self.losses.parameters())
+        self.optimizer = build_optimizer(params, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader), cfg.optim.lr)
+        self.scaler = self.precision.grad_scaler()
+        self._prepared = True
+
+    @torch.no_grad()
+    def _dry_run(self, device: torch.device) -> None:
+        """One small batch through both models: check classes, let methods build adapters by shape."""
+        from kdforge.data import TensorLoader
+
+        n = min(len(self.train_data), 8)
+        example_loader = TensorLoader(self.train_data.subset(torch.arange(n)), n, shuffle=False,
+                                      drop_last=False, device=device, augment=None, seed=0,
+                                      channels_last=self.precision.channels_last)
+        images, labels = next(iter(example_loader))
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            s_logits, s_feats = self.student_taps(images)
+            t_logits, t_feats = (None, {})
+            if self.use_teacher:
+                t_logits, t_feats = self.teacher_taps(images)
+        finally:
+            self.student.train(was_training)
+        classes = self.train_data.num_classes
+        for who, logits in (("student", s_logits), ("teacher", t_logits)):
+            if logits is not None and logits.shape[1] != classes:
+                raise ConfigError(f"the {who} outputs {logits.shape[1]} classes but the dataset "
+                                  f"'{self.train_data.name}' has {classes}")
+        example = StepOutputs(images, labels, s_logits, t_logits, dict(s_feats), dict(t_feats),
+                              self.student, self.teacher)
+        self.losses.setup(self.student, self.teacher if self.use_teacher else None, example)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, with_optimizer: bool = True) -> dict[str, Any]:
+        data = self.train_data
+        ckpt = {
+            "format": FORMAT,
+            "model": model_record_of(self.student),
+            "student": self.student.state_dict(),
+            "losses": self.losses.state_dict(),
+            "state": vars(self.state).copy(),
+            "config": config_to_dict(self.cfg),
+            "data": {"name": data.name, "classes": list(data.classes), "mean": list(data.mean),
+                     "std": list(data.std), "image_size": data.image_size, "in_channels": data.in_channels},
+        }
+        if with_optimizer:
+            ckpt.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                        scaler=self.scaler.state_dict(), rng=rng_state())
+        return ckpt
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.run_dir, "last", map_location=self.precision.device)
+        load_weights(self.student, ckpt["student"], ckpt["path"])
+        self.losses.load_state_dict(ckpt["losses"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        self.state = TrainState(**ckpt["state"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train to the configured number of epochs (or `until_epoch`); returns the summary."""
+        if not self._prepared:
+            self._prepare()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
+        logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
+        epochs = self.cfg.schedule.epochs
+        last_epoch = min(epochs, until_epoch) if until_epoch else epochs
+        steps = len(self.train_loader)
+        bar = tqdm(total=epochs * steps, initial=self.state.epoch * steps, desc=self.cfg.name,
+                   disable=not self.cfg.train.progress, dynamic_ncols=True, leave=True,
+                   unit="step", mininterval=0.5)
+        start = time.perf_counter()
+        elapsed_before = self.state.elapsed_s
+        try:
+            while self.state.epoch < last_epoch and not self._max_steps_reached():
+                record = self._train_epoch(logger, bar)
+                self.state.epoch += 1
+                record["epoch"] = self.state.epoch
+                if self.eval_loader is not None and (self.state.epoch % self.cfg.train.eval_every == 0
+                                                     or self.state.epoch == epochs):
+                    metrics = evaluate(self.student, self.eval_loader, self.precision)
+                    record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
+                    bar.set_postfix_str(self._postfix(record), refresh=False)
+                self.state.elapsed_s = elapsed_before + time.perf_counter() - start
+                record["elapsed_s"] = round(self.state.elapsed_s, 3)
+                self.state.history.append(record)
+                logger.log("epoch", record, step=self.state.epoch)
+                self._save_checkpoints(record)
+        finally:
+            bar.close()
+            logger.close()
+        return self._write_summary()
+
+    def _max_steps_reached(self) -> bool:
+        limit = self.cfg.train.max_steps
+        return limit is not None and self.state.step >= limit
+
+    def _train_epoch(self, logger: RunLogger, bar) -> dict[str, Any]:
+        self.student.train()
+        self.train_loader.set_epoch(self.state.epoch)
+        device = self.precision.device
+        log_every = max(1, self.cfg.train.log_every)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        window_start, window_images = time.perf_counter(), 0
+        epoch_start = window_start
+        for images, labels in self.train_loader:
+            losses, logits = self._step(images, labels)
+            with torch.no_grad():
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+                correct += (logits.argmax(dim=1) == labels).sum()
+            batch = labels.shape[0]
+            seen += batch
+            window_images += batch
+            self.state.step += 1
+            bar.update(1)
+            if self.state.step % log_every == 0:
+                now = time.perf_counter()
+                row = {name: value.item() for name, value in losses.items()}
+                row["loss"] = sum(row.values())
+                self._check_finite(row)
+                row.update(lr=self.optimizer.param_groups[0]["lr"], epoch=self.state.epoch + (seen / len(self.train_data)),
+                           img_per_s=window_images / max(now - window_start, 1e-9))
+                logger.log("step", row, step=self.state.step)
+                bar.set_postfix_str(f"ep {self.state.epoch + 1} loss {row['loss']:.3f} "
+                                    f"{row['img_per_s']:.0f} img/s", refresh=False)
+                window_start, window_images = now, 0
+            if self._max_steps_reached():
+                break
+        duration = time.perf_counter() - epoch_start
+        steps = max(1, seen // max(1, self.cfg.data.batch_size))
+        record = {f"train_{name}": (value / steps).item() for name, value in sums.items()}
+        record["train_loss"] = sum(record.values())
+        self._check_finite({k[len("train_"):]: v for k, v in record.items()})
+        record["train_top1"] = 100.0 * correct.item() / max(seen, 1)
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        record["train_img_per_s"] = seen / max(duration, 1e-9)
+        self.state.train_images += seen
+        self.state.train_time_s += duration
+        return record
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor):
+        with self.precision.autocast():
+            t_logits, t_feats = None, {}
+            if self.use_teacher:
+                with torch.no_grad():
+                    t_logits, t_feats = self.teacher_taps(images)
+            s_logits, s_feats = self.student_taps(images)
+            out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats,
+                              self.student, self.teacher, self.state.epoch, self.state.step)
+            losses = self.losses(out)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return losses, s_logits
+
+    def _check_finite(self, row: dict[str, float]) -> None:
+        bad = [name for name, value in row.items() if name != "loss" and not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(
+                f"loss term(s) {', '.join(bad)} became non-finite by step {self.state.step} "
+                f"(epoch {self.state.epoch + 1}); lower optim.lr or the term's weight, or use train.precision=fp32"
+            )
+
+    def _save_checkpoints(self, record: dict[str, Any]) -> None:
+        top1 = record.get("eval_top1")
+        improved = top1 is not None and top1 > self.state.best_top1
+        if improved:
+            self.state.best_top1, self.state.best_epoch = top1, self.state.epoch
+        ckpt_dir = self.run_dir / "checkpoints"
+        atomic_save(self._checkpoint(with_optimizer=True), ckpt_dir / "last.pt")
+        if improved:
+            atomic_save(self._checkpoint(with_optimizer=False), ckpt_dir / "best.pt")
+
+    @staticmethod
+    def _postfix(record: dict[str, Any]) -> str:
+        return (f"ep {record['epoch']} loss {record['train_loss']:.3f} "
+                f"top1 {record.get('eval_top1', float('nan')):.1f}% {record['train_img_per_s']:.0f} img/s")
+
+    # ------------------------------------------------------------------ results
+    def _write_summary(self) -> dict[str, Any]:
+        import json
+
+        from kdforge.plots import plot_curves
+
+        last = self.state.history[-1] if self.state.history else {}
+        record = model_record_of(self.student)
+        summary = {
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "student": record["name"] if record else type(self.student).__name__,
+            "teacher": self.cfg.teacher.checkpoint if (self.cfg.teacher and self.use_teacher) else None,
+            "losses": dict(self.losses.weights),
+            "dataset": self.train_data.name,
+            "params": sum(p.numel() for p in self.student.parameters()),
+            "epochs": self.state.epoch,
+            "steps": self.state.step,
+            "top1_last": last.get("eval_top1"),
+            "top5_last": last.get("eval_top5"),
+            "eval_loss_last": last.get("eval_loss"),
+            "top1_best": self.state.best_top1 if self.state.best_epoch else None,
+            "best_epoch": self.state.best_epoch or None,
+            "selection_split": self.cfg.data.eval_split,
+            "wall_time_s": round(self.state.elapsed_s, 3),
+            "train_img_per_s": self.state.train_images / max(self.state.train_time_s, 1e-9),
+            "device": str(self.precision.device),
+            "precision": self.precision.name,
+            "channels_last": self.precision.channels_last,
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.state.history:
+            plot_curves([(self.cfg.name, self.state.history)], self.run_dir / "curves.png", title=self.cfg.name)
+        return summary
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

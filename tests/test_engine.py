@@ -1,0 +1,126 @@
+import json
+import math
+
+import pytest
+import torch
+
+from kdforge.config import config_from_dict
+from kdforge.data import TensorLoader, load_dataset
+from kdforge.engine import Trainer, evaluate, load_checkpoint, load_model
+from kdforge.engine.checkpoint import atomic_save
+from kdforge.engine.optim import lr_factor
+from kdforge.engine.precision import resolve_precision
+from kdforge.engine.run import build_zoo_model
+from kdforge.errors import ConfigError
+from kdforge.methods import LossComposer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = load_dataset("digits", None, "train")
+    test = load_dataset("digits", None, "test")
+    return train.subset(torch.arange(192)), test.subset(torch.arange(96))
+
+
+def make_cfg(tmp_path, name, **extra):
+    data = {
+        "name": name, "seed": 3, "output_dir": str(tmp_path),
+        "data": {"batch_size": 32, "eval_batch_size": 64, "augment": {"crop_padding": 2, "hflip": True}},
+        "optim": {"lr": 0.05}, "schedule": {"name": "multistep", "epochs": 3, "milestones": [2]},
+        "train": {"progress": False, "tensorboard": False, "log_every": 2, "precision": "fp32"},
+        "losses": {"ce": 0.5, "kd": {"weight": 0.5, "T": 4.0}},
+    }
+    data.update(extra)
+    return config_from_dict(data)
+
+
+def make_trainer(tmp_path, name, digits, **extra):
+    train, test = digits
+    cfg = make_cfg(tmp_path, name, **extra)
+    torch.manual_seed(cfg.seed)
+    student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
+    torch.manual_seed(123)  # the same random teacher in every trainer
+    teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
+    losses = LossComposer.from_config(cfg.losses)
+    return Trainer(student, losses, train, test, teacher=teacher, config=cfg, run_dir=tmp_path / name)
+
+
+def test_resume_reaches_the_same_weights(tmp_path, digits):
+    full = make_trainer(tmp_path, "full", digits)
+    full.fit()
+    first = make_trainer(tmp_path, "split", digits)
+    first.fit(until_epoch=2)
+    assert load_checkpoint(tmp_path / "split", "last")["state"]["epoch"] == 2
+    torch.manual_seed(999)  # resume must not depend on the process's RNG at start
+    second = make_trainer(tmp_path, "split", digits)
+    second.fit(resume=True)
+    for (name, a), b in zip(full.student.state_dict().items(), second.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["train_loss"] for r in full.state.history] == [r["train_loss"] for r in second.state.history]
+
+
+def test_teacher_frozen_and_run_folder_complete(tmp_path, digits):
+    trainer = make_trainer(tmp_path, "run", digits)
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    summary = trainer.fit()
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key  # weights and BN statistics untouched
+    assert not trainer.teacher.training
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    run = tmp_path / "run"
+    for file in ["config.yaml", "log.jsonl", "summary.json", "curves.png", "checkpoints/last.pt",
+                 "checkpoints/best.pt"]:
+        assert (run / file).is_file(), file
+    assert json.loads((run / "summary.json").read_text()) == summary
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert {"train_ce", "train_kd", "eval_top1", "lr"} <= set(epochs[0])
+    # the summary's accuracy equals an independent evaluation of the saved last checkpoint
+    model, _ = load_model(run, "last")
+    loader = TensorLoader(digits[1], 50, shuffle=False, drop_last=False, device="cpu", augment=None, seed=0)
+    metrics = evaluate(model, loader, resolve_precision("fp32", False, torch.device("cpu")))
+    assert metrics["top1"] == pytest.approx(summary["top1_last"])
+    best = load_checkpoint(run, "best")
+    assert best["state"]["best_top1"] == max(e["eval_top1"] for e in epochs)
+
+
+def test_interrupted_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"format": "kdforge-checkpoint/1", "value": 1}, path)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"format": "kdforge-checkpoint/1", "value": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_kd_without_teacher_is_an_error(tmp_path, digits):
+    cfg = make_cfg(tmp_path, "x")
+    with pytest.raises(ConfigError, match="need a teacher"):
+        Trainer(build_zoo_model(cfg.student, 10, 1, "student"), LossComposer.from_config(cfg.losses),
+                *digits, config=cfg)
+
+
+def test_class_count_mismatch_is_an_error(tmp_path, digits):
+    cfg = make_cfg(tmp_path, "x", losses={"ce": 1.0})
+    student = build_zoo_model(cfg.student, 100, 1, "student")
+    trainer = Trainer(student, LossComposer.from_config(cfg.losses), *digits, config=cfg)
+    with pytest.raises(ConfigError, match="100 classes"):
+        trainer.fit()
+
+
+def test_lr_schedules_match_their_formulas():
+    multi = config_from_dict({"schedule": {"name": "multistep", "epochs": 10, "milestones": [3, 6]}}).schedule
+    assert [lr_factor(multi, e * 5, 5, 0.1) for e in [0, 2, 3, 5, 6, 9]] == [1, 1, 0.1, 0.1, 0.1 ** 2, 0.1 ** 2]
+    cos = config_from_dict({"schedule": {"name": "cosine", "epochs": 4, "warmup_epochs": 1}}).schedule
+    assert lr_factor(cos, 0, 10, 0.1) == pytest.approx(0.1)  # warm-up: (step + 1) / warm-up steps
+    assert lr_factor(cos, 9, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(cos, 25, 10, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1.5 / 3)))
+    assert lr_factor(cos, 40, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
