@@ -1,0 +1,137 @@
+"""`kdforge models`, `kdforge methods [NAME]`, `kdforge layers MODEL`: what is available."""
+
+from __future__ import annotations
+
+import fnmatch
+from types import SimpleNamespace
+
+
+def _table(headers: list[str], rows: list[list[str]], align_right: set[int] = frozenset()) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in align_right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# ----------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the model zoo with parameter counts",
+                       description="List every zoo model with its family, input size and parameter count.")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes for the parameter count (default: 100 for CIFAR models, 1000 for ImageNet)")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--macs", action="store_true", help="also count multiply-accumulates of one forward pass")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from kdforge.models import build_model, model_info, model_names
+    from kdforge.models.complexity import count_macs, count_parameters
+
+    rows = []
+    for name in model_names():
+        info = model_info(name)
+        classes = args.num_classes or (1000 if info.input_size >= 224 else 100)
+        model = build_model(name, num_classes=classes, in_channels=args.in_channels)
+        row = [name, info.family, f"{info.input_size}x{info.input_size}", str(classes),
+               f"{count_parameters(model):,}", f"{count_parameters(model) / 1e6:.2f}M"]
+        if args.macs:
+            row.append(f"{count_macs(model, info.input_size, args.in_channels) / 1e6:,.1f}M")
+        rows.append(row)
+    headers = ["model", "family", "input", "classes", "params", "(M)"] + (["MACs"] if args.macs else [])
+    print(_table(headers, rows, align_right={3, 4, 5, 6}))
+    return 0
+
+
+models_command = SimpleNamespace(add_parser=_add_models)
+
+
+# ----------------------------------------------------------------------------- methods
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="list the distillation methods, or show one method's parameters",
+                       description="List every method with its paper, the layers it taps and its defaults; "
+                                   "with NAME, show that method's parameters and how to use it in a config.")
+    p.add_argument("name", nargs="?", help="a method name")
+    p.set_defaults(func=_run_methods)
+
+
+def _format_default(value) -> str:
+    import inspect
+    return "required" if value is inspect.Parameter.empty else repr(value)
+
+
+def _run_methods(args) -> int:
+    from kdforge.methods import method_class, method_names, method_params
+
+    if args.name:
+        cls = method_class(args.name)
+        print(f"{cls.name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        print(f"paper: {cls.paper}")
+        print(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: "
+              f"{'yes' if cls.needs_labels else 'no'}")
+        params = method_params(args.name)
+        if params:
+            print()
+            print(_table(["parameter", "type", "default"],
+                         [[p.name, p.type_name, _format_default(p.default)] for p in params]))
+        example = ", ".join(f"{p.name}: {p.default!r}" for p in params if _format_default(p.default) != "required")
+        print(f"\nin a config:\n  losses:\n    {cls.name}: {{weight: 1.0{', ' + example if example else ''}}}")
+        return 0
+    rows = []
+    for name in method_names():
+        cls = method_class(name)
+        defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name))
+        rows.append([name, "yes" if cls.needs_teacher else "no", defaults or "-", cls.paper])
+    print(_table(["method", "teacher", "defaults", "paper"], rows))
+    print("\n`kdforge methods NAME` shows one method's parameters.")
+    return 0
+
+
+methods_command = SimpleNamespace(add_parser=_add_methods)
+
+
+# ----------------------------------------------------------------------------- layers
+def _add_layers(sub) -> None:
+    p = sub.add_parser("layers", help="list a model's module names that can be tapped, with output shapes",
+                       description="Run one dummy image through MODEL and list every module name with its "
+                                   "type and output shape. Use these names for methods' layers; add "
+                                   "':input' to a name to tap the module's input instead.")
+    p.add_argument("model")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=None, help="image size (default: the model's own)")
+    p.add_argument("--filter", default="*", help="glob over module names, e.g. 'layer*.?' for blocks")
+    p.add_argument("--all", action="store_true",
+                   help="list every module (default: skip BatchNorm/activation leaves)")
+    p.set_defaults(func=_run_layers)
+
+
+def _run_layers(args) -> int:
+    import torch
+
+    from kdforge.features import layer_shapes
+    from kdforge.models import build_model, model_info
+
+    model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    size = args.input_size or model_info(args.model).input_size
+    example = torch.zeros(1, args.in_channels, size, size)
+    stages = set(getattr(model, "stage_names", []))
+    blocks = set(getattr(model, "block_names", []))
+    classifier = getattr(model, "classifier_name", None)
+    skip = () if args.all else ("BatchNorm", "ReLU", "ReLU6", "Identity", "Dropout", "Flatten")
+    rows = []
+    for name, kind, shape in layer_shapes(model, example):
+        if not fnmatch.fnmatchcase(name, args.filter) or kind.startswith(skip) and name not in stages | blocks:
+            continue
+        role = "stage end" if name in stages else "block" if name in blocks else \
+            "classifier" if name == classifier else ""
+        rows.append([name, kind, "x".join(map(str, shape)), role])
+    print(f"{args.model} at {args.in_channels}x{size}x{size}:")
+    print(_table(["module", "type", "output shape", "role"], rows))
+    if classifier:
+        print(f"\nembedding (classifier input): '{classifier}:input'")
+    return 0
+
+
+layers_command = SimpleNamespace(add_parser=_add_layers)

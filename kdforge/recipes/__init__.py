@@ -1,0 +1,1 @@
+"""Multi-stage recipes: sequences of ordinary engine runs."""
