@@ -131,6 +131,8 @@ def _run_layers(args) -> int:
     print(_table(["module", "type", "output shape", "role"], rows))
     if classifier:
         print(f"\nembedding (classifier input): '{classifier}:input'")
+    if any(name.endswith(".out_relu") for name, _ in model.named_modules()):
+        print("pre-activation block output: '<block>.out_relu:input' (e.g. for methods that need pre-ReLU features)")
     return 0
 
 

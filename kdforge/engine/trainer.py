@@ -8,7 +8,9 @@ steps, so logging does not stall the accelerator.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,13 +164,14 @@ class Trainer:
         return ckpt
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.run_dir, "last", map_location=self.precision.device)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+        ckpt = load_checkpoint(self.run_dir, "last", map_location="cpu")
         load_weights(self.student, ckpt["student"], ckpt["path"])
         self.losses.load_state_dict(ckpt["losses"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        restore_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
 
     # ------------------------------------------------------------------ loop
@@ -218,25 +221,29 @@ class Trainer:
         self.train_loader.set_epoch(self.state.epoch)
         device = self.precision.device
         log_every = max(1, self.cfg.train.log_every)
-        sums: dict[str, torch.Tensor] = {}
+        names: list[str] | None = None
+        sums = torch.zeros((), device=device)  # per-loss running sums, one vector on the device
         correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        seen = epoch_steps = 0
         window_start, window_images = time.perf_counter(), 0
         epoch_start = window_start
         for images, labels in self.train_loader:
             losses, logits = self._step(images, labels)
             with torch.no_grad():
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+                if names is None:
+                    names = list(losses)
+                sums = sums + torch.stack([v.detach().float() for v in losses.values()])
                 correct += (logits.argmax(dim=1) == labels).sum()
             batch = labels.shape[0]
             seen += batch
+            epoch_steps += 1
             window_images += batch
             self.state.step += 1
             bar.update(1)
             if self.state.step % log_every == 0:
                 now = time.perf_counter()
-                row = {name: value.item() for name, value in losses.items()}
+                values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
+                row = dict(zip(losses, values))
                 row["loss"] = sum(row.values())
                 self._check_finite(row)
                 row.update(lr=self.optimizer.param_groups[0]["lr"], epoch=self.state.epoch + (seen / len(self.train_data)),
@@ -248,8 +255,8 @@ class Trainer:
             if self._max_steps_reached():
                 break
         duration = time.perf_counter() - epoch_start
-        steps = max(1, seen // max(1, self.cfg.data.batch_size))
-        record = {f"train_{name}": (value / steps).item() for name, value in sums.items()}
+        means = (sums / max(epoch_steps, 1)).tolist() if names else []
+        record = {f"train_{name}": value for name, value in zip(names or [], means)}
         record["train_loss"] = sum(record.values())
         self._check_finite({k[len("train_"):]: v for k, v in record.items()})
         record["train_top1"] = 100.0 * correct.item() / max(seen, 1)
@@ -269,7 +276,7 @@ class Trainer:
             out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats,
                               self.student, self.teacher, self.state.epoch, self.state.step)
             losses = self.losses(out)
-        total = sum(losses.values())
+        total = functools.reduce(operator.add, losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)

@@ -73,9 +73,8 @@ class LossComposer(nn.Module):
             if weight == 0.0:
                 continue
             value = method(out)
-            if isinstance(value, dict):
-                for part, loss in value.items():
-                    losses[f"{key}/{part}"] = weight * loss
-            else:
-                losses[key] = weight * value
+            parts = value.items() if isinstance(value, dict) else [(None, value)]
+            for part, loss in parts:
+                name = key if part is None else f"{key}/{part}"
+                losses[name] = loss if weight == 1.0 else weight * loss
         return losses
