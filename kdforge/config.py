@@ -24,6 +24,9 @@ class AugmentConfig:
     crop_padding: int = 4
     hflip: bool = True
 
+    def check(self, path: str) -> None:
+        _at_least(path, "crop_padding", self.crop_padding, 0)
+
 
 @dataclass
 class DataConfig:
@@ -35,6 +38,10 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def check(self, path: str) -> None:
+        _positive(path, "batch_size", self.batch_size)
+        _positive(path, "eval_batch_size", self.eval_batch_size)
 
 
 @dataclass
@@ -53,6 +60,12 @@ class OptimConfig:
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
 
+    def check(self, path: str) -> None:
+        _at_least(path, "lr", self.lr, 0.0)
+        _at_least(path, "weight_decay", self.weight_decay, 0.0)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"{path}.momentum: must be in [0, 1), got {self.momentum}")
+
 
 @dataclass
 class ScheduleConfig:
@@ -62,6 +75,13 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     min_lr: float = 0.0  # floor of the cosine schedule
+
+    def check(self, path: str) -> None:
+        _positive(path, "epochs", self.epochs)
+        _at_least(path, "warmup_epochs", self.warmup_epochs, 0.0)
+        _at_least(path, "min_lr", self.min_lr, 0.0)
+        for i, m in enumerate(self.milestones):
+            _at_least(path, f"milestones[{i}]", m, 0)
 
 
 @dataclass
@@ -76,6 +96,12 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     max_steps: int | None = None  # stop early after this many optimizer steps (smoke runs)
+
+    def check(self, path: str) -> None:
+        _positive(path, "log_every", self.log_every)
+        _positive(path, "eval_every", self.eval_every)
+        if self.max_steps is not None:
+            _positive(path, "max_steps", self.max_steps)
 
 
 @dataclass
@@ -96,6 +122,16 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------- validation
 
+def _at_least(path: str, key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{path}.{key}: must be at least {low}, got {value}")
+
+
+def _positive(path: str, key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{path}.{key}: must be a positive integer, got {value}")
+
+
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
@@ -111,14 +147,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the inner key
+            return _coerce(value, options[0], path)
+        for arg in options:
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
@@ -175,8 +211,20 @@ def _from_dict(cls: type, data: Any, path: str = "") -> Any:
             raise ConfigError(
                 f"unknown config key '{where}'.{suggest(str(key), names)} Allowed keys here: {', '.join(names)}."
             )
-    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = {**config_to_dict(default), **value}  # keys the file leaves out keep their defaults
+        kwargs[f.name] = _coerce(value, hints[f.name], f"{path}.{f.name}" if path else f.name)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check:
+        check(path)
+    return obj
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -205,6 +253,8 @@ def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         child = node.get(key)
         if child is None:
             child = node[key] = {}
+        elif keys[0] == "losses" and isinstance(child, (int, float)) and not isinstance(child, bool):
+            child = node[key] = {"weight": child}  # `kd: 0.9` is shorthand for `kd: {weight: 0.9}`
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
         node = child

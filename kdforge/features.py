@@ -116,6 +116,14 @@ class FeatureTaps:
             raise LayerError(f"modules {missing} were not called in the forward pass, so nothing was captured")
         return output, self.features
 
+    def run_eager(self, *args, **kwargs):
+        """Like calling the taps, but through the plain model even when `runner` is compiled."""
+        runner, self.runner = self.runner, self.model
+        try:
+            return self(*args, **kwargs)
+        finally:
+            self.runner = runner
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -124,3 +124,66 @@ def test_lr_schedules_match_their_formulas():
     assert lr_factor(cos, 9, 10, 0.1) == pytest.approx(1.0)
     assert lr_factor(cos, 25, 10, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1.5 / 3)))
     assert lr_factor(cos, 40, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mid_epoch_stop_resumes_exactly(tmp_path, digits):
+    """max_steps stops inside an epoch; the resumed run continues from the next batch of that epoch."""
+    schedule = {"name": "cosine", "epochs": 3, "warmup_epochs": 0.5}
+    full = make_trainer(tmp_path, "full", digits, schedule=schedule)
+    full.fit()
+    cut = make_trainer(tmp_path, "cut", digits, schedule=schedule,
+                       train={"progress": False, "tensorboard": False, "precision": "fp32", "max_steps": 8})
+    summary = cut.fit()
+    assert summary["steps"] == 8 and summary["epochs"] == 8 / 6  # 192 images / batch 32 = 6 steps per epoch
+    assert summary["top1_last"] is not None  # the stopped run is evaluated
+    rest = make_trainer(tmp_path, "cut", digits, schedule=schedule)
+    rest.fit(resume=True)
+    for (name, a), b in zip(full.student.state_dict().items(), rest.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "step"]
+    assert steps == sorted(set(steps))  # no duplicated records after the resume
+
+
+def test_resume_refuses_a_changed_config(tmp_path, digits):
+    make_trainer(tmp_path, "run", digits).fit(until_epoch=1)
+    changed = make_trainer(tmp_path, "run", digits, optim={"lr": 0.1})
+    with pytest.raises(ConfigError, match="optim"):
+        changed.fit(resume=True)
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_config_is_wrong(tmp_path):
+    from kdforge.engine import train_from_config
+    from kdforge.errors import KDForgeError
+
+    cfg = make_cfg(tmp_path, "keep", losses={"ce": 1.0}, train={"progress": False, "tensorboard": False,
+                                                                 "max_steps": 2, "precision": "fp32"})
+    train_from_config(cfg)
+    bad = make_cfg(tmp_path, "keep", losses={"ce": 1.0}, student={"model": "resnet88"})
+    with pytest.raises(KDForgeError, match="resnet8"):
+        train_from_config(bad, overwrite=True)
+    assert (tmp_path / "keep" / "checkpoints" / "last.pt").is_file()
+
+
+def test_teacher_with_other_class_count_is_a_clear_error(tmp_path):
+    from kdforge.engine import train_from_config
+    from kdforge.errors import CheckpointError
+
+    base = {"losses": {"ce": 1.0}, "train": {"progress": False, "tensorboard": False, "max_steps": 1}}
+    teacher = make_cfg(tmp_path, "t3", **base, data={"options": {"channels": 3}})
+    train_from_config(teacher)
+    student = make_cfg(tmp_path, "s", teacher={"checkpoint": str(tmp_path / "t3")},
+                       train={"progress": False, "tensorboard": False, "max_steps": 1})
+    with pytest.raises(CheckpointError, match="in_channels=3"):
+        train_from_config(student)
+
+
+def test_all_zero_weights_is_a_config_error():
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        LossComposer.from_config({"ce": 0, "kd": 0.0})
+
+
+def test_warmup_never_exceeds_the_base_rate():
+    cfg = config_from_dict({"schedule": {"name": "constant", "epochs": 2, "warmup_epochs": 0.5}}).schedule
+    factors = [lr_factor(cfg, step, 11, 0.1) for step in range(22)]
+    assert max(factors) == 1.0 and factors[:5] == pytest.approx([(s + 1) / 5.5 for s in range(5)])

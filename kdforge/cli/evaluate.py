@@ -5,6 +5,15 @@ from __future__ import annotations
 import json
 
 
+def positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a run folder or checkpoint (top-1, top-5, loss)",
@@ -16,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--root", help="dataset folder (default: the training run's)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -27,6 +36,7 @@ def run(args) -> int:
     from kdforge.data import TensorLoader, load_dataset
     from kdforge.engine import evaluate, load_model
     from kdforge.engine.precision import resolve_device, resolve_precision
+    from kdforge.errors import CheckpointError
 
     model, ckpt = load_model(args.checkpoint, args.which)
     data_cfg = ckpt["config"]["data"]
@@ -36,6 +46,12 @@ def run(args) -> int:
     split = args.split or data_cfg.get("eval_split") or "test"
     options = data_cfg.get("options", {}) if same_data else {}
     data = load_dataset(name, root, split, **options)
+    record = ckpt["model"]
+    if (record["num_classes"], record["in_channels"]) != (data.num_classes, data.in_channels):
+        raise CheckpointError(
+            f"{ckpt['path']} is a {record['name']} for {record['num_classes']} classes and "
+            f"{record['in_channels']} input channels; {name}/{split} has {data.num_classes} classes and "
+            f"{data.in_channels} channels")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, None, device)
     model.to(device=device, memory_format=precision.memory_format())
@@ -47,5 +63,6 @@ def run(args) -> int:
         print(json.dumps(metrics, indent=2))
     else:
         print(f"{metrics['model']} on {name}/{split} ({metrics['n']} images): "
-              f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+              f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
+              f"  [{ckpt['path']}]")
     return 0

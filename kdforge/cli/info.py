@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 from types import SimpleNamespace
 
+from kdforge.cli.evaluate import positive_int
+
 
 def _table(headers: list[str], rows: list[list[str]], align_right: set[int] = frozenset()) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
@@ -100,7 +102,7 @@ def _add_layers(sub) -> None:
     p.add_argument("model")
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--input-size", type=int, default=None, help="image size (default: the model's own)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image size (default: the model's own)")
     p.add_argument("--filter", default="*", help="glob over module names, e.g. 'layer*.?' for blocks")
     p.add_argument("--all", action="store_true",
                    help="list every module (default: skip BatchNorm/activation leaves)")
@@ -132,7 +134,7 @@ def _run_layers(args) -> int:
     if classifier:
         print(f"\nembedding (classifier input): '{classifier}:input'")
     if any(name.endswith(".out_relu") for name, _ in model.named_modules()):
-        print("pre-activation block output: '<block>.out_relu:input' (e.g. for methods that need pre-ReLU features)")
+        print("pre-activation block output: '<block>.out_relu:input' (out_relu modules are listed with --all)")
     return 0
 
 

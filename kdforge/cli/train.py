@@ -9,13 +9,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model (teacher, baseline or distilled student) from a YAML config",
         description="Train from a YAML config; defaults fill every key the file leaves out. "
-                    "Writes runs/NAME/ with config.yaml, log.jsonl, TensorBoard logs, "
+                    "Writes OUTPUT_DIR/NAME/ (output_dir defaults to runs) with config.yaml, log.jsonl, TensorBoard logs, "
                     "checkpoints/{last,best}.pt, curves.png and summary.json.",
     )
     p.add_argument("config", nargs="?", help="YAML config (omit to use only defaults and --set)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.1 --set losses.kd.T=2 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in runs/NAME from checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR/NAME from checkpoints/last.pt "
+                        "(the config must match the run's)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)

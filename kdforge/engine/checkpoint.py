@@ -62,9 +62,12 @@ def load_checkpoint(path: str | Path, which: str = "best", map_location: str | t
     """Read a kdforge checkpoint; a clear error for a missing, truncated or foreign file."""
     file = resolve_checkpoint(path, which)
     try:
-        ckpt = torch.load(file, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"checkpoint {file} cannot be read (truncated or not a PyTorch file): {exc}") from None
+        # weights_only: a checkpoint is data; loading one never runs code from the file
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {file} cannot be read (truncated, not a PyTorch file, or holding "
+                              f"code objects): {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a kdforge checkpoint (no '{FORMAT}' marker)")
     ckpt["path"] = str(file)

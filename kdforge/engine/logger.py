@@ -60,3 +60,15 @@ def read_log(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any
             if kind is None or row["kind"] == kind:
                 rows.append(row)
     return rows
+
+
+def truncate_log(run_dir: str | Path, step: int) -> None:
+    """Drop records after optimizer step `step` (written after the checkpoint a run resumes from)."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

@@ -24,7 +24,7 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, base_lr: flo
     epoch = step / steps_per_epoch  # fractional epoch
     warmup = cfg.warmup_epochs
     if warmup > 0 and epoch < warmup:
-        return (step + 1) / (warmup * steps_per_epoch)
+        return min(1.0, (step + 1) / (warmup * steps_per_epoch))
     if cfg.name == "multistep":
         done = int(step // steps_per_epoch)
         return cfg.gamma ** sum(done >= m for m in cfg.milestones)

@@ -10,7 +10,7 @@ from kdforge.config import ModelConfig, RunConfig
 from kdforge.engine.checkpoint import load_checkpoint, load_weights
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
-from kdforge.errors import CheckpointError, ConfigError
+from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 
 
 def load_datasets(cfg: RunConfig):
@@ -18,8 +18,13 @@ def load_datasets(cfg: RunConfig):
     from kdforge.data import load_dataset
 
     d = cfg.data
-    train = load_dataset(d.name, d.root, d.train_split, **d.options)
-    evaluation = load_dataset(d.name, d.root, d.eval_split, **d.options) if d.eval_split else None
+    try:
+        train = load_dataset(d.name, d.root, d.train_split, **d.options)
+        evaluation = load_dataset(d.name, d.root, d.eval_split, **d.options) if d.eval_split else None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, KDForgeError):
+            raise
+        raise ConfigError(f"data ({d.name}): {exc}") from None
     return train, evaluation
 
 
@@ -38,6 +43,11 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
         elif stored.get("name") and stored["name"] != name:
             raise CheckpointError(f"{role}.checkpoint {ckpt['path']} holds a {stored['name']}, "
                                   f"but {role}.model is {name}")
+        for key, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if stored.get(key) not in (None, wanted):
+                raise CheckpointError(
+                    f"{role}.checkpoint {ckpt['path']} was trained with {key}={stored[key]}, but the dataset "
+                    f"has {wanted} ({ckpt.get('data', {}).get('name', '?')} vs this run's data)")
     if name is None:
         raise ConfigError(f"{role}.model: name a zoo model (see `kdforge models`) or give {role}.checkpoint")
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
@@ -47,23 +57,26 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the run folder: `resume` needs a checkpoint, a fresh run needs an empty folder."""
     run_dir = Path(cfg.output_dir) / cfg.name
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
     has_run = (run_dir / "checkpoints").exists() or (run_dir / "log.jsonl").exists()
-    if resume:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise CheckpointError(f"--resume: {run_dir}/checkpoints/last.pt does not exist")
-    elif has_run:
-        if not overwrite:
-            raise ConfigError(f"run folder {run_dir} already holds a run: use --resume to continue it, "
-                              f"--overwrite to start again, or --set name=NEW_NAME")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise CheckpointError(f"--resume: {run_dir}/checkpoints/last.pt does not exist")
+    if not resume and has_run and not overwrite:
+        raise ConfigError(f"run folder {run_dir} already holds a run: use --resume to continue it, "
+                          f"--overwrite to start again, or --set name=NEW_NAME")
     return run_dir
 
 
 def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                       until_epoch: int | None = None) -> dict[str, Any]:
-    """Run one training job as described by `cfg`; returns its summary."""
+    """Run one training job as described by `cfg`; returns its summary.
+
+    Everything is loaded and checked before an existing run folder is replaced, so a
+    mistake in the config never costs a finished run.
+    """
     from kdforge.methods import LossComposer
 
     run_dir = prepare_run_dir(cfg, resume, overwrite)
@@ -77,4 +90,6 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
         teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
     trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
     return trainer.fit(resume=resume, until_epoch=until_epoch)

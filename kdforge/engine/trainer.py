@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdforge.config import RunConfig, config_to_dict
+from kdforge.config import RunConfig, config_from_dict, config_to_dict
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights
 from kdforge.engine.evaluate import evaluate
-from kdforge.engine.logger import RunLogger
+from kdforge.engine.logger import RunLogger, truncate_log
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import Precision, resolve_device, resolve_precision
 from kdforge.engine.seeding import restore_rng_state, rng_state
-from kdforge.errors import ConfigError, KDForgeError
+from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
 from kdforge.methods.compose import LossComposer
@@ -45,6 +45,7 @@ def model_record_of(model: nn.Module) -> dict[str, Any] | None:
 @dataclass
 class TrainState:
     epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # batches done in the current, unfinished epoch (stopped by max_steps)
     step: int = 0  # optimizer steps taken
     best_top1: float = -math.inf
     best_epoch: int = 0
@@ -65,7 +66,7 @@ class Trainer:
     def __init__(self, student: nn.Module, losses: LossComposer, train_data, eval_data=None, *,
                  teacher: nn.Module | None = None, config: RunConfig | None = None,
                  run_dir: str | Path | None = None):
-        self.cfg = config or RunConfig()
+        self.cfg = config_from_dict(config_to_dict(config)) if config is not None else RunConfig()  # validated
         self.student = student
         self.teacher = teacher
         self.losses = losses
@@ -115,6 +116,7 @@ class Trainer:
         self.optimizer = build_optimizer(params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader), cfg.optim.lr)
         self.scaler = self.precision.grad_scaler()
+        self._lr_used = self.optimizer.param_groups[0]["lr"]
         self._prepared = True
 
     @torch.no_grad()
@@ -130,7 +132,7 @@ class Trainer:
         was_training = self.student.training
         self.student.eval()
         try:
-            s_logits, s_feats = self.student_taps(images)
+            s_logits, s_feats = self.student_taps.run_eager(images)
             t_logits, t_feats = (None, {})
             if self.use_teacher:
                 t_logits, t_feats = self.teacher_taps(images)
@@ -163,49 +165,77 @@ class Trainer:
                         scaler=self.scaler.state_dict(), rng=rng_state())
         return ckpt
 
+    #: config keys that shape the trajectory: a resumed run must keep them
+    TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule",
+                       "train.precision", "train.channels_last")
+
     def _resume(self) -> None:
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
         ckpt = load_checkpoint(self.run_dir, "last", map_location="cpu")
-        load_weights(self.student, ckpt["student"], ckpt["path"])
-        self.losses.load_state_dict(ckpt["losses"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self._check_same_config(ckpt["config"], ckpt["path"])
+        try:
+            load_weights(self.student, ckpt["student"], ckpt["path"])
+            self.losses.load_state_dict(ckpt["losses"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"cannot resume from {ckpt['path']}: {exc}") from None
         restore_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
+        truncate_log(self.run_dir, self.state.step)  # drop records written after this checkpoint
+
+    def _check_same_config(self, saved: dict[str, Any], path: str) -> None:
+        now = config_to_dict(self.cfg)
+        changed = []
+        for key in self.TRAJECTORY_KEYS:
+            a, b = saved, now
+            for part in key.split("."):
+                a, b = a.get(part), b.get(part)
+            if a != b:
+                changed.append(key)
+        if changed:
+            raise ConfigError(f"--resume: {', '.join(changed)} differ from the run in {path}; a resumed run "
+                              f"must keep them (start a new run with --set name=NEW_NAME instead)")
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured number of epochs (or `until_epoch`); returns the summary."""
+        start = time.perf_counter()
         if not self._prepared:
             self._prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
+        else:
+            (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
         logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
         epochs = self.cfg.schedule.epochs
-        last_epoch = min(epochs, until_epoch) if until_epoch else epochs
+        last_epoch = epochs if until_epoch is None else min(epochs, until_epoch)
         steps = len(self.train_loader)
-        bar = tqdm(total=epochs * steps, initial=self.state.epoch * steps, desc=self.cfg.name,
-                   disable=not self.cfg.train.progress, dynamic_ncols=True, leave=True,
+        bar = tqdm(total=epochs * steps, initial=self.state.epoch * steps + self.state.batch_in_epoch,
+                   desc=self.cfg.name, disable=not self.cfg.train.progress, dynamic_ncols=True, leave=True,
                    unit="step", mininterval=0.5)
-        start = time.perf_counter()
         elapsed_before = self.state.elapsed_s
         try:
             while self.state.epoch < last_epoch and not self._max_steps_reached():
                 record = self._train_epoch(logger, bar)
-                self.state.epoch += 1
-                record["epoch"] = self.state.epoch
-                if self.eval_loader is not None and (self.state.epoch % self.cfg.train.eval_every == 0
-                                                     or self.state.epoch == epochs):
+                finished = self.state.batch_in_epoch == steps
+                if finished:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                stopping = self.state.epoch >= last_epoch or self._max_steps_reached()
+                record["epoch"] = self.state.epoch + self.state.batch_in_epoch / steps
+                record["step"] = self.state.step
+                due = finished and self.state.epoch % self.cfg.train.eval_every == 0
+                if self.eval_loader is not None and (due or stopping):
                     metrics = evaluate(self.student, self.eval_loader, self.precision)
                     record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
                     bar.set_postfix_str(self._postfix(record), refresh=False)
                 self.state.elapsed_s = elapsed_before + time.perf_counter() - start
                 record["elapsed_s"] = round(self.state.elapsed_s, 3)
                 self.state.history.append(record)
-                logger.log("epoch", record, step=self.state.epoch)
+                logger.log("epoch", record, step=self.state.step)
                 self._save_checkpoints(record)
         finally:
             bar.close()
@@ -218,7 +248,7 @@ class Trainer:
 
     def _train_epoch(self, logger: RunLogger, bar) -> dict[str, Any]:
         self.student.train()
-        self.train_loader.set_epoch(self.state.epoch)
+        self.train_loader.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
         device = self.precision.device
         log_every = max(1, self.cfg.train.log_every)
         names: list[str] | None = None
@@ -239,6 +269,7 @@ class Trainer:
             epoch_steps += 1
             window_images += batch
             self.state.step += 1
+            self.state.batch_in_epoch += 1
             bar.update(1)
             if self.state.step % log_every == 0:
                 now = time.perf_counter()
@@ -246,7 +277,8 @@ class Trainer:
                 row = dict(zip(losses, values))
                 row["loss"] = sum(row.values())
                 self._check_finite(row)
-                row.update(lr=self.optimizer.param_groups[0]["lr"], epoch=self.state.epoch + (seen / len(self.train_data)),
+                row.update(step=self.state.step, lr=self._lr_used,
+                           epoch=self.state.epoch + self.state.batch_in_epoch / len(self.train_loader),
                            img_per_s=window_images / max(now - window_start, 1e-9))
                 logger.log("step", row, step=self.state.step)
                 bar.set_postfix_str(f"ep {self.state.epoch + 1} loss {row['loss']:.3f} "
@@ -254,13 +286,15 @@ class Trainer:
                 window_start, window_images = now, 0
             if self._max_steps_reached():
                 break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # count the queued work in this epoch's time
         duration = time.perf_counter() - epoch_start
         means = (sums / max(epoch_steps, 1)).tolist() if names else []
         record = {f"train_{name}": value for name, value in zip(names or [], means)}
         record["train_loss"] = sum(record.values())
         self._check_finite({k[len("train_"):]: v for k, v in record.items()})
         record["train_top1"] = 100.0 * correct.item() / max(seen, 1)
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        record["lr"] = self._lr_used
         record["train_img_per_s"] = seen / max(duration, 1e-9)
         self.state.train_images += seen
         self.state.train_time_s += duration
@@ -281,6 +315,7 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
         return losses, s_logits
 
@@ -323,7 +358,7 @@ class Trainer:
             "losses": dict(self.losses.weights),
             "dataset": self.train_data.name,
             "params": sum(p.numel() for p in self.student.parameters()),
-            "epochs": self.state.epoch,
+            "epochs": self.state.epoch + self.state.batch_in_epoch / max(len(self.train_loader), 1),
             "steps": self.state.step,
             "top1_last": last.get("eval_top1"),
             "top5_last": last.get("eval_top5"),

@@ -15,15 +15,24 @@ from kdforge.methods.registry import build_method
 def parse_loss_spec(key: str, spec: Any) -> tuple[str, float, dict[str, Any]]:
     """`losses:` entry -> (method name, weight, parameters). `key` may be 'name:tag'."""
     name = key.split(":", 1)[0]
-    if isinstance(spec, bool) or not isinstance(spec, (int, float, dict)):
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, str, dict)):
         raise ConfigError(f"losses.{key}: expected a weight or a mapping with 'weight', got {spec!r}")
     if isinstance(spec, dict):
         params = dict(spec)
-        weight = params.pop("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ConfigError(f"losses.{key}.weight: expected a number, got {weight!r}")
-        return name, float(weight), params
-    return name, float(spec), {}
+        return name, _weight(params.pop("weight", 1.0), f"losses.{key}.weight"), params
+    return name, _weight(spec, f"losses.{key}"), {}
+
+
+def _weight(value: Any, path: str) -> float:
+    """A loss weight: a number (YAML reads `5e-1` as a string, so numeric strings count too)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a weight (a number), got {value!r}")
+    return float(value)
 
 
 class LossComposer(nn.Module):
@@ -33,6 +42,8 @@ class LossComposer(nn.Module):
         super().__init__()
         if not methods:
             raise ConfigError("losses: at least one loss is needed, e.g. `losses: {ce: 1.0}`")
+        if all(weight == 0.0 for weight in weights.values()):
+            raise ConfigError(f"losses: every weight is 0 ({', '.join(weights)}), so there is nothing to train")
         self.methods = nn.ModuleDict(methods)
         self.weights = dict(weights)
 
@@ -45,24 +56,28 @@ class LossComposer(nn.Module):
             weights[key] = weight
         return cls(methods, weights)
 
+    def active(self) -> list[Method]:
+        """The methods that contribute (non-zero weight); only these are run and tapped."""
+        return [m for key, m in self.methods.items() if self.weights[key] != 0.0]
+
     @property
     def needs_teacher(self) -> bool:
-        return any(m.needs_teacher for m in self.methods.values())
+        return any(m.needs_teacher for m in self.active())
 
     @property
     def needs_labels(self) -> bool:
-        return any(m.needs_labels for m in self.methods.values())
+        return any(m.needs_labels for m in self.active())
 
     @property
     def teacher_taps(self) -> list[str]:
-        return list(dict.fromkeys(t for m in self.methods.values() for t in m.teacher_layers))
+        return list(dict.fromkeys(t for m in self.active() for t in m.teacher_layers))
 
     @property
     def student_taps(self) -> list[str]:
-        return list(dict.fromkeys(t for m in self.methods.values() for t in m.student_layers))
+        return list(dict.fromkeys(t for m in self.active() for t in m.student_layers))
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        for method in self.methods.values():
+        for method in self.active():
             method.setup(student, teacher, example)
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
