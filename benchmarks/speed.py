@@ -96,6 +96,7 @@ def epoch_run(trainer: Trainer, logger: RunLogger) -> float:
         def update(self, n): pass
         def set_postfix_str(self, *a, **k): pass
 
+    trainer.state.batch_in_epoch = 0  # a whole epoch each time
     sync(trainer.precision.device)
     start = time.perf_counter()
     trainer._train_epoch(logger, NoBar())
@@ -114,18 +115,23 @@ def measure(args, precision_name: str, tmp: str) -> dict:
     for _ in range(args.warmup):
         floor_run(trainer, batches[:3])
         step_run(trainer, batches[:3])
-    times = {"floor": [], "step": [], "epoch": []}
-    for _ in range(args.rounds):
-        times["floor"].append(floor_run(trainer, batches))
-        times["step"].append(step_run(trainer, batches))
-        times["epoch"].append(epoch_run(trainer, logger))
+    runs = {"floor": lambda: floor_run(trainer, batches), "step": lambda: step_run(trainer, batches),
+            "epoch": lambda: epoch_run(trainer, logger)}
+    times = {k: [] for k in runs}
+    for i in range(args.rounds):
+        order = list(runs) if i % 2 == 0 else list(reversed(runs))  # no variant always runs first
+        for name in order:
+            times[name].append(runs[name]())
     images = len(batches) * args.batch
     med = {k: statistics.median(v) for k, v in times.items()}
+    # ratios per round (each variant against the floor of the same round), then the median
+    step_ratio = statistics.median(s / f for s, f in zip(times["step"], times["floor"]))
+    epoch_ratio = statistics.median(e / f for e, f in zip(times["epoch"], times["floor"]))
     return {
         "precision": trainer.precision.name, "channels_last": trainer.precision.channels_last,
         "floor_img_s": images / med["floor"], "step_img_s": images / med["step"],
-        "epoch_img_s": images / med["epoch"],
-        "step_ratio": med["step"] / med["floor"], "epoch_ratio": med["epoch"] / med["floor"],
+        "epoch_img_s": images / med["epoch"], "step_ratio": step_ratio, "epoch_ratio": epoch_ratio,
+        "times_s": times,
     }
 
 
@@ -136,7 +142,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="batches per timed round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--device", default="auto")

@@ -55,7 +55,7 @@ def test_user_errors_exit_2_with_one_line(capsys):
 def test_train_then_eval(tmp_path, capsys):
     args = ["train", "--set", f"output_dir={tmp_path}", "--set", "name=tiny", "--set", "schedule.epochs=1",
             "--set", "train.max_steps=4", "--set", "train.progress=false", "--set", "data.batch_size=32",
-            "--set", "train.tensorboard=false"]
+            "--set", "train.tensorboard=false", "--set", "train.device=cpu"]
     code, out, _ = run_cli(capsys, *args)
     assert code == 0
     summary = json.loads(out)

@@ -16,7 +16,7 @@ def test_mean_std_is_sample_std():
 
 def test_quickstart_chains_runs_and_reports(tmp_path):
     result = run_quickstart(tmp_path, seeds=(0, 1), epochs=1, progress=False,
-                            overrides={"train": {"max_steps": 3, "tensorboard": False}})
+                            overrides={"train": {"max_steps": 3, "tensorboard": False, "device": "cpu"}})
     assert [r["run"] for r in result["rows"]] == ["teacher", "student alone", "student + KD"]
     for row in result["rows"]:
         summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))

@@ -192,11 +192,10 @@ class Trainer:
             a, b = saved, now
             for part in key.split("."):
                 a, b = a.get(part), b.get(part)
-            if a != b:
-                changed.append(key)
+            changed += _differences(key, a, b)
         if changed:
-            raise ConfigError(f"--resume: {', '.join(changed)} differ from the run in {path}; a resumed run "
-                              f"must keep them (start a new run with --set name=NEW_NAME instead)")
+            raise ConfigError(f"--resume: {'; '.join(changed)} differ from the run in {path}. A resumed run "
+                              f"keeps its config; start a new run with --set name=NEW_NAME instead")
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, until_epoch: int | None = None) -> dict[str, Any]:
@@ -377,6 +376,13 @@ class Trainer:
         if self.state.history:
             plot_curves([(self.cfg.name, self.state.history)], self.run_dir / "curves.png", title=self.cfg.name)
         return summary
+
+
+def _differences(path: str, a: Any, b: Any) -> list[str]:
+    """'key.path (old -> new)' for every leaf where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in _differences(f"{path}.{k}", a.get(k), b.get(k))]
+    return [] if a == b else [f"{path} ({a!r} -> {b!r})"]
 
 
 def _yaml(data: dict[str, Any]) -> str:
