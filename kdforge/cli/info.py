@@ -71,7 +71,9 @@ def _run_methods(args) -> int:
         print(f"{cls.name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         print(f"paper: {cls.paper}")
         print(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: "
-              f"{'yes' if cls.needs_labels else 'no'}")
+              f"{'yes' if cls.needs_labels else 'no'}; taps by default: {cls.default_taps}")
+        if cls.pretrain_epochs:
+            print(f"runs a stage before training: {cls.pretrain_epochs} epochs (parameter pretrain_epochs)")
         params = method_params(args.name)
         if params:
             print()
@@ -84,8 +86,8 @@ def _run_methods(args) -> int:
     for name in method_names():
         cls = method_class(name)
         defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name))
-        rows.append([name, "yes" if cls.needs_teacher else "no", defaults or "-", cls.paper])
-    print(_table(["method", "teacher", "defaults", "paper"], rows))
+        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps, defaults or "-", cls.paper])
+    print(_table(["method", "teacher", "taps by default", "defaults", "paper"], rows))
     print("\n`kdforge methods NAME` shows one method's parameters.")
     return 0
 

@@ -49,6 +49,7 @@ class TensorLoader:
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world_size: int = 1,
+        with_indices: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"TensorLoader: batch_size must be >= 1, got {batch_size}")
@@ -69,6 +70,7 @@ class TensorLoader:
         self.dtype = dtype
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.with_indices = bool(with_indices)  # yield (images, labels, dataset indices)
         self.epoch = 0
         self._start_batch = 0
 
@@ -138,7 +140,10 @@ class TensorLoader:
             x = normalize(x, self._mean, self._std, dtype=self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels.index_select(0, idx)
+            if self.with_indices:
+                yield x, self.labels.index_select(0, idx), idx
+            else:
+                yield x, self.labels.index_select(0, idx)
 
     def __repr__(self) -> str:
         return (

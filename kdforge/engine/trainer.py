@@ -26,6 +26,7 @@ from kdforge.engine.evaluate import evaluate
 from kdforge.engine.logger import RunLogger, truncate_log
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import Precision, resolve_device, resolve_precision
+from kdforge.engine.pretrain import run_pretrain_stages
 from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.features import FeatureTaps
@@ -96,7 +97,7 @@ class Trainer:
         augment = Augment(crop_padding=aug.crop_padding, hflip=aug.hflip)
         self.train_loader = TensorLoader(
             self.train_data, cfg.data.batch_size, shuffle=True, drop_last=True, device=device,
-            augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last)
+            augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last, with_indices=True)
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                               f"({len(self.train_data)} images)")
@@ -104,6 +105,7 @@ class Trainer:
             self.eval_data, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
             augment=None, seed=cfg.seed, channels_last=self.precision.channels_last)
 
+        self.losses.bind(self.student, self.teacher if self.use_teacher else None)
         runner = torch.compile(self.student) if tcfg.compile else None
         self.student_taps = FeatureTaps(self.student, self.losses.student_taps, runner=runner)
         self.teacher_taps = FeatureTaps(self.teacher, self.losses.teacher_taps) if self.use_teacher else None
@@ -144,7 +146,8 @@ class Trainer:
                 raise ConfigError(f"the {who} outputs {logits.shape[1]} classes but the dataset "
                                   f"'{self.train_data.name}' has {classes}")
         example = StepOutputs(images, labels, s_logits, t_logits, dict(s_feats), dict(t_feats),
-                              self.student, self.teacher)
+                              self.student, self.teacher, indices=torch.arange(n, device=device),
+                              num_train_samples=len(self.train_data))
         self.losses.setup(self.student, self.teacher if self.use_teacher else None, example)
 
     # ------------------------------------------------------------------ checkpoints
@@ -209,6 +212,8 @@ class Trainer:
         else:
             (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
         logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
+        if self.state.step == 0:
+            run_pretrain_stages(self, logger)
         epochs = self.cfg.schedule.epochs
         last_epoch = epochs if until_epoch is None else min(epochs, until_epoch)
         steps = len(self.train_loader)
@@ -256,8 +261,8 @@ class Trainer:
         seen = epoch_steps = 0
         window_start, window_images = time.perf_counter(), 0
         epoch_start = window_start
-        for images, labels in self.train_loader:
-            losses, logits = self._step(images, labels)
+        for images, labels, indices in self.train_loader:
+            losses, logits = self._step(images, labels, indices)
             with torch.no_grad():
                 if names is None:
                     names = list(losses)
@@ -299,15 +304,20 @@ class Trainer:
         self.state.train_time_s += duration
         return record
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None,
+                indices: torch.Tensor | None = None) -> StepOutputs:
+        """Teacher (no grad) and student forward with taps; call inside `precision.autocast()`."""
+        t_logits, t_feats = None, {}
+        if self.use_teacher:
+            with torch.no_grad():
+                t_logits, t_feats = self.teacher_taps(images)
+        s_logits, s_feats = self.student_taps(images)
+        return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
+                           self.state.epoch, self.state.step, indices, len(self.train_data))
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None):
         with self.precision.autocast():
-            t_logits, t_feats = None, {}
-            if self.use_teacher:
-                with torch.no_grad():
-                    t_logits, t_feats = self.teacher_taps(images)
-            s_logits, s_feats = self.student_taps(images)
-            out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats,
-                              self.student, self.teacher, self.state.epoch, self.state.step)
+            out = self.forward(images, labels, indices)
             losses = self.losses(out)
         total = functools.reduce(operator.add, losses.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,7 +326,7 @@ class Trainer:
         self.scaler.update()
         self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
-        return losses, s_logits
+        return losses, out.student_logits
 
     def _check_finite(self, row: dict[str, float]) -> None:
         bad = [name for name, value in row.items() if name != "loss" and not math.isfinite(value)]

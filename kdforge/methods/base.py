@@ -29,6 +29,8 @@ class StepOutputs:
     teacher: nn.Module | None = None
     epoch: int = 0
     step: int = 0
+    indices: torch.Tensor | None = None  # dataset indices of the batch (memory-bank methods)
+    num_train_samples: int = 0  # size of the training set
 
 
 class Method(nn.Module):
@@ -36,8 +38,11 @@ class Method(nn.Module):
 
     - `teacher_layers` / `student_layers`: tap strings (module names, optionally
       ``:input``) that the engine captures into `StepOutputs.*_features`.
+    - `bind(student, teacher)`: resolve layer names (defaults for the pair, globs).
     - `setup(student, teacher, example)`: called once before training, with the
       outputs of a dry run on one batch, to build adapters from the real shapes.
+    - `pretrain_epochs` / `pretrain_loss` / `pretrain_parameters`: a stage the engine
+      runs before training (AB's initialisation, FT's paraphraser), through the same loop.
     - `forward(out)`: a loss tensor, or a dict of named loss tensors (summed).
     """
 
@@ -45,14 +50,29 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
+    #: what the method taps when no layers are given, shown by `kdforge methods`
+    default_taps: ClassVar[str] = "logits"
+    #: epochs of a stage the engine runs before training (e.g. AB's initialisation); 0 for none
+    pretrain_epochs: int = 0
 
     def __init__(self) -> None:
         super().__init__()
         self.teacher_layers: list[str] = []
         self.student_layers: list[str] = []
 
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Resolve layer names for these models (defaults, globs) before any forward pass."""
+
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         """Build adapters from the shapes in `example`; nothing to do by default."""
+
+    def pretrain_loss(self, out: StepOutputs) -> torch.Tensor:
+        """Loss of the stage before training (only called when `pretrain_epochs > 0`)."""
+        raise NotImplementedError(f"{self.name} declares pretrain_epochs but no pretrain_loss")
+
+    def pretrain_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        """What the stage before training optimises: the method's own adapters by default."""
+        return list(self.parameters())
 
     def forward(self, out: StepOutputs) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError

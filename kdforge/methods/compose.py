@@ -76,6 +76,10 @@ class LossComposer(nn.Module):
     def student_taps(self) -> list[str]:
         return list(dict.fromkeys(t for m in self.active() for t in m.student_layers))
 
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        for method in self.active():
+            method.bind(student, teacher)
+
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         for method in self.active():
             method.setup(student, teacher, example)

@@ -1,0 +1,41 @@
+"""Stages some methods need before training (AB's initialisation, FT's paraphraser).
+
+A method declares `pretrain_epochs > 0`, a `pretrain_loss` and the parameters the stage
+trains; the engine runs those epochs through the same forward (taps, autocast, loader)
+with a constant learning rate, before the first training step. Its records go to the
+run log with kind 'pretrain'.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdforge.engine.optim import build_optimizer
+
+#: data-order epochs of pre-training stages are offset so they never repeat a training epoch's
+PRETRAIN_EPOCH_OFFSET = 1_000_000
+
+
+def run_pretrain_stages(trainer, logger) -> None:
+    for key, method in trainer.losses.methods.items():
+        if trainer.losses.weights[key] == 0.0 or method.pretrain_epochs <= 0:
+            continue
+        params = [p for p in method.pretrain_parameters(trainer.student) if p.requires_grad]
+        optimizer = build_optimizer(params, trainer.cfg.optim)
+        scaler = trainer.precision.grad_scaler()
+        trainer.student.train()
+        for epoch in range(method.pretrain_epochs):
+            trainer.train_loader.set_epoch(PRETRAIN_EPOCH_OFFSET + epoch)
+            total = torch.zeros((), device=trainer.precision.device)
+            steps = 0
+            for images, labels, indices in trainer.train_loader:
+                with trainer.precision.autocast():
+                    loss = method.pretrain_loss(trainer.forward(images, labels, indices))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.detach().float()
+                steps += 1
+            logger.log("pretrain", {"method": key, "epoch": epoch + 1, "loss": (total / max(steps, 1)).item(),
+                                    "step": 0})  # step 0: kept when a resumed run truncates its log

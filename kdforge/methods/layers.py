@@ -1,0 +1,84 @@
+"""Default tap points of a zoo model, and pairing of teacher and student layers.
+
+Every zoo model names its `stage_names`, `block_names` and `classifier_name`; custom
+models can set the same attributes or methods can be given layers explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kdforge.errors import LayerError
+from kdforge.features import expand_patterns
+
+#: what a method can ask for by default
+KINDS = ("stages", "stages_preact", "embedding", "logits")
+
+
+def _attribute(model: nn.Module, name: str):
+    value = getattr(model, name, None)
+    if not value:
+        raise LayerError(
+            f"{type(model).__name__} has no `{name}`: give the method's layers by module name "
+            f"(`kdforge layers` lists them), or set model.{name}"
+        )
+    return value
+
+
+def stage_ends(model: nn.Module) -> list[str]:
+    """Outputs of each resolution stage (post-activation)."""
+    return list(_attribute(model, "stage_names"))
+
+
+def stage_ends_preact(model: nn.Module) -> list[str]:
+    """Pre-activation output of each stage: the input of the stage's last `out_relu` module."""
+    names = [n for n, _ in model.named_modules()]
+    taps = []
+    for stage in stage_ends(model):
+        inside = [n for n in names if n.startswith(stage + ".") and n.endswith(".out_relu")]
+        if not inside:
+            raise LayerError(f"{type(model).__name__}: stage '{stage}' has no `out_relu` module to tap its "
+                             f"pre-activation output; give the layers by name")
+        taps.append(inside[-1] + ":input")
+    return taps
+
+
+def embedding(model: nn.Module) -> list[str]:
+    """The pooled feature vector: the classifier's input."""
+    return [_attribute(model, "classifier_name") + ":input"]
+
+
+def default_layers(model: nn.Module, kind: str) -> list[str]:
+    if kind == "stages":
+        return stage_ends(model)
+    if kind == "stages_preact":
+        return stage_ends_preact(model)
+    if kind == "embedding":
+        return embedding(model)
+    if kind == "logits":
+        return []
+    raise ValueError(f"unknown layer kind {kind!r}; one of {KINDS}")
+
+
+def resolve_layers(model: nn.Module, given: Sequence[str] | None, kind: str) -> list[str]:
+    """`given` names (globs expanded) or the model's defaults of `kind`."""
+    if given:
+        return expand_patterns(model, given)
+    return default_layers(model, kind)
+
+
+def pair_from_end(teacher_layers: Sequence[str], student_layers: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Pair two stage lists of different lengths by their last entries (deepest with deepest)."""
+    k = min(len(teacher_layers), len(student_layers))
+    return list(teacher_layers[len(teacher_layers) - k:]), list(student_layers[len(student_layers) - k:])
+
+
+def shape_error(method: str, t_name: str, t: torch.Tensor, s_name: str, s: torch.Tensor, why: str) -> LayerError:
+    """The error for a teacher/student layer pair that a method cannot bridge."""
+    return LayerError(
+        f"{method}: teacher layer '{t_name}' {tuple(t.shape[1:])} and student layer '{s_name}' "
+        f"{tuple(s.shape[1:])} cannot be matched: {why}"
+    )
