@@ -10,7 +10,19 @@ from kdforge.methods.registry import (
     method_params,
     register_method,
 )
-from kdforge.methods import ce, kd  # noqa: F401  (registration)
+
+def _register_builtin_methods() -> None:
+    """Import every module of this package, so each method file registers itself."""
+    import importlib
+    import pkgutil
+
+    infrastructure = {"base", "compose", "registry", "layers", "adapters"}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in infrastructure and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_builtin_methods()
 
 __all__ = [
     "Method", "StepOutputs", "LossComposer", "UnknownMethodError", "build_method",
