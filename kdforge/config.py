@@ -287,9 +287,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- `--set` overrides, validated."""
-    data = read_yaml(path) if path else {}
+def merge_configs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, key by key in nested sections; a `losses` section is replaced whole."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if key != "losses" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(paths: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file(s), later files winning <- `--set` overrides, validated."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = merge_configs(data, read_yaml(path))
     for text in overrides or []:
         key, value = parse_override(text)
         set_by_path(data, key, value)

@@ -57,3 +57,14 @@ def test_bad_override_syntax():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_several_files_merge_in_order(tmp_path):
+    pair = tmp_path / "pair.yaml"
+    pair.write_text("student: {model: resnet8x4}\noptim: {lr: 0.05, momentum: 0.8}\nlosses: {ce: 0.1, kd: 0.9}\n")
+    method = tmp_path / "method.yaml"
+    method.write_text("optim: {lr: 0.01}\nlosses: {ce: 1.0, at: 1000}\n")
+    cfg = load_config([pair, method])
+    assert cfg.optim.lr == 0.01 and cfg.optim.momentum == 0.8  # merged key by key
+    assert cfg.student.model == "resnet8x4"
+    assert cfg.losses == {"ce": 1.0, "at": 1000}  # replaced whole, not merged

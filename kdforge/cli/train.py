@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
                     "Writes OUTPUT_DIR/NAME/ (output_dir defaults to runs) with config.yaml, log.jsonl, TensorBoard logs, "
                     "checkpoints/{last,best}.pt, curves.png and summary.json.",
     )
-    p.add_argument("config", nargs="?", help="YAML config (omit to use only defaults and --set)")
+    p.add_argument("config", nargs="*", help="YAML config file(s), merged in order (later files win key by key; "
+                                             "a later `losses:` replaces the earlier one); omit to use only "
+                                             "defaults and --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.1 --set losses.kd.T=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR/NAME from checkpoints/last.pt "

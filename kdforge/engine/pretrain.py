@@ -18,7 +18,7 @@ PRETRAIN_EPOCH_OFFSET = 1_000_000
 
 def run_pretrain_stages(trainer, logger) -> None:
     for key, method in trainer.losses.methods.items():
-        if trainer.losses.weights[key] == 0.0 or method.pretrain_epochs <= 0:
+        if method.pretrain_epochs <= 0:  # runs even at weight 0 (AB: initialisation only)
             continue
         params = [p for p in method.pretrain_parameters(trainer.student) if p.requires_grad]
         optimizer = build_optimizer(params, trainer.cfg.optim)

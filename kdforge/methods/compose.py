@@ -57,8 +57,8 @@ class LossComposer(nn.Module):
         return cls(methods, weights)
 
     def active(self) -> list[Method]:
-        """The methods that contribute (non-zero weight); only these are run and tapped."""
-        return [m for key, m in self.methods.items() if self.weights[key] != 0.0]
+        """Methods with a non-zero weight or a stage before training; only these are bound and tapped."""
+        return [m for key, m in self.methods.items() if self.weights[key] != 0.0 or m.pretrain_epochs > 0]
 
     @property
     def needs_teacher(self) -> bool:
