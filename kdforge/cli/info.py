@@ -63,6 +63,10 @@ def _format_default(value) -> str:
     return "required" if value is inspect.Parameter.empty else repr(value)
 
 
+def _yaml_value(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _run_methods(args) -> int:
     from kdforge.methods import method_class, method_names, method_params
 
@@ -79,15 +83,20 @@ def _run_methods(args) -> int:
             print()
             print(_table(["parameter", "type", "default"],
                          [[p.name, p.type_name, _format_default(p.default)] for p in params]))
-        example = ", ".join(f"{p.name}: {p.default!r}" for p in params if _format_default(p.default) != "required")
-        print(f"\nin a config:\n  losses:\n    {cls.name}: {{weight: 1.0{', ' + example if example else ''}}}")
+        example = ", ".join(f"{p.name}: {_yaml_value(p.default)}" for p in params
+                            if _format_default(p.default) != "required")
+        print(f"usual weight on CIFAR-100: {cls.typical_weight:g}")
+        print(f"\nin a config:\n  losses:\n    {cls.name}: {{weight: {cls.typical_weight:g}"
+              f"{', ' + example if example else ''}}}")
         return 0
     rows = []
     for name in method_names():
         cls = method_class(name)
-        defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name))
-        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps, defaults or "-", cls.paper])
-    print(_table(["method", "teacher", "taps by default", "defaults", "paper"], rows))
+        defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name)
+                             if not p.name.endswith("_layers"))  # layers: see the taps column
+        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps, f"{cls.typical_weight:g}",
+                     defaults or "-", cls.paper])
+    print(_table(["method", "teacher", "taps by default", "weight", "defaults", "paper"], rows))
     print("\n`kdforge methods NAME` shows one method's parameters.")
     return 0
 

@@ -52,6 +52,8 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: what the method taps when no layers are given, shown by `kdforge methods`
     default_taps: ClassVar[str] = "logits"
+    #: the weight (beta) the method is usually given on CIFAR-100, shown by `kdforge methods`
+    typical_weight: ClassVar[float] = 1.0
     #: epochs of a stage the engine runs before training (e.g. AB's initialisation); 0 for none
     pretrain_epochs: int = 0
 

@@ -25,6 +25,7 @@ class KD(Method):
     """
 
     name = "kd"
+    typical_weight = 0.9
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
 
     def __init__(self, T: float = 4.0):
