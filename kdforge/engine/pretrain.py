@@ -23,7 +23,7 @@ def run_pretrain_stages(trainer, logger) -> None:
         params = [p for p in method.pretrain_parameters(trainer.student) if p.requires_grad]
         optimizer = build_optimizer(params, trainer.cfg.optim)
         scaler = trainer.precision.grad_scaler()
-        trainer.student.train()
+        train_only_what_is_trained(trainer.student, params)
         for epoch in range(method.pretrain_epochs):
             trainer.train_loader.set_epoch(PRETRAIN_EPOCH_OFFSET + epoch)
             total = torch.zeros((), device=trainer.precision.device)
@@ -39,3 +39,14 @@ def run_pretrain_stages(trainer, logger) -> None:
                 steps += 1
             logger.log("pretrain", {"method": key, "epoch": epoch + 1, "loss": (total / max(steps, 1)).item(),
                                     "step": 0})  # step 0: kept when a resumed run truncates its log
+        trainer.student.train()
+
+
+def train_only_what_is_trained(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+    """Train mode for the modules owning `params`, eval mode elsewhere: BatchNorm statistics of
+    layers a stage does not train stay as they are."""
+    trained = {id(p) for p in params}
+    model.eval()
+    for module in model.modules():
+        if any(id(p) in trained for p in module.parameters(recurse=False)):
+            module.train()

@@ -214,6 +214,7 @@ class Trainer:
         logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
         if self.state.step == 0:
             run_pretrain_stages(self, logger)
+        self._drop_pretrain_only_taps()
         epochs = self.cfg.schedule.epochs
         last_epoch = epochs if until_epoch is None else min(epochs, until_epoch)
         steps = len(self.train_loader)
@@ -245,6 +246,22 @@ class Trainer:
             bar.close()
             logger.close()
         return self._write_summary()
+
+    def _drop_pretrain_only_taps(self) -> None:
+        """After the stages before training, tap (and run the teacher) only for weighted methods."""
+        student_taps = self.losses.taps("student", training_only=True)
+        teacher_taps = self.losses.taps("teacher", training_only=True)
+        if student_taps != self.losses.student_taps:
+            self.student_taps.remove()
+            # a compiled graph keeps the hooks it was traced with: compile again for the new taps
+            runner = torch.compile(self.student) if self.cfg.train.compile else None
+            self.student_taps = FeatureTaps(self.student, student_taps, runner=runner)
+        if self.use_teacher and not any(m.needs_teacher for m in self.losses.active(training_only=True)):
+            self.teacher_taps.remove()
+            self.use_teacher = False
+        elif self.use_teacher and teacher_taps != self.losses.teacher_taps:
+            self.teacher_taps.remove()
+            self.teacher_taps = FeatureTaps(self.teacher, teacher_taps)
 
     def _max_steps_reached(self) -> bool:
         limit = self.cfg.train.max_steps
@@ -363,7 +380,7 @@ class Trainer:
             "name": self.cfg.name,
             "seed": self.cfg.seed,
             "student": record["name"] if record else type(self.student).__name__,
-            "teacher": self.cfg.teacher.checkpoint if (self.cfg.teacher and self.use_teacher) else None,
+            "teacher": self.cfg.teacher.checkpoint if (self.cfg.teacher and self.teacher is not None) else None,
             "losses": dict(self.losses.weights),
             "dataset": self.train_data.name,
             "params": sum(p.numel() for p in self.student.parameters()),

@@ -56,9 +56,11 @@ class LossComposer(nn.Module):
             weights[key] = weight
         return cls(methods, weights)
 
-    def active(self) -> list[Method]:
-        """Methods with a non-zero weight or a stage before training; only these are bound and tapped."""
-        return [m for key, m in self.methods.items() if self.weights[key] != 0.0 or m.pretrain_epochs > 0]
+    def active(self, training_only: bool = False) -> list[Method]:
+        """Methods with a non-zero weight or (unless `training_only`) a stage before training;
+        only these are bound and tapped."""
+        return [m for key, m in self.methods.items()
+                if self.weights[key] != 0.0 or (m.pretrain_epochs > 0 and not training_only)]
 
     @property
     def needs_teacher(self) -> bool:
@@ -68,13 +70,18 @@ class LossComposer(nn.Module):
     def needs_labels(self) -> bool:
         return any(m.needs_labels for m in self.active())
 
+    def taps(self, side: str, training_only: bool = False) -> list[str]:
+        """Tap strings of the 'teacher' or 'student' side, in order, without repeats."""
+        attr = f"{side}_layers"
+        return list(dict.fromkeys(t for m in self.active(training_only) for t in getattr(m, attr)))
+
     @property
     def teacher_taps(self) -> list[str]:
-        return list(dict.fromkeys(t for m in self.active() for t in m.teacher_layers))
+        return self.taps("teacher")
 
     @property
     def student_taps(self) -> list[str]:
-        return list(dict.fromkeys(t for m in self.active() for t in m.student_layers))
+        return self.taps("student")
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         for method in self.active():
