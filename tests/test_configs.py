@@ -3,18 +3,43 @@ from pathlib import Path
 import pytest
 
 from kdforge.config import load_config
-from kdforge.methods import LossComposer
+from kdforge.methods import LossComposer, method_names
 from kdforge.models import model_names
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).parent.parent / "configs"
+DIGITS = sorted((ROOT / "digits").glob("*.yaml"))
+CIFAR = ROOT / "cifar100"
+TEACHERS = sorted((CIFAR / "teachers").glob("*.yaml"))
+PAIRS = sorted((CIFAR / "pairs").glob("*.yaml"))
+METHODS = sorted((CIFAR / "methods").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_shipped_configs_validate(path):
-    cfg = load_config(path)
+def check(cfg):
     assert cfg.student.model in model_names()
     LossComposer.from_config(cfg.losses)  # every method and parameter exists
 
 
-def test_there_are_configs():
-    assert len(CONFIGS) >= 4
+@pytest.mark.parametrize("path", DIGITS + TEACHERS, ids=lambda p: p.stem)
+def test_single_configs_validate(path):
+    files = [path] if path in DIGITS else [CIFAR / "base.yaml", path]
+    check(load_config(files))
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.stem)
+def test_every_pair_with_every_method_validates(pair):
+    for method in METHODS:
+        cfg = load_config([CIFAR / "base.yaml", pair, method])
+        check(cfg)
+        assert cfg.data.name == "cifar100" and cfg.schedule.milestones == [150, 180, 210]
+        teacher = pair.stem.split("-")[0]
+        assert cfg.teacher.checkpoint == f"runs/cifar100-teacher-{teacher}"
+        assert (CIFAR / "teachers" / f"{teacher}.yaml").is_file()
+        small = cfg.student.model.startswith(("mobilenet", "shufflenet"))
+        assert cfg.optim.lr == (0.01 if small else 0.05)
+
+
+def test_the_cifar100_table_is_complete():
+    assert len(PAIRS) == 10
+    covered = {m.stem for m in METHODS}
+    assert {"kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst", "crd", "dkd", "oh"} <= covered
+    assert covered - {"crd_kd"} <= set(method_names())
