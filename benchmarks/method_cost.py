@@ -1,0 +1,85 @@
+"""Cost of each distillation method: milliseconds per training step and extra parameters.
+
+Every method runs in the engine (`Trainer._step`) with CE on the same synthetic batches
+(resnet32x4 -> resnet8x4, 100 classes, 32x32 by default), after a few warm-up steps.
+`ce` alone (no teacher) and `kd` give the reference points.
+
+    python benchmarks/method_cost.py --device cuda --batch 64 --steps 30
+    python benchmarks/method_cost.py --methods at fitnet crd --steps 5      # a quick CPU look
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from kdforge.config import config_from_dict
+from kdforge.engine import Trainer
+from kdforge.engine.precision import resolve_device
+from kdforge.methods import LossComposer, method_class, method_names
+from kdforge.models import build_model
+
+from speed import synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
+
+
+def measure(name: str, args, data, tmp: str) -> dict:
+    torch.manual_seed(0)
+    student = build_model(args.student, num_classes=args.classes)
+    teacher = build_model(args.teacher, num_classes=args.classes)
+    losses = {"ce": 1.0} if name == "ce" else {"ce": 1.0, name: method_class(name).typical_weight or 1.0}
+    cfg = config_from_dict({
+        "name": name, "output_dir": tmp, "data": {"batch_size": args.batch},
+        "losses": losses, "schedule": {"name": "constant", "epochs": 1},
+        "train": {"device": args.device, "precision": args.precision, "progress": False, "tensorboard": False},
+    })
+    composer = LossComposer.from_config(losses)
+    trainer = Trainer(student, composer, data, None, teacher=teacher if composer.needs_teacher else None,
+                      config=cfg, run_dir=f"{tmp}/{name}")
+    trainer._prepare()
+    trainer.train_loader.set_epoch(0)
+    batches = list(trainer.train_loader)
+    for images, labels, indices in batches[: args.warmup]:
+        trainer._step(images, labels, indices)
+    times = []
+    for images, labels, indices in batches[args.warmup:]:
+        sync(trainer.precision.device)
+        start = time.perf_counter()
+        trainer._step(images, labels, indices)
+        sync(trainer.precision.device)
+        times.append(time.perf_counter() - start)
+    return {"method": name, "ms_per_step": 1000 * statistics.median(times),
+            "extra_params": sum(p.numel() for p in composer.parameters()),
+            "precision": trainer.precision.name}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    args = parser.parse_args()
+    names = args.methods or ["ce"] + [m for m in method_names() if m != "ce"]
+    data = synthetic_data(args.batch * (args.steps + args.warmup), args.classes)
+    device = resolve_device(args.device)
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{args.teacher} -> {args.student}, batch {args.batch}, {args.steps} timed steps, {label}, "
+          f"torch {torch.__version__}")
+    print(f"{'method':<8} {'ms/step':>9} {'extra params':>13} precision")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            r = measure(name, args, data, tmp)
+            print(f"{r['method']:<8} {r['ms_per_step']:>9.2f} {r['extra_params']:>13,} {r['precision']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
