@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.config import config_from_dict
-from kdforge.data import ImageTensorDataset, TensorLoader
+from kdforge.data import ImageTensorDataset
 from kdforge.engine import Trainer
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.precision import resolve_device, resolve_precision

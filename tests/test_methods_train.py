@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from kdforge.config import config_from_dict
-from kdforge.engine import Trainer, train_from_config
-from kdforge.methods import LossComposer, method_class, method_names
-from kdforge.models import build_model
+from kdforge.engine import train_from_config
+from kdforge.methods import method_class, method_names
 
 DISTILL_METHODS = [m for m in method_names() if m != "ce"]
 #: parameters that make a 4-epoch run meaningful (the defaults are for 240-epoch schedules)

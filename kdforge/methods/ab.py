@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import ConvRegressor, pair_layers, require_dims
+from kdforge.methods.adapters import ConvRegressor, require_dims
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -89,6 +89,7 @@ class AB(Method):
              "Hidden Neurons, AAAI 2019")
     default_taps = "stage ends (pre-ReLU), paired from the deepest"
     typical_weight = 0.0
+    layer_kind = "stages_preact"
     pretrain_epochs = 3
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
@@ -106,10 +107,6 @@ class AB(Method):
         self.pretrain_scale = pretrain_scale
         self.connectors = nn.ModuleList()
         self._pretrain_names: list[str] | None = None
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages_preact")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         connectors = []

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import pair_layers, require_dims, resample_to, smaller_size
+from kdforge.methods.adapters import require_dims, resample_to, smaller_size
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -47,6 +47,7 @@ class AT(Method):
              "Convolutional Neural Networks via Attention Transfer, ICLR 2017")
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 1000.0
+    layer_kind = "stages"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  p: float = 2.0):
@@ -55,10 +56,6 @@ class AT(Method):
             raise ValueError("at: p must be positive")
         self._given_t, self._given_s = teacher_layers, student_layers
         self.p = p
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         for t_name, s_name in zip(self.teacher_layers, self.student_layers):

@@ -54,6 +54,8 @@ class Method(nn.Module):
     default_taps: ClassVar[str] = "logits"
     #: the weight (beta) the method is usually given on CIFAR-100, shown by `kdforge methods`
     typical_weight: ClassVar[float] = 1.0
+    #: default tap points for `bind` (a kind of `methods/layers.py`); None: the method binds itself
+    layer_kind: ClassVar[str | None] = None
     #: epochs of a stage the engine runs before training (e.g. AB's initialisation); 0 for none
     pretrain_epochs: int = 0
 
@@ -61,9 +63,25 @@ class Method(nn.Module):
         super().__init__()
         self.teacher_layers: list[str] = []
         self.student_layers: list[str] = []
+        self._given_t: list[str] | None = None  # user-given layer names, resolved in `bind`
+        self._given_s: list[str] | None = None
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        """Resolve layer names for these models (defaults, globs) before any forward pass."""
+        """Resolve layer names for these models (defaults, globs) before any forward pass.
+
+        With `layer_kind` set, pairs the user's `teacher_layers`/`student_layers` (kept in
+        `_given_t`/`_given_s`) or the models' defaults of that kind, narrowed by `pick_layers`.
+        """
+        if self.layer_kind is not None:
+            from kdforge.methods.adapters import pair_layers
+
+            self.teacher_layers, self.student_layers = pair_layers(
+                self.name, student, teacher, self._given_t, self._given_s, self.layer_kind, pick=self.pick_layers)
+
+    @staticmethod
+    def pick_layers(names: list[str]) -> list[str]:
+        """Which of the default layers of `layer_kind` to use (all by default)."""
+        return names
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         """Build adapters from the shapes in `example`; nothing to do by default."""

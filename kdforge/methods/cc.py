@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import LinearEmbed, pair_layers
+from kdforge.methods.adapters import LinearEmbed
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -49,6 +49,7 @@ class CC(Method):
              "Distillation, ICCV 2019")
     default_taps = "embedding"
     typical_weight = 0.02
+    layer_kind = "embedding"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  gamma: float = 0.4, order: int = 2, embed: bool | None = None):
@@ -60,10 +61,6 @@ class CC(Method):
         self._given_t, self._given_s = teacher_layers, student_layers
         self.gamma, self.order, self.embed = gamma, order, embed
         self.embeds = nn.ModuleList()
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "embedding")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         embeds = []

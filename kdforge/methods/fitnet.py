@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import ConvRegressor, LinearEmbed, pair_layers
+from kdforge.methods.adapters import ConvRegressor, LinearEmbed
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.layers import shape_error
 from kdforge.methods.registry import register_method
@@ -33,6 +33,8 @@ class FitNet(Method):
     paper = "Romero, Ballas, Kahou, Chassang, Gatta & Bengio, FitNets: Hints for Thin Deep Nets, ICLR 2015"
     default_taps = "middle stage end (pre-ReLU)"
     typical_weight = 100.0
+    layer_kind = "stages_preact"
+    pick_layers = staticmethod(_middle)
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  bn: bool = True, pretrain_epochs: int = 0):
@@ -43,10 +45,6 @@ class FitNet(Method):
         self.bn = bn
         self.pretrain_epochs = pretrain_epochs
         self.regressors = nn.ModuleList()
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages_preact", pick=_middle)
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         regressors = []

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import pair_layers, require_dims, resample_to, smaller_size
+from kdforge.methods.adapters import require_dims, resample_to, smaller_size
+from kdforge.methods.layers import last_layer
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -89,6 +90,8 @@ class FT(Method):
              "NeurIPS 2018")
     default_taps = "last stage end"
     typical_weight = 200.0
+    layer_kind = "stages"
+    pick_layers = staticmethod(last_layer)
     pretrain_epochs = 3
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
@@ -103,10 +106,6 @@ class FT(Method):
         self.pretrain_epochs = pretrain_epochs
         self.paraphrasers = nn.ModuleList()
         self.translators = nn.ModuleList()
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages", pick=lambda names: names[-1:])
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         paraphrasers, translators = [], []

@@ -70,6 +70,11 @@ def resolve_layers(model: nn.Module, given: Sequence[str] | None, kind: str) -> 
     return default_layers(model, kind)
 
 
+def last_layer(names: list[str]) -> list[str]:
+    """The deepest of a list of default layers."""
+    return names[-1:]
+
+
 def pair_from_end(teacher_layers: Sequence[str], student_layers: Sequence[str]) -> tuple[list[str], list[str]]:
     """Pair two stage lists of different lengths by their last entries (deepest with deepest)."""
     k = min(len(teacher_layers), len(student_layers))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import pair_layers, require_dims, resample_to, smaller_size
+from kdforge.methods.adapters import require_dims, resample_to, smaller_size
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -43,6 +43,7 @@ class NST(Method):
     paper = "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, arXiv 2017"
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 50.0
+    layer_kind = "stages"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  degree: int = 2, c: float = 0.0):
@@ -51,10 +52,6 @@ class NST(Method):
             raise ValueError("nst: degree must be >= 1")
         self._given_t, self._given_s = teacher_layers, student_layers
         self.degree, self.c = degree, c
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         for t_name, s_name in zip(self.teacher_layers, self.student_layers):

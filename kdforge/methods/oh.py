@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kdforge.methods.ab import connector, depth_weights
-from kdforge.methods.adapters import pair_layers, require_dims
+from kdforge.methods.adapters import require_dims
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -95,6 +95,7 @@ class OH(Method):
              "ICCV 2019")
     default_taps = "stage ends (pre-ReLU), paired from the deepest"
     typical_weight = 1e-3
+    layer_kind = "stages_preact"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None):
         super().__init__()
@@ -103,10 +104,6 @@ class OH(Method):
         #: per pair, where its margin came from: a BN module name, or "batch statistics"
         self.margin_sources: list[str] = []
         self._n_margins = 0
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages_preact")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         connectors = []

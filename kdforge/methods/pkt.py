@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kdforge.methods.adapters import pair_layers
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -47,14 +45,11 @@ class PKT(Method):
     paper = "Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018"
     default_taps = "embedding"
     typical_weight = 30000.0
+    layer_kind = "embedding"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None):
         super().__init__()
         self._given_t, self._given_s = teacher_layers, student_layers
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "embedding")
 
     def forward(self, out: StepOutputs):
         losses = [pkt_loss(out.student_features[s], out.teacher_features[t].detach())

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import pair_layers
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -92,6 +91,7 @@ class RKD(Method):
     paper = "Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019"
     default_taps = "embedding (classifier input)"
     typical_weight = 1.0
+    layer_kind = "embedding"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  distance_weight: float = 25.0, angle_weight: float = 50.0):
@@ -103,10 +103,6 @@ class RKD(Method):
         self._given_t, self._given_s = teacher_layers, student_layers
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "embedding")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         from kdforge.methods.layers import shape_error

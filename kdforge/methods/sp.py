@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kdforge.methods.adapters import pair_layers
+from kdforge.methods.layers import last_layer
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -37,14 +36,12 @@ class SP(Method):
     paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
     default_taps = "last stage end"
     typical_weight = 3000.0
+    layer_kind = "stages"
+    pick_layers = staticmethod(last_layer)
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None):
         super().__init__()
         self._given_t, self._given_s = teacher_layers, student_layers
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages", pick=lambda names: names[-1:])
 
     def forward(self, out: StepOutputs):
         losses = [sp_loss(out.student_features[s], out.teacher_features[t].detach())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import pair_layers, require_dims, resample_to, smaller_size
+from kdforge.methods.adapters import require_dims, resample_to, smaller_size
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -62,6 +62,7 @@ class VID(Method):
              "Transfer, CVPR 2019")
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 1.0
+    layer_kind = "stages"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  init_variance: float = 5.0, eps: float = 1e-5):
@@ -75,10 +76,6 @@ class VID(Method):
         self.eps = eps
         self.regressors = nn.ModuleList()
         self.raw_variances = nn.ParameterList()
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.teacher_layers, self.student_layers = pair_layers(
-            self.name, student, teacher, self._given_t, self._given_s, "stages")
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         regressors, raw = [], []
