@@ -365,7 +365,7 @@ class Trainer:
 
     @staticmethod
     def _postfix(record: dict[str, Any]) -> str:
-        return (f"ep {record['epoch']} loss {record['train_loss']:.3f} "
+        return (f"ep {record['epoch']:g} loss {record['train_loss']:.3f} "
                 f"top1 {record.get('eval_top1', float('nan')):.1f}% {record['train_img_per_s']:.0f} img/s")
 
     # ------------------------------------------------------------------ results

@@ -26,6 +26,16 @@ def connector(in_channels: int, out_channels: int, in_size: tuple[int, int], out
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
+def connectors_for(method: Method, example: StepOutputs) -> nn.ModuleList:
+    """One `connector` per (teacher, student) layer pair of `method`, sized from the dry run."""
+    connectors = []
+    for t_name, s_name in zip(method.teacher_layers, method.student_layers):
+        t, s = example.teacher_features[t_name], example.student_features[s_name]
+        require_dims(method.name, t_name, t, s_name, s, (4,), "feature maps (N, C, H, W)")
+        connectors.append(connector(s.shape[1], t.shape[1], tuple(s.shape[2:]), tuple(t.shape[2:])).to(s.device))
+    return nn.ModuleList(connectors)
+
+
 def depth_weights(n: int) -> list[float]:
     """Per-pair weights, shallowest first: 2^-(n-1), ..., 1/4, 1/2, 1 (the deepest pair counts most)."""
     return [2.0 ** -(n - 1 - i) for i in range(n)]
@@ -109,12 +119,7 @@ class AB(Method):
         self._pretrain_names: list[str] | None = None
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        connectors = []
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            t, s = example.teacher_features[t_name], example.student_features[s_name]
-            require_dims(self.name, t_name, t, s_name, s, (4,), "feature maps (N, C, H, W)")
-            connectors.append(connector(s.shape[1], t.shape[1], tuple(s.shape[2:]), tuple(t.shape[2:])).to(s.device))
-        self.connectors = nn.ModuleList(connectors)
+        self.connectors = connectors_for(self, example)
         # the student's layers up to the deepest hint: every parameter the tapped maps depend on
         if student is not None:
             self._pretrain_names = parameters_feeding(student, list(dict.fromkeys(self.student_layers)),

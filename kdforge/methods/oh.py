@@ -8,8 +8,7 @@ import math
 import torch
 from torch import nn
 
-from kdforge.methods.ab import connector, depth_weights
-from kdforge.methods.adapters import require_dims
+from kdforge.methods.ab import connectors_for, depth_weights
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -106,12 +105,7 @@ class OH(Method):
         self._n_margins = 0
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        connectors = []
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            t, s = example.teacher_features[t_name], example.student_features[s_name]
-            require_dims(self.name, t_name, t, s_name, s, (4,), "feature maps (N, C, H, W)")
-            connectors.append(connector(s.shape[1], t.shape[1], tuple(s.shape[2:]), tuple(t.shape[2:])).to(s.device))
-        self.connectors = nn.ModuleList(connectors)
+        self.connectors = connectors_for(self, example)
 
         bns = producing_batchnorms(teacher, list(dict.fromkeys(self.teacher_layers)), example.images) \
             if teacher is not None else {}
