@@ -10,7 +10,6 @@ Every method runs in the engine (`Trainer._step`) with CE on the same synthetic 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from kdforge.engine.precision import resolve_device
 from kdforge.methods import LossComposer, method_class, method_names
 from kdforge.models import build_model
 
-from speed import synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
+from speed import pair_arguments, synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def measure(name: str, args, data, tmp: str) -> dict:
@@ -57,14 +56,9 @@ def measure(name: str, args, data, tmp: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="resnet32x4")
-    parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=64)
+    parser = pair_arguments(__doc__)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--methods", nargs="+", default=None, help="default: all")
     args = parser.parse_args()

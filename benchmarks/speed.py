@@ -135,17 +135,23 @@ def measure(args, precision_name: str, tmp: str) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def pair_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with the arguments every benchmark here shares: the model pair and the batch."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def main() -> None:
+    parser = pair_arguments(__doc__)
     parser.add_argument("--steps", type=int, default=12, help="batches per timed round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")

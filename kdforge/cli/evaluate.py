@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
+from kdforge.cli.args import positive_int
+
 import json
-
-
-def positive_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def add_parser(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from types import SimpleNamespace
 
-from kdforge.cli.evaluate import positive_int
+from kdforge.cli.args import positive_int
 
 
 def _table(headers: list[str], rows: list[list[str]], align_right: set[int] = frozenset()) -> str:
