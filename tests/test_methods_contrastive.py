@@ -80,20 +80,21 @@ def test_crd_bank_loss_equals_the_paper_formula(full_scores):
     method = make_crd(n=n, nce_t=T)
     method.full_scores_ratio = 10**9 if full_scores else 0
     assert method._full_scores() is full_scores
+    head = method.heads[0]
     for step, indices in enumerate([[3, 7, 11, 0], [5, 19, 2, 8]]):  # 2nd step: Z kept, banks updated
         out = crd_batch(indices, n=n)
-        mem_s, mem_t = method.memory_s.clone().tolist(), method.memory_t.clone().tolist()
+        mem_s, mem_t = head.memory_s.clone().tolist(), head.memory_t.clone().tolist()
         loss = method(out)
         idx = method.last_indices.tolist()
         assert [row[0] for row in idx] == indices and all(len(row) == 8 for row in idx)
-        v_s = embed_by_hand(method.embed_s, out.student_features["s"])
-        v_t = embed_by_hand(method.embed_t, out.teacher_features["t"])
+        v_s = embed_by_hand(head.embed_s, out.student_features["s"])
+        v_t = embed_by_hand(head.embed_t, out.teacher_features["t"])
         rows_t = [[mem_t[j] for j in row] for row in idx]  # student anchors, teacher bank
         rows_s = [[mem_s[j] for j in row] for row in idx]  # teacher anchors, student bank
         if step == 0:
             z_s, z_t = direct_z(v_s, rows_t, T, n), direct_z(v_t, rows_s, T, n)
-        assert method.z_s.item() == pytest.approx(z_s, rel=1e-5)
-        assert method.z_t.item() == pytest.approx(z_t, rel=1e-5)
+        assert head.z_s.item() == pytest.approx(z_s, rel=1e-5)
+        assert head.z_t.item() == pytest.approx(z_t, rel=1e-5)
         expected = direct_nce(v_s, rows_t, T, z_s, n, 7) + direct_nce(v_t, rows_s, T, z_t, n, 7)
         assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -101,14 +102,15 @@ def test_crd_bank_loss_equals_the_paper_formula(full_scores):
 def test_crd_queue_loss_equals_the_formula_and_skips_the_same_sample():
     n, T, q = 30, 0.1, 6
     method = make_crd(n=n, nce_t=T, mode="queue", queue_size=q)
+    head = method.heads[0]
     method(crd_batch([10, 11, 12, 13], n=n))  # fills slots 0..3 (and sets Z)
-    z_s, z_t = method.z_s.item(), method.z_t.item()
-    queue_s, queue_t = method.queue_s.tolist(), method.queue_t.tolist()
-    assert method.queue_idx.tolist() == [10, 11, 12, 13, -1, -1] and method.queue_ptr.item() == 4
+    z_s, z_t = head.z_s.item(), head.z_t.item()
+    queue_s, queue_t = head.queue_s.tolist(), head.queue_t.tolist()
+    assert head.queue_idx.tolist() == [10, 11, 12, 13, -1, -1] and head.queue_ptr.item() == 4
     out = crd_batch([12, 4, 5, 10], n=n)  # 12 and 10 are still queued: not negatives of themselves
     loss = method(out)
-    v_s = embed_by_hand(method.embed_s, out.student_features["s"])
-    v_t = embed_by_hand(method.embed_t, out.teacher_features["t"])
+    v_s = embed_by_hand(head.embed_s, out.student_features["s"])
+    v_t = embed_by_hand(head.embed_t, out.teacher_features["t"])
     queued = [10, 11, 12, 13, -1, -1]
     skip = [[False] + [i == pos for i in queued] for pos in [12, 4, 5, 10]]
     assert sum(map(sum, skip)) == 2
@@ -117,8 +119,8 @@ def test_crd_queue_loss_equals_the_formula_and_skips_the_same_sample():
     expected = direct_nce(v_s, rows_s, T, z_s, n, q, skip) + direct_nce(v_t, rows_t, T, z_t, n, q, skip)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # FIFO with wrap-around: slots 4, 5, 0, 1 now hold this batch
-    assert method.queue_idx.tolist() == [5, 10, 12, 13, 12, 4] and method.queue_ptr.item() == 2
-    assert torch.allclose(method.queue_t[[4, 5, 0, 1]], torch.tensor(v_t, dtype=torch.float32), atol=1e-6)
+    assert head.queue_idx.tolist() == [5, 10, 12, 13, 12, 4] and head.queue_ptr.item() == 2
+    assert torch.allclose(head.queue_t[[4, 5, 0, 1]], torch.tensor(v_t, dtype=torch.float32), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- CRD: bank mechanics
@@ -126,12 +128,13 @@ def test_crd_queue_loss_equals_the_formula_and_skips_the_same_sample():
 def test_crd_bank_update_is_the_momentum_formula(full_scores):
     method = make_crd(n=20, nce_m=0.3)
     method.full_scores_ratio = 10**9 if full_scores else 0
-    old_s, old_t = method.memory_s.clone(), method.memory_t.clone()
+    head = method.heads[0]
+    old_s, old_t = head.memory_s.clone(), head.memory_t.clone()
     out = crd_batch([6, 2, 17, 9])
     method(out)
     pos = [6, 2, 17, 9]
-    for old, new, embed, f in ((old_s, method.memory_s, method.embed_s, out.student_features["s"]),
-                               (old_t, method.memory_t, method.embed_t, out.teacher_features["t"])):
+    for old, new, embed, f in ((old_s, head.memory_s, head.embed_s, out.student_features["s"]),
+                               (old_t, head.memory_t, head.embed_t, out.teacher_features["t"])):
         v = embed_by_hand(embed, f)
         for b, i in enumerate(pos):
             mixed = [0.3 * o + 0.7 * x for o, x in zip(old[i].tolist(), v[b])]
@@ -143,26 +146,27 @@ def test_crd_bank_update_is_the_momentum_formula(full_scores):
 
 def test_crd_no_update_in_eval_mode():
     method = make_crd()
-    before = method.memory_s.clone()
+    before = method.heads[0].memory_s.clone()
     method.eval()
     method(crd_batch([0, 1, 2, 3]))
-    assert torch.equal(method.memory_s, before)
+    assert torch.equal(method.heads[0].memory_s, before)
 
 
 def test_crd_banks_and_z_are_in_the_state_dict_and_restore():
     method = make_crd(n=20)
     method(crd_batch([1, 2, 3, 4]))
     state = method.state_dict()
-    assert {"memory_s", "memory_t", "z_s", "z_t", "embed_s.linear.weight", "embed_t.linear.weight"} <= set(state)
-    assert state["memory_s"].shape == (20, 5) and state["z_s"].item() > 0
+    keys = {"memory_s", "memory_t", "z_s", "z_t", "embed_s.linear.weight", "embed_t.linear.weight"}
+    assert {f"heads.0.{key}" for key in keys} <= set(state)
+    assert state["heads.0.memory_s"].shape == (20, 5) and state["heads.0.z_s"].item() > 0
     fresh = make_crd(n=20)
-    assert not torch.equal(fresh.memory_s, method.memory_s)
+    assert not torch.equal(fresh.heads[0].memory_s, method.heads[0].memory_s)
     fresh.load_state_dict(state)
     for key, value in method.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     queue = make_crd(mode="queue", queue_size=9)
-    assert {"queue_s", "queue_t", "queue_idx", "queue_ptr"} <= set(queue.state_dict())
-    assert "memory_s" not in queue.state_dict()
+    assert {"heads.0.queue_s", "heads.0.queue_t", "heads.0.queue_idx", "heads.0.queue_ptr"} <= set(queue.state_dict())
+    assert "heads.0.memory_s" not in queue.state_dict()
 
 
 def test_crd_negatives_never_include_the_positive_and_are_uniform():
@@ -194,7 +198,7 @@ def test_crd_gradients_reach_student_and_heads_never_the_teacher(mode):
     method(crd_batch([0, 1, 2, 3], fs=fs, ft=ft)).backward()
     assert ft.grad is None
     assert fs.grad is not None and fs.grad.abs().sum() > 0
-    for head in (method.embed_s, method.embed_t):
+    for head in (method.heads[0].embed_s, method.heads[0].embed_t):
         assert head.linear.weight.grad is not None and head.linear.weight.grad.abs().sum() > 0
     assert all(not b.requires_grad for b in method.buffers())
 
@@ -204,7 +208,7 @@ def test_crd_loss_ignores_the_scale_of_the_embedding_heads():
     method = make_crd()
     scaled = copy.deepcopy(method)
     with torch.no_grad():
-        for head in (scaled.embed_s, scaled.embed_t):
+        for head in (scaled.heads[0].embed_s, scaled.heads[0].embed_t):
             head.linear.weight.mul_(7.5)
             head.linear.bias.mul_(7.5)
     out = crd_batch([0, 4, 8, 12])
@@ -213,24 +217,25 @@ def test_crd_loss_ignores_the_scale_of_the_embedding_heads():
     torch.manual_seed(5)
     b = scaled(out)
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
-    assert torch.allclose(method.memory_t, scaled.memory_t, atol=1e-6)
+    assert torch.allclose(method.heads[0].memory_t, scaled.heads[0].memory_t, atol=1e-6)
 
 
 def test_crd_loss_falls_when_the_positive_aligns():
     """The NCE loss rewards agreement: student embedding equal to its teacher-bank positive gives a lower loss."""
     method = make_crd(n=20)
     method.eval()  # keep the banks as they are
+    head = method.heads[0]
     out = crd_batch([0, 1, 2, 3])
     with torch.no_grad():
-        v_s = method.embed_s(out.student_features["s"])
-        far = method.memory_t.clone()
-        method.memory_t[[0, 1, 2, 3]] = -v_s  # positives opposite to the student embeddings
+        v_s = head.embed_s(out.student_features["s"])
+        far = head.memory_t.clone()
+        head.memory_t[[0, 1, 2, 3]] = -v_s  # positives opposite to the student embeddings
         torch.manual_seed(1)
         worse = method(out).item()
-        method.memory_t[[0, 1, 2, 3]] = v_s  # positives equal to them
+        head.memory_t[[0, 1, 2, 3]] = v_s  # positives equal to them
         torch.manual_seed(1)
         better = method(out).item()
-        method.memory_t.copy_(far)
+        head.memory_t.copy_(far)
     assert better < worse
 
 
@@ -256,10 +261,11 @@ def test_crd_on_zoo_pairs(t_name, s_name, t_dim, s_dim, mode):
     assert method.teacher_layers == ["fc:input"] and method.student_layers == ["fc:input"]
     out = zoo_outputs(method, teacher, student)
     method.setup(student, teacher, out)
-    assert method.embed_t.linear.in_features == t_dim and method.embed_s.linear.in_features == s_dim
-    assert method.embed_s.linear.out_features == 128
+    head = method.heads[0]
+    assert head.embed_t.linear.in_features == t_dim and head.embed_s.linear.in_features == s_dim
+    assert head.embed_s.linear.out_features == 128
     if mode == "bank":
-        assert method.memory_s.shape == (50, 128) and method.k == 30
+        assert head.memory_s.shape == (50, 128) and method.k == 30
     loss = method(out)
     assert torch.isfinite(loss)
     loss.backward()
@@ -276,8 +282,152 @@ def test_crd_layer_errors_name_both_layers():
     with pytest.raises(LayerError, match=r"teacher layer 'fc:input' \(\).*student layer 'fc:input' \(256,\)"):
         method.setup(student, teacher, out)
     two = build_method("crd", {"student_layers": ["layer1", "layer2"]})
-    with pytest.raises(LayerError, match="one teacher layer with one student layer"):
+    with pytest.raises(LayerError, match=r"1 teacher layers \['fc:input'\] and 2 student layers \['layer1', 'la"):
         two.bind(student, teacher)
+
+
+# ---------------------------------------------------------------------------- CRD: several layer pairs
+def pairs_batch(indices, n=20, fs=None, ft=None):
+    """Two layer pairs: vectors (s1, t1) and feature maps (s2, t2) of different shapes."""
+    b = len(indices)
+    fs = fs or {"s1": torch.randn(b, 6), "s2": torch.randn(b, 3, 4, 4)}
+    ft = ft or {"t1": torch.randn(b, 8), "t2": torch.randn(b, 2, 2, 3)}
+    return StepOutputs(images=torch.zeros(b, 1), labels=None, student_logits=torch.randn(b, 3),
+                       teacher_logits=torch.randn(b, 3), student_features=fs, teacher_features=ft,
+                       indices=torch.as_tensor(indices), num_train_samples=n)
+
+
+def make_crd_pairs(teacher_layers=("t1", "t2"), student_layers=("s1", "s2"), n=20, **params):
+    method = build_method("crd", {"feat_dim": 5, "nce_k": 7, **params})
+    method.teacher_layers, method.student_layers = list(teacher_layers), list(student_layers)
+    method.setup(None, None, pairs_batch([0, 1, 2, 3], n=n))
+    return method
+
+
+def momentum_row(old, v, m):
+    """normalize(m * old + (1 - m) * v), written out."""
+    mixed = [m * o + (1 - m) * x for o, x in zip(old, v)]
+    norm = math.sqrt(sum(x * x for x in mixed))
+    return [x / norm for x in mixed]
+
+
+@pytest.mark.parametrize("mode, full_scores", [("bank", True), ("bank", False), ("queue", False)])
+def test_crd_pairs_loss_is_the_sum_of_single_pair_losses(mode, full_scores):
+    """Two pairs: the sum of two one-pair CRDs with the same heads, banks and negatives; the same gradients."""
+    both = make_crd_pairs(mode=mode, queue_size=6)
+    singles = [make_crd_pairs([t], [s], mode=mode, queue_size=6) for t, s in (("t1", "s1"), ("t2", "s2"))]
+    assert len(both.heads) == 2 and all(len(single.heads) == 1 for single in singles)
+    for single, head in zip(singles, both.heads):
+        single.heads[0].load_state_dict(head.state_dict())
+    for method in (both, *singles):
+        method.full_scores_ratio = 10**9 if full_scores else 0
+    for step, indices in enumerate([[3, 7, 11, 0], [5, 19, 2, 8], [3, 5, 6, 7]]):  # Z set, then kept
+        fs = {"s1": torch.randn(4, 6, requires_grad=True), "s2": torch.randn(4, 3, 4, 4, requires_grad=True)}
+        out = pairs_batch(indices, fs=fs)
+        torch.manual_seed(step)  # the same negatives for every call
+        loss = both(out)
+        grads = torch.autograd.grad(loss, [fs["s1"], fs["s2"]])
+        parts = []
+        for single, s_name, grad in zip(singles, ("s1", "s2"), grads):
+            torch.manual_seed(step)
+            part = single(out)
+            if mode == "bank":
+                assert torch.equal(single.last_indices, both.last_indices)
+            assert torch.allclose(grad, torch.autograd.grad(part, fs[s_name])[0], atol=1e-7)
+            parts.append(part.item())
+        assert loss.item() == pytest.approx(sum(parts), rel=1e-6)
+    for single, head in zip(singles, both.heads):  # Z's, banks or queues evolved alike
+        for key, value in single.heads[0].state_dict().items():
+            assert torch.allclose(head.state_dict()[key], value, atol=1e-6), key
+
+
+def test_crd_pairs_gradients_reach_both_student_layers_never_the_teacher():
+    method = make_crd_pairs()
+    method(pairs_batch([4, 5, 6, 7]))
+    fs = {"s1": torch.randn(4, 6, requires_grad=True), "s2": torch.randn(4, 3, 4, 4, requires_grad=True)}
+    ft = {"t1": torch.randn(4, 8, requires_grad=True), "t2": torch.randn(4, 2, 2, 3, requires_grad=True)}
+    method(pairs_batch([0, 1, 2, 3], fs=fs, ft=ft)).backward()
+    assert all(f.grad is None for f in ft.values())
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in fs.values())
+    for head in method.heads:
+        for embed in (head.embed_s, head.embed_t):
+            assert embed.linear.weight.grad is not None and embed.linear.weight.grad.abs().sum() > 0
+    assert all(not b.requires_grad for b in method.buffers())
+
+
+@pytest.mark.parametrize("mode, full_scores", [("bank", True), ("bank", False), ("queue", False)])
+def test_crd_pairs_each_head_updates_only_its_rows_with_its_embeddings(mode, full_scores):
+    method = make_crd_pairs(n=20, nce_m=0.3, mode=mode, queue_size=6)
+    method.full_scores_ratio = 10**9 if full_scores else 0
+    before = [{name: b.clone() for name, b in head.named_buffers()} for head in method.heads]
+    pos = [6, 2, 17, 9]
+    out = pairs_batch(pos)
+    method(out)
+    for head, old, s_name, t_name in zip(method.heads, before, ("s1", "s2"), ("t1", "t2")):
+        for side, f in (("s", out.student_features[s_name]), ("t", out.teacher_features[t_name])):
+            v = embed_by_hand(getattr(head, f"embed_{side}"), f)
+            if mode == "bank":
+                new, prev = getattr(head, f"memory_{side}"), old[f"memory_{side}"]
+                for b, i in enumerate(pos):
+                    assert new[i].tolist() == pytest.approx(momentum_row(prev[i].tolist(), v[b], 0.3), abs=1e-6)
+                others = [i for i in range(20) if i not in pos]
+                assert torch.equal(new[others], prev[others])
+            else:
+                new, prev = getattr(head, f"queue_{side}"), old[f"queue_{side}"]
+                assert torch.allclose(new[:4], torch.tensor(v), atol=1e-6) and torch.equal(new[4:], prev[4:])
+        if mode == "queue":
+            assert head.queue_idx.tolist() == pos + [-1, -1] and head.queue_ptr.item() == 4
+
+
+def test_crd_mismatched_layer_lists_are_a_layer_error():
+    with pytest.raises(LayerError, match=r"2 teacher layers \['t1', 't2'\] and 1 student layers \['s1'\]"):
+        make_crd_pairs(["t1", "t2"], ["s1"])
+    teacher, student = build_model("resnet32x4", num_classes=10), build_model("resnet8x4", num_classes=10)
+    method = build_method("crd", {"teacher_layers": ["layer[123]"], "student_layers": ["layer[23]"]})
+    with pytest.raises(LayerError, match=r"3 teacher layers \['layer1', 'layer2', 'layer3'\] and 2 student "
+                                         r"layers \['layer2', 'layer3'\]"):
+        method.bind(student, teacher)
+
+
+@pytest.mark.parametrize("mode", ["bank", "queue"])
+def test_crd_pairs_state_dict_round_trip_gives_the_same_loss(mode):
+    method = make_crd_pairs(mode=mode, queue_size=6)
+    method(pairs_batch([1, 2, 3, 4]))  # Z's set, banks or queues updated
+    state = method.state_dict()
+    store = "memory" if mode == "bank" else "queue"
+    assert {f"heads.{i}.{key}" for i in (0, 1) for key in ("z_s", "z_t", f"{store}_s", f"{store}_t",
+                                                             "embed_s.linear.weight")} <= set(state)
+    assert state["heads.1.embed_s.linear.weight"].shape == (5, 48)  # the (3, 4, 4) map, flattened
+    torch.manual_seed(77)
+    fresh = make_crd_pairs(mode=mode, queue_size=6)  # set up on a dry-run batch, as the engine resumes
+    assert not torch.equal(fresh.heads[1].embed_s.linear.weight, method.heads[1].embed_s.linear.weight)
+    fresh.load_state_dict(state)
+    out = pairs_batch([5, 1, 9, 0])
+    torch.manual_seed(3)
+    expected = method(out)
+    torch.manual_seed(3)
+    assert fresh(out).item() == expected.item()
+    for key, value in method.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_crd_pairs_on_zoo_stage_maps():
+    """Stage outputs (N, C, H, W), as PURSUhInT hints give them: one head per pair, maps flattened."""
+    teacher, student = build_model("resnet32x4", num_classes=10), build_model("resnet8x4", num_classes=10)
+    method = build_method("crd", {"feat_dim": 16, "nce_k": 30, "teacher_layers": ["layer[23]"],
+                                  "student_layers": ["layer[23]"]})
+    method.bind(student, teacher)
+    assert method.teacher_layers == method.student_layers == ["layer2", "layer3"]
+    out = zoo_outputs(method, teacher, student)
+    method.setup(student, teacher, out)
+    assert [head.embed_s.linear.in_features for head in method.heads] == [128 * 16 * 16, 256 * 8 * 8]
+    assert [head.embed_t.linear.in_features for head in method.heads] == [128 * 16 * 16, 256 * 8 * 8]
+    loss = method(out)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    for stage in (student.layer2, student.layer3):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.parameters())
 
 
 # ---------------------------------------------------------------------------- CRD: exact resume
@@ -317,7 +467,8 @@ def test_crd_resume_is_exact(tmp_path, digits):
         assert torch.equal(a, b), name
     state_full, state_second = full.losses.state_dict(), second.losses.state_dict()
     assert state_full.keys() == state_second.keys()
-    assert {"methods.crd.z_s", "methods.crd.memory_t", "methods.crd:queue.queue_s"} <= set(state_full)
+    keys = {"methods.crd.heads.0.z_s", "methods.crd.heads.0.memory_t", "methods.crd:queue.heads.0.queue_s"}
+    assert keys <= set(state_full)
     for key, value in state_full.items():
         assert torch.equal(value, state_second[key]), key
     assert [r["train_loss"] for r in full.state.history] == [r["train_loss"] for r in second.state.history]
