@@ -105,6 +105,44 @@ class TrainConfig:
 
 
 @dataclass
+class HintsConfig:
+    """PURSUhInT hint layers for the run's hint methods (`kdforge hints --help`; docs/hints.md).
+
+    Written `hints: auto` (select before training, cached per teacher checkpoint),
+    `hints: FILE` (a saved selection), `hints: stage_ends` (the usual hint points, the
+    baseline PURSUhInT is compared with), or as this mapping.
+    """
+
+    select: str = "auto"  # "auto", "stage_ends", or the path of a selection saved by `kdforge hints`
+    metric: Literal["cca", "cka_linear", "cka_rbf", "combined"] = "cca"
+    k: int | None = None  # number of hint layers; default: the number of student stages
+    probe: int = 10000  # probe images from the training split (fewer if the split is smaller)
+    probe_seed: int = 0
+    candidates: list[str] | None = None  # module names or globs; default: every block output
+    student_layers: list[str] | None = None  # one per hint; default: the student's stage ends
+    batch_size: int = 256  # of the probe pass
+    rbf_samples: int = 2000  # probe images used by cka_rbf (its kernels are N x N)
+    cache: bool = True  # reuse/save the selection next to the teacher checkpoint
+
+    @staticmethod
+    def shorthand(value: Any) -> Any:
+        """`hints: auto` / `hints: FILE` -> {select: ...}."""
+        return {"select": value} if isinstance(value, str) else value
+
+    def check(self, path: str) -> None:
+        if self.k is not None:
+            _positive(path, "k", self.k)
+        _at_least(path, "probe", self.probe, 2)
+        _positive(path, "batch_size", self.batch_size)
+        _at_least(path, "rbf_samples", self.rbf_samples, 2)
+        if not self.select:
+            raise ConfigError(f"{path}.select: give 'auto', 'stage_ends' or the path of a saved hint selection")
+        if self.student_layers is not None and self.k is not None and len(self.student_layers) != self.k:
+            raise ConfigError(f"{path}.student_layers: {len(self.student_layers)} layers for k={self.k} hints; "
+                              f"give one student layer per hint")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -118,6 +156,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hints: HintsConfig | None = None  # PURSUhInT hint layers for fitnet/at/vid/crd/nst/sp
 
 
 # ----------------------------------------------------------------------------- validation
@@ -161,7 +200,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}.")
         return value
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path)
+        shorthand = getattr(tp, "shorthand", None)
+        return _from_dict(tp, shorthand(value) if shorthand else value, path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list of {_type_name(args[0])}, got {value!r}")
@@ -255,6 +295,8 @@ def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
             child = node[key] = {}
         elif keys[0] == "losses" and isinstance(child, (int, float)) and not isinstance(child, bool):
             child = node[key] = {"weight": child}  # `kd: 0.9` is shorthand for `kd: {weight: 0.9}`
+        elif node is data and key == "hints" and isinstance(child, str):
+            child = node[key] = {"select": child}  # `hints: auto` is shorthand for `hints: {select: auto}`
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
         node = child
@@ -291,6 +333,9 @@ def merge_configs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     """`extra` over `base`, key by key in nested sections; a `losses` section is replaced whole."""
     merged = dict(base)
     for key, value in extra.items():
+        if key == "hints" and isinstance(merged.get(key), (str, dict)):
+            # `hints: auto` and `hints: {metric: ...}` in two files: keep both
+            merged[key], value = HintsConfig.shorthand(merged[key]), HintsConfig.shorthand(value)
         if key != "losses" and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge_configs(merged[key], value)
         else:

@@ -67,7 +67,7 @@ def expand_patterns(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     return result
 
 
-def _first_tensor(value):
+def first_tensor(value):
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
@@ -99,12 +99,12 @@ class FeatureTaps:
 
     def _input_hook(self, key: str):
         def hook(_module, args):
-            self.features[key] = _first_tensor(args)
+            self.features[key] = first_tensor(args)
         return hook
 
     def _output_hook(self, key: str):
         def hook(_module, _args, output):
-            self.features[key] = _first_tensor(output)
+            self.features[key] = first_tensor(output)
         return hook
 
     def __call__(self, *args, **kwargs):

@@ -89,7 +89,27 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
         teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+    hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
     trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir)
     if overwrite and run_dir.exists():
+        trainer.prepare()  # binds layers and builds adapters: a layer mismatch must not cost the old run
         shutil.rmtree(run_dir)
+    if hints is not None and hints.selection is not None:
+        from kdforge.hints.for_run import RUN_FILE
+
+        hints.selection.save(run_dir / RUN_FILE)
     return trainer.fit(resume=resume, until_epoch=until_epoch)
+
+
+def _hint_plan(cfg: RunConfig, losses, teacher, student, train, run_dir: Path, resume: bool):
+    """PURSUhInT hint pairs of the run's `hints:` section, handed to its hint methods (None without one)."""
+    if cfg.hints is None:
+        return None
+    from kdforge.hints.for_run import apply_hints, hint_takers, plan_hints
+
+    hint_takers(losses)  # a config without a hint method fails here, before any probing
+    plan = plan_hints(cfg, teacher, student, train, run_dir, resume, progress=cfg.train.progress)
+    taken = apply_hints(losses, plan)
+    if cfg.train.progress:
+        print(f"{plan.describe()} [{', '.join(taken)}]", flush=True)
+    return plan

@@ -81,6 +81,12 @@ class Trainer:
         self._prepared = False
 
     # ------------------------------------------------------------------ set-up
+    def prepare(self) -> None:
+        """Bind the methods' layers, run one batch through both models and build the optimizer
+        (done by `fit` if not before); raises a config or layer error before any training."""
+        if not self._prepared:
+            self._prepare()
+
     def _prepare(self) -> None:
         cfg, tcfg = self.cfg, self.cfg.train
         device = resolve_device(tcfg.device)
@@ -169,7 +175,7 @@ class Trainer:
         return ckpt
 
     #: config keys that shape the trajectory: a resumed run must keep them
-    TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule",
+    TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
                        "train.precision", "train.channels_last")
 
     def _resume(self) -> None:

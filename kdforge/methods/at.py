@@ -48,6 +48,7 @@ class AT(Method):
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 1000.0
     layer_kind = "stages"
+    uses_hints = True
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  p: float = 2.0):

@@ -58,6 +58,8 @@ class Method(nn.Module):
     layer_kind: ClassVar[str | None] = None
     #: epochs of a stage the engine runs before training (e.g. AB's initialisation); 0 for none
     pretrain_epochs: int = 0
+    #: takes PURSUhInT hint layer pairs (a run's `hints:`) when its own layers are not given
+    uses_hints: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,6 +79,16 @@ class Method(nn.Module):
 
             self.teacher_layers, self.student_layers = pair_layers(
                 self.name, student, teacher, self._given_t, self._given_s, self.layer_kind, pick=self.pick_layers)
+
+    def take_hints(self, teacher_layers: list[str], student_layers: list[str]) -> bool:
+        """Use these (teacher, student) hint pairs unless the config named this method's layers.
+
+        Returns whether they were taken; called before `bind`.
+        """
+        if not self.uses_hints or self._given_t or self._given_s:
+            return False
+        self._given_t, self._given_s = list(teacher_layers), list(student_layers)
+        return True
 
     @staticmethod
     def pick_layers(names: list[str]) -> list[str]:

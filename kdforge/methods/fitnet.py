@@ -34,6 +34,7 @@ class FitNet(Method):
     default_taps = "middle stage end (pre-ReLU)"
     typical_weight = 100.0
     layer_kind = "stages_preact"
+    uses_hints = True
     pick_layers = staticmethod(_middle)
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,

@@ -44,6 +44,7 @@ class NST(Method):
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 50.0
     layer_kind = "stages"
+    uses_hints = True
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  degree: int = 2, c: float = 0.0):

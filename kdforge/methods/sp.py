@@ -37,6 +37,7 @@ class SP(Method):
     default_taps = "last stage end"
     typical_weight = 3000.0
     layer_kind = "stages"
+    uses_hints = True
     pick_layers = staticmethod(last_layer)
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None):

@@ -63,6 +63,7 @@ class VID(Method):
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 1.0
     layer_kind = "stages"
+    uses_hints = True
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  init_variance: float = 5.0, eps: float = 1e-5):
