@@ -14,7 +14,7 @@ def run_cli(capsys, *argv):
 
 
 def test_every_command_has_help(capsys):
-    for command in ["train", "eval", "quickstart", "models", "methods", "layers"]:
+    for command in ["train", "eval", "hints", "quickstart", "models", "methods", "layers"]:
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0
@@ -33,7 +33,9 @@ def test_methods_list_and_detail(capsys):
     code, out, _ = run_cli(capsys, "methods")
     assert code == 0 and "Hinton" in out and "ce" in out
     code, out, _ = run_cli(capsys, "methods", "kd")
-    assert code == 0 and "T" in out and "4.0" in out
+    assert code == 0 and "T" in out and "4.0" in out and "hint" not in out
+    code, out, _ = run_cli(capsys, "methods", "fitnet")
+    assert code == 0 and "PURSUhInT hint layers" in out
 
 
 def test_layers_lists_names_and_shapes(capsys):

@@ -76,6 +76,9 @@ def _run_methods(args) -> int:
         print(f"paper: {cls.paper}")
         print(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: "
               f"{'yes' if cls.needs_labels else 'no'}; taps by default: {cls.default_taps}")
+        if cls.uses_hints:
+            print("takes PURSUhInT hint layers from a run's `hints:` section when its own layers are not given "
+                  "(docs/hints.md)")
         if cls.pretrain_epochs:
             print(f"runs a stage before training: {cls.pretrain_epochs} epochs (parameter pretrain_epochs)")
         params = method_params(args.name)
@@ -94,10 +97,11 @@ def _run_methods(args) -> int:
         cls = method_class(name)
         defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name)
                              if not p.name.endswith("_layers"))  # layers: see the taps column
-        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps, f"{cls.typical_weight:g}",
-                     defaults or "-", cls.paper])
-    print(_table(["method", "teacher", "taps by default", "weight", "defaults", "paper"], rows))
-    print("\n`kdforge methods NAME` shows one method's parameters.")
+        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps,
+                     "yes" if cls.uses_hints else "-", f"{cls.typical_weight:g}", defaults or "-", cls.paper])
+    print(_table(["method", "teacher", "taps by default", "hints", "weight", "defaults", "paper"], rows))
+    print("\n`kdforge methods NAME` shows one method's parameters. hints: takes the layers a run's `hints:` "
+          "selects (`kdforge hints --help`).")
     return 0
 
 
