@@ -11,14 +11,7 @@ DATA=${DATA:-data}
 PAIRS=${PAIRS:-$(ls $C/pairs | sed 's/\.yaml$//')}
 METHODS=${METHODS:-$(ls $C/methods | sed 's/\.yaml$//')}
 EXTRA=${EXTRA:-}
-# run NAME CONFIG...: skip a finished run, resume an interrupted one, else start it
-run() {
-  local name=$1; shift
-  if [ -f "runs/$name/summary.json" ]; then return; fi
-  local resume=""
-  if [ -f "runs/$name/checkpoints/last.pt" ]; then resume="--resume"; fi
-  kdforge train "$@" --set name="$name" --set data.root="$DATA" $resume $EXTRA
-}
+source benchmarks/resumable_run.sh
 for pair in $PAIRS; do
   teacher=${pair%%-*}
   run "cifar100-teacher-$teacher" $C/base.yaml $C/teachers/$teacher.yaml

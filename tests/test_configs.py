@@ -43,3 +43,21 @@ def test_the_cifar100_table_is_complete():
     covered = {m.stem for m in METHODS}
     assert {"kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst", "crd", "dkd", "oh"} <= covered
     assert covered - {"crd_kd"} <= set(method_names())
+
+
+HINTS = CIFAR / "hints"
+
+
+def test_pursuhint_configs_validate():
+    """resnet110 -> resnet20/32 with FitNet or AT, hints chosen by PURSUhInT or the stage ends."""
+    for student in ("resnet20", "resnet32"):
+        for method in ("fitnet", "at"):
+            for hints in ("pursuhint", "stage_ends"):
+                cfg = load_config([CIFAR / "base.yaml", HINTS / f"resnet110-{student}.yaml",
+                                   HINTS / f"{method}.yaml", HINTS / f"{hints}.yaml"])
+                check(cfg)
+                assert cfg.student.model == student and cfg.teacher.checkpoint == "runs/cifar100-teacher-resnet110"
+                assert set(cfg.losses) == {"ce", "kd", method} and cfg.losses["kd"]["T"] == 4.0
+                assert cfg.hints.select == ("auto" if hints == "pursuhint" else "stage_ends")
+                if hints == "pursuhint":
+                    assert (cfg.hints.metric, cfg.hints.k, cfg.hints.probe) == ("cca", 3, 10000)

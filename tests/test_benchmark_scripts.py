@@ -1,0 +1,46 @@
+"""The CIFAR-100 shell recipes issue the right kdforge commands (run with a stand-in `kdforge`)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+from kdforge.config import load_config
+
+ROOT = Path(__file__).parent.parent
+
+
+def commands(tmp_path, script, **env):
+    """The kdforge command lines `script` runs, as argument lists, with a stand-in kdforge."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "bin" / "kdforge"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\t" "$@" >> {log}\necho >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, **env, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / script)], check=True, env=env, capture_output=True)
+    return [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+
+
+def configs_of(argv):
+    files = [a for a in argv[1:] if a.endswith(".yaml")]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    return load_config([ROOT / f for f in files], sets)
+
+
+def test_pursuhint_script_runs_teacher_selection_and_every_comparison(tmp_path):
+    calls = commands(tmp_path, "pursuhint_cifar100.sh", SEEDS="0 1", DATA="/data", EXTRA="")
+    assert calls[0][0] == "train" and configs_of(calls[0]).student.model == "resnet110"
+    assert calls[1][0] == "hints"
+    runs = [configs_of(c) for c in calls[2:]]
+    assert len(runs) == 2 * 2 * 2 * 2 and all(c[0] == "train" for c in calls[2:])  # seeds x students x methods x hints
+    assert len({r.name for r in runs}) == len(runs)
+    for r in runs:
+        assert r.data.root == "/data" and r.teacher.checkpoint == "runs/cifar100-teacher-resnet110"
+        assert r.hints.select in ("auto", "stage_ends") and f"seed{r.seed}" in r.name
+    assert {r.student.model for r in runs} == {"resnet20", "resnet32"}
+
+
+def test_table_script_runs_each_teacher_then_each_method(tmp_path):
+    calls = commands(tmp_path, "cifar100_table.sh", PAIRS="resnet56-resnet20", METHODS="kd at", DATA="d")
+    names = [configs_of(c).name for c in calls]
+    assert names == ["cifar100-teacher-resnet56", "cifar100-resnet56-resnet20-kd", "cifar100-resnet56-resnet20-at"]
