@@ -237,6 +237,7 @@ def test_hints_auto_feeds_every_hint_method(tmp_path, teacher_dir, seen, monkeyp
     train_from_config(cfg)
     saved = HintSelection.load(tmp_path / "auto" / "hints.json")
     assert saved.k == 3 and len(saved.layers) == 9 and saved.probe["n"] == 200
+    assert (tmp_path / "auto" / "hints.png").read_bytes()[:4] == b"\x89PNG"  # the run's heat-map
     student_ends = ["layer1", "layer2", "layer3"]
     for name in hint_methods:
         assert seen[name] == (saved.hints, student_ends), name

@@ -96,7 +96,9 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
         shutil.rmtree(run_dir)
     if hints is not None and hints.selection is not None:
         from kdforge.hints.for_run import RUN_FILE
+        from kdforge.hints.plot import plot_selection
 
+        plot_selection(hints.selection, (run_dir / RUN_FILE).with_suffix(".png"))
         hints.selection.save(run_dir / RUN_FILE)
     return trainer.fit(resume=resume, until_epoch=until_epoch)
 
