@@ -5,7 +5,7 @@ CE + KD(T=4) + FitNet (beta 100) or AT (beta 1000) at 3 hint pairs, the teacher'
 chosen by PURSUhInT (CCA, K = 3) or its stage ends; and a KD-only student for reference.
 Every run is an ordinary engine run (folders under --out). Prints a Markdown table.
 
-    python benchmarks/pursuhint_digits.py                      # 3 seeds, about 15 min on 2 CPU cores
+    python benchmarks/pursuhint_digits.py                      # 3 seeds, about 13 min on 2 CPU cores
     python benchmarks/pursuhint_digits.py --seeds 0 --epochs 2 # smoke run
 """
 
