@@ -21,6 +21,11 @@ from kdforge.models import (
     register_model,
 )
 from kdforge.models.layers import ZooModel
+from kdforge.models.mobilenetv2 import MobileNetV2
+from kdforge.models.resnet import ResNet
+from kdforge.models.shufflenetv2 import ShuffleNetV2
+from kdforge.models.vgg import VGG
+from kdforge.models.wrn import WideResNet
 
 # Exact parameter counts at 100 classes (1000 for the ImageNet models), each re-derived by
 # hand from the architecture (see the module docstrings), e.g. resnet8x4:
@@ -280,3 +285,86 @@ def test_training_step_reaches_every_parameter():
     loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4))
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- forward_from (SFTN branches)
+
+def _reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each family's forward written out module by module, independent of `forward_from`."""
+    tiny_imagenet = x.shape[-2] == 64  # CRD's VGG: pool4 for 64x64 inputs (the zoo: layer4 output 8 high)
+    if isinstance(model, WideResNet):
+        x = model.conv1(x)
+    elif not isinstance(model, VGG):
+        x = model.relu(model.bn1(model.conv1(x)))
+    if isinstance(model, ResNet) and model.maxpool is not None:
+        x = model.maxpool(x)
+    layers = sorted((n for n, _ in model.named_children() if n.startswith("layer")), key=lambda n: int(n[5:]))
+    for k, layer in enumerate(layers, start=1):
+        x = getattr(model, layer)(x)
+        if isinstance(model, VGG) and (k < 4 or k == 4 and tiny_imagenet):
+            x = getattr(model, f"pool{k}")(x)
+    if isinstance(model, WideResNet):
+        x = model.relu(model.bn1(x))
+    if isinstance(model, (MobileNetV2, ShuffleNetV2)):
+        x = model.relu2(model.bn2(model.conv2(x)))
+    return model.fc(torch.flatten(model.avgpool(x), 1))
+
+
+def _stage_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """`forward(x)` and, by hooks, {-1: the stem's output, i: the output of `stage_names[i]`}.
+
+    The stem's output is the input of ``layer1``, the first module of stage 0 in every family:
+    after the ImageNet max-pool, the image itself for VGG (no stem), and for MobileNetV2 not the
+    input of ``stage_names[0]`` (= layer2: its stage 0 is layer1 + layer2).
+    """
+    seen: dict[int, torch.Tensor] = {}
+    handles = [model.layer1.register_forward_pre_hook(lambda m, args: seen.update({-1: args[0]}))]
+    handles += [model.get_submodule(s).register_forward_hook(lambda m, a, out, i=i: seen.update({i: out}))
+                for i, s in enumerate(model.stage_names)]
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, seen
+
+
+FORWARD_FROM_CASES = [(n, None) for n in NAMES] + [(n, 64) for n in NAMES if n.startswith("vgg")]
+
+
+@pytest.mark.parametrize(("name", "side"), FORWARD_FROM_CASES)
+def test_forward_from_every_stage_equals_forward(name, side):
+    """forward_from(i, output of stage_names[i]) == forward(images), bit for bit; -1 from the stem."""
+    model = _model(name)
+    x = _example(name, batch=1) if side is None else torch.randn(1, 3, side, side)
+    logits, seen = _stage_outputs(model, x)
+    assert sorted(seen) == list(range(-1, len(model.stage_names)))
+    with torch.no_grad():
+        assert torch.equal(logits, _reference_logits(model, x))
+        assert torch.equal(model.stem(x), seen[-1])
+        for i, feature in seen.items():
+            assert torch.equal(model.forward_from(i, feature), logits), f"stage {i}"
+    if isinstance(model, VGG):  # layer5 runs at 4x4 for 32x32 and (after pool4) 64x64 inputs
+        assert seen[4].shape[-1] == 4
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1",
+                                  "shufflenetv2", "resnet18_imagenet"])
+def test_forward_from_gradients_reach_the_input(name):
+    model = _model(name)
+    _, seen = _stage_outputs(model, _example(name, batch=1))
+    for i, feature in seen.items():
+        x = feature.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.forward_from(i, x).square().sum(), x)
+        assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0, f"stage {i}"
+
+
+def test_forward_from_rejects_bad_stages():
+    for name in ("resnet8", "vgg8", "mobilenetv2"):
+        model = _model(name)
+        last = len(model.stage_names) - 1
+        x = torch.randn(1, 3, 32, 32)
+        for stage in (-2, last + 1, 1.0, True, "0", None):
+            with pytest.raises(ValueError, match=rf"\[-1, {last}\]"):
+                model.forward_from(stage, x)

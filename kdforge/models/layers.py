@@ -1,5 +1,6 @@
 """Pieces shared by the model zoo: conv helpers, the conv-BN-ReLU unit, weight init
-and `ZooModel`, the base class that carries the feature-tap metadata.
+and `ZooModel`, the base class that carries the feature-tap metadata and runs the stages
+(`forward_from`: logits from any stage's output, for SFTN branches).
 
 Conventions every zoo model follows (feature taps rely on them):
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -63,6 +65,9 @@ def init_weights(model: nn.Module) -> None:
 class ZooModel(nn.Module):
     """Base of every zoo model: `forward(x)` returns logits, and the instance names its taps.
 
+    ``forward(x) = forward_from(-1, stem(x))``; `forward_from` runs the stages (`_stage`),
+    what lies between them (`_between`) and the `head`. Families override these pieces.
+
     Attributes (module names as in ``named_modules()``):
         stage_names: modules whose output ends each resolution stage, in order.
         block_names: every block (residual / inverted residual / shuffle unit / VGG
@@ -90,6 +95,40 @@ class ZooModel(nn.Module):
         if missing or not isinstance(modules[self.classifier_name], nn.Linear):
             raise AssertionError(f"{type(self).__name__}: bad tap metadata {missing or classifier_name}")
         init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(-1, self.stem(x))
+
+    def forward_from(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of stage `stage` (an index into `self.stage_names`): run the
+        stages after it and the head. `forward_from(i, f)` equals `forward(images)` when `f` is the
+        output of module `stage_names[i]` on `images`. stage = -1 runs every stage (x = the stem's
+        output: the input of the first stage's first module, ``layer1`` in every family)."""
+        last = len(self.stage_names) - 1
+        if isinstance(stage, bool) or not isinstance(stage, int) or not -1 <= stage <= last:
+            raise ValueError(f"{type(self).__name__}.forward_from: stage must be an int in [-1, {last}] "
+                             f"(-1 = from the stem's output), got {stage!r}")
+        for i in range(stage + 1, last + 1):
+            if i > 0:
+                x = self._between(i - 1, x)
+            x = self._stage(i, x)
+        return self.head(x)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the first stage; here conv1 -> bn1 -> relu."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage `i`: here the module ``stage_names[i]``."""
+        return self.get_submodule(self.stage_names[i])(x)
+
+    def _between(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """What runs between stage `i` and stage `i + 1` (nothing here)."""
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's output -> logits; here global average pooling and the classifier."""
+        return self.get_submodule(self.classifier_name)(torch.flatten(self.avgpool(x), 1))
 
 
 def sequential_block_names(model: nn.Module, layer_names: Sequence[str]) -> list[str]:

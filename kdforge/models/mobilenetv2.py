@@ -74,16 +74,21 @@ class MobileNetV2(ZooModel):
         self.relu2 = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(head, num_classes)
-        self._layer_names = layer_names
+        # the layers each stage runs: a stage ends with the last layer at its resolution
+        ends = [layer_names.index(name) + 1 for name in stage_names]
+        self._stage_layers = [layer_names[a:b] for a, b in zip([0, *ends], ends)]
         self._finish(stage_names=stage_names, block_names=sequential_block_names(self, layer_names),
                      classifier_name="fc", input_size=32)
 
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        for name in self._layer_names:
+    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage `i`: every ``layerN`` up to ``stage_names[i]`` (e.g. layer1 and layer2 for stage 0)."""
+        for name in self._stage_layers[i]:
             x = getattr(self, name)(x)
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 head conv-BN-ReLU, then pooling and ``fc``."""
+        return super().head(self.relu2(self.bn2(self.conv2(x))))
 
 
 @register_model("mobilenetv2", family="mobilenetv2", input_size=32,

@@ -111,10 +111,7 @@ class ResNet(ZooModel):
             for name in self.block_names:
                 nn.init.zeros_(self.get_submodule(name).last_bn().weight)
 
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        if self.maxpool is not None:
-            x = self.maxpool(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 -> bn1 -> relu, then the max-pool of the ImageNet stem."""
+        x = super().stem(x)
+        return x if self.maxpool is None else self.maxpool(x)

@@ -74,11 +74,6 @@ class ShuffleNetV1(ZooModel):
         self._finish(stage_names=layer_names, block_names=sequential_block_names(self, layer_names),
                      classifier_name="fc", input_size=32)
 
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
 
 @register_model("shufflenetv1", family="shufflenetv1", input_size=32,
                 paper="Zhang et al. 2018 (CIFAR variant of CRD, Tian et al. 2020)")

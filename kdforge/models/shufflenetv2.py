@@ -109,11 +109,9 @@ class ShuffleNetV2(ZooModel):
         self._finish(stage_names=layer_names, block_names=sequential_block_names(self, layer_names),
                      classifier_name="fc", input_size=32)
 
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 head conv-BN-ReLU, then pooling and ``fc``."""
+        return super().head(self.relu2(self.bn2(self.conv2(x))))
 
 
 @register_model("shufflenetv2", family="shufflenetv2", input_size=32,

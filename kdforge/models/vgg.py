@@ -3,8 +3,9 @@ Large-Scale Image Recognition", ICLR 2015), in the CIFAR variant of CRD (Tian et
 
 Five stages of conv3x3(bias)-BN-ReLU units (64, 128, 256, 512, 512 channels), a 2x2
 max-pool after each of the first three, a fourth max-pool only for 64x64 inputs (Tiny
-ImageNet, as in CRD), global average pooling and a single linear layer (no FC stack).
-At 32x32 the stages run at 32/16/8/4/4. vgg8 has one unit per stage.
+ImageNet, as in CRD; told by layer4's 8-high output, so `forward_from` can decide), global
+average pooling and a single linear layer (no FC stack). At 32x32 the stages run at
+32/16/8/4/4. vgg8 has one unit per stage.
 
 Parameter counts at 100 classes: vgg8 3,965,028; vgg11 9,277,284; vgg13 9,462,180;
 vgg16 14,774,436; vgg19 20,086,692.
@@ -48,16 +49,16 @@ class VGG(ZooModel):
         self._finish(stage_names=layer_names, block_names=sequential_block_names(self, layer_names),
                      classifier_name="fc", input_size=32)
 
-    def forward(self, x):
-        tiny_imagenet = x.shape[-2] == 64
-        x = self.pool1(self.layer1(x))
-        x = self.pool2(self.layer2(x))
-        x = self.pool3(self.layer3(x))
-        x = self.layer4(x)
-        if tiny_imagenet:
-            x = self.pool4(x)
-        x = self.layer5(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """No stem: ``layer1`` takes the image."""
+        return x
+
+    def _between(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``pool{i+1}`` after layer1..3; after layer4 only when its output is 8 high, i.e. for
+        a 64x64 (Tiny ImageNet) input (CRD tests the image height; 65..71 would pool here too)."""
+        if i < 3 or x.shape[-2] == 8:
+            return self.get_submodule(f"pool{i + 1}")(x)
+        return x
 
 
 def _register(depth: int) -> None:

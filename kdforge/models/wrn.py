@@ -65,10 +65,13 @@ class WideResNet(ZooModel):
         self._finish(stage_names=layer_names, block_names=sequential_block_names(self, layer_names),
                      classifier_name="fc", input_size=32)
 
-    def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        x = self.relu(self.bn1(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 conv alone (the blocks pre-activate their input)."""
+        return self.conv1(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN-ReLU, then pooling and ``fc``."""
+        return super().head(self.relu(self.bn1(x)))
 
 
 def _register(depth: int, widen_factor: int) -> None:
