@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,19 +11,30 @@ from torch import nn
 from kdforge.engine.precision import Precision
 
 
+HeadsFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
+def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | None = None,
+             also_eval: Sequence[nn.Module] = ()) -> dict[str, float]:
+    """{top1, top5, loss, n} of `model`; with `heads(images, labels) -> (logits, {name: logits})`
+    also `top1/<name>` of every extra head. `also_eval` modules are put in eval mode meanwhile."""
+    modes = [(m, m.training) for m in (model, *also_eval)]
+    for m, _ in modes:
+        m.eval()
     device = precision.device
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    head_hits: dict[str, torch.Tensor] = {}
     count = 0
     try:
         for images, labels in loader:
             with precision.autocast():
-                logits = model(images)
+                logits, extra = heads(images, labels) if heads is not None else (model(images), {})
+            for name, head in extra.items():
+                hits = (head.float().argmax(1) == labels).sum()
+                head_hits[name] = head_hits[name] + hits if name in head_hits else hits
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             k = min(5, logits.shape[1])
@@ -31,7 +44,8 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
             correct5 += hits.any(dim=1).sum()
             count += labels.shape[0]
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.train(mode)
     if count == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "n": 0}
     return {
@@ -39,4 +53,5 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
         "top5": 100.0 * correct5.item() / count,
         "loss": loss_sum.item() / count,
         "n": count,
+        **{f"top1/{name}": 100.0 * hits.item() / count for name, hits in head_hits.items()},
     }

@@ -240,7 +240,7 @@ class Trainer:
                 record["step"] = self.state.step
                 due = finished and self.state.epoch % self.cfg.train.eval_every == 0
                 if self.eval_loader is not None and (due or stopping):
-                    metrics = evaluate(self.student, self.eval_loader, self.precision)
+                    metrics = self._evaluate()
                     record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
                     bar.set_postfix_str(self._postfix(record), refresh=False)
                 self.state.elapsed_s = elapsed_before + time.perf_counter() - start
@@ -252,6 +252,21 @@ class Trainer:
             bar.close()
             logger.close()
         return self._write_summary()
+
+    def _evaluate(self) -> dict[str, Any]:
+        """The trained network's metrics, and the top-1 of methods' own heads (e.g. SFTN's branches)."""
+        with_heads = {key: m for key, m in self.losses.methods.items()
+                      if m.has_eval_heads and m in self.losses.active()}
+        if not with_heads:
+            return evaluate(self.student, self.eval_loader, self.precision)
+
+        def heads(images: torch.Tensor, labels: torch.Tensor):
+            logits, feats = self.student_taps(images)
+            out = StepOutputs(images, labels, logits, student_features=feats, student=self.student,
+                              epoch=self.state.epoch, step=self.state.step)
+            return logits, {f"{key}/{name}": z for key, m in with_heads.items() for name, z in m.eval_heads(out).items()}
+
+        return evaluate(self.student, self.eval_loader, self.precision, heads=heads, also_eval=[self.losses])
 
     def _drop_pretrain_only_taps(self) -> None:
         """After the stages before training, tap (and run the teacher) only for weighted methods."""

@@ -60,6 +60,8 @@ class Method(nn.Module):
     pretrain_epochs: int = 0
     #: takes PURSUhInT hint layer pairs (a run's `hints:`) when its own layers are not given
     uses_hints: ClassVar[bool] = False
+    #: has classifier heads of its own (`eval_heads`) whose top-1 the engine reports at each evaluation
+    has_eval_heads: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,6 +107,13 @@ class Method(nn.Module):
     def pretrain_parameters(self, student: nn.Module) -> list[nn.Parameter]:
         """What the stage before training optimises: the method's own adapters by default."""
         return list(self.parameters())
+
+    def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        """{name: logits} of the method's own classifier heads on an evaluation batch (`has_eval_heads`).
+
+        `out` holds the images, labels, the trained network's logits and its taps; no teacher.
+        """
+        return {}
 
     def forward(self, out: StepOutputs) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
