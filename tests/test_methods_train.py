@@ -9,7 +9,7 @@ from kdforge.config import config_from_dict
 from kdforge.engine import train_from_config
 from kdforge.methods import method_class, method_names
 
-DISTILL_METHODS = [m for m in method_names() if m != "ce"]
+DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
 #: parameters that make a 4-epoch run meaningful (the defaults are for 240-epoch schedules)
 SHORT_RUN = {"dkd": {"warmup": 1}}
 COMMON = {

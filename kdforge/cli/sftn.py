@@ -1,0 +1,68 @@
+"""`kdforge sftn`: standard vs student-friendly (SFTN) teacher, then the same students from each."""
+
+from __future__ import annotations
+
+from kdforge.cli.args import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sftn", help="SFTN pipeline: standard and student-friendly teachers, then students from each, side by side",
+        description="For each seed: train a standard teacher (CE) and an SFTN teacher (Park et al., NeurIPS 2021: "
+                    "the teacher trained with branches of the student's architecture), then distil a fresh "
+                    "student from each with every method given. Prints and writes (results.md) a table of "
+                    "teacher, branch and student top-1 and the teachers' time per epoch. Finished runs are "
+                    "reused and interrupted ones resumed, so the command can be run again after a crash.")
+    p.add_argument("config", nargs="*", help="base config file(s) for every run (data, optim, schedule, train); "
+                                             "default: the quickstart's digits settings")
+    p.add_argument("--teacher", default="resnet20", help="teacher architecture (zoo name)")
+    p.add_argument("--student", default="resnet8", help="student architecture (zoo name), also the SFTN branches'")
+    p.add_argument("--methods", nargs="+", default=["kd", "at"],
+                   help="distillation methods for the students (kd: 0.1 CE + 0.9 KD T=4; others: CE + the "
+                        "method at its usual weight)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every run (default: the config's)")
+    p.add_argument("--sftn", dest="sftn", action="append", default=[], metavar="KEY=VALUE",
+                   help="an SFTN parameter, e.g. --sftn lambda_kl=3 --sftn T=1 --sftn detach_teacher=true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base config, e.g. --set data.root=/data")
+    p.add_argument("--out", default="runs/sftn", help="folder of the runs and results.md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import copy
+
+    from kdforge.config import merge_configs, parse_override, read_yaml, set_by_path
+    from kdforge.errors import ConfigError
+    from kdforge.methods import method_class, method_params
+    from kdforge.recipes.sftn import DIGITS_BASE, run_sftn_pipeline
+
+    base: dict = copy.deepcopy(DIGITS_BASE) if not args.config else {}
+    for path in args.config:
+        base = merge_configs(base, read_yaml(path))
+    for text in args.overrides:
+        set_by_path(base, *parse_override(text))
+    if args.epochs:
+        set_by_path(base, "schedule.epochs", args.epochs)
+    for key in ("student", "teacher", "losses", "name", "output_dir", "seed", "hints"):
+        if key in base:
+            raise ConfigError(f"the base config sets '{key}', which the pipeline decides; remove it "
+                              f"(use --teacher, --student, --methods, --seeds, --out)")
+    for method in args.methods:
+        if not method_class(method).needs_teacher:
+            raise ConfigError(f"--methods: {method} does not distil from a teacher")
+    known = {p.name for p in method_params("sftn")}
+    sftn = {}
+    for text in args.sftn:
+        key, value = parse_override(text)
+        if key not in known:
+            raise ConfigError(f"--sftn {key}: not an SFTN parameter; one of {', '.join(sorted(known))}")
+        sftn[key] = value
+    result = run_sftn_pipeline(args.teacher, args.student, args.methods, base=base, seeds=tuple(args.seeds),
+                               output_dir=args.out, sftn=sftn, progress=not args.no_progress)
+    print()
+    print(result["table"])
+    print(f"\nrun folders and results.md: {args.out}/")
+    return 0

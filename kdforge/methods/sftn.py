@@ -1,0 +1,163 @@
+"""Park, Cha, Jeong, Kim & Han, "Learning Student-Friendly Teacher Networks for Knowledge
+Distillation", NeurIPS 2021 (arXiv:2102.07650)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdforge.errors import ConfigError, LayerError
+from kdforge.methods.adapters import ConvRegressor
+from kdforge.methods.base import Method, StepOutputs
+from kdforge.methods.kd import kd_loss
+from kdforge.methods.registry import register_method
+
+
+class StudentBranch(nn.Module):
+    """Teacher feature at stage i -> transform (conv + BN + ReLU to the student's stage-i shape) ->
+    the student's stages after i and its classifier (weights of its own, dropped after training)."""
+
+    def __init__(self, transform: nn.Module, student: nn.Module, stage: int):
+        super().__init__()
+        self.transform = transform
+        self.student = student
+        self.stage = stage
+
+    def forward(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        return self.student.forward_from(self.stage, self.transform(teacher_feature))
+
+    def extra_repr(self) -> str:
+        return f"after student stage {self.stage}"
+
+
+@register_method
+class SFTN(Method):
+    """Student-friendly teacher training (Park et al., NeurIPS 2021): train the *teacher* with student branches.
+
+    The network trained by the run is the teacher-to-be (`student.model` of the config);
+    `student` here names the (zoo) architecture of the branches. Both are split into their
+    stages (`stage_names`; `teacher_stages` names the module ending each stage of a custom
+    trained network; a custom branch architecture is registered with `register_model` and
+    has `stage_names` and `forward_from`). Lists of different lengths are paired from the
+    deepest stage. For every paired stage i but the last (or those in `branches`), a branch =
+    transform T_i (conv + BN + ReLU to the student's stage-i output shape, resampling the
+    spatial size) + the student's stages after i + its classifier (the branch's copy of the
+    student keeps its unused earlier stages: a little memory, no compute). The loss, for teacher
+    logits z_T and branch logits z_i:
+
+        lambda_T CE(z_T, y) + lambda_KL sum_i KL(softmax(z_T / T) || softmax(z_i / T)) + lambda_CE sum_i CE(z_i, y)
+
+    (the KL is not multiplied by T^2). By default z_T is not detached in the KL term, so the
+    teacher adapts to its branches (`detach_teacher: true` stops that); the branch terms
+    reach the teacher's blocks up to their branch point through the transforms. Use it
+    alone: `losses: {sftn: 1.0}`. Branch weights live in this method (the checkpoint's
+    `losses` part); the run's model, saved as usual, is a plain zoo teacher for any method.
+    The top-1 of every branch is logged at each evaluation.
+    """
+
+    name = "sftn"
+    paper = ("Park, Cha, Jeong, Kim & Han, Learning Student-Friendly Teacher Networks for Knowledge "
+             "Distillation, NeurIPS 2021")
+    needs_teacher = False
+    needs_labels = True
+    default_taps = "the trained network's stage ends (branch points)"
+    typical_weight = 1.0
+    has_eval_heads = True
+
+    def __init__(self, student: str, student_options: dict[str, Any] | None = None, lambda_t: float = 1.0,
+                 lambda_kl: float = 3.0, lambda_ce: float = 1.0, T: float = 1.0, detach_teacher: bool = False,
+                 branches: list[int] | None = None, teacher_stages: list[str] | None = None):
+        super().__init__()
+        if not student:
+            raise ValueError("sftn: name the student architecture of the branches, e.g. {student: resnet8x4}")
+        if T <= 0:
+            raise ValueError("sftn: temperature T must be positive")
+        if min(lambda_t, lambda_kl, lambda_ce) < 0:
+            raise ValueError("sftn: lambda_t, lambda_kl and lambda_ce must be >= 0")
+        self.student_name, self.student_options = student, dict(student_options or {})
+        self.lambda_t, self.lambda_kl, self.lambda_ce, self.T = lambda_t, lambda_kl, lambda_ce, T
+        self.detach_teacher = detach_teacher
+        self.branch_stages = branches
+        self.teacher_stages = teacher_stages
+        self.branches = nn.ModuleList()
+
+    # ------------------------------------------------------------------ set-up
+    def _student(self, num_classes: int, in_channels: int) -> nn.Module:
+        from kdforge.models import build_model
+
+        model = build_model(self.student_name, num_classes=num_classes, in_channels=in_channels,
+                            **self.student_options)
+        if not hasattr(model, "forward_from"):
+            raise LayerError(f"sftn: {type(model).__name__} has no forward_from(stage, x); branches need it")
+        return model
+
+    def _stages(self, trained: nn.Module) -> list[str]:
+        stages = list(self.teacher_stages or getattr(trained, "stage_names", None) or [])
+        if not stages:
+            raise LayerError(f"sftn: {type(trained).__name__} has no `stage_names`; give teacher_stages "
+                             f"(the module ending each stage)")
+        return stages
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """`student` is the network being trained: the teacher-to-be. Taps its branch points.
+
+        Stage i of the trained network is paired with stage i of the student; lists of
+        different lengths are paired from the deepest stage (e.g. vgg13's five stages with
+        MobileNetV2's four: layer2-5 with layer2, 3, 5, 7), as everywhere in kdforge.
+        """
+        from kdforge.methods.layers import pair_from_end
+
+        stages = self._stages(student)
+        student_stages = self._student(num_classes=2, in_channels=3).stage_names
+        paired, student_paired = pair_from_end(stages, student_stages)
+        points = self.branch_stages if self.branch_stages is not None else list(range(len(paired) - 1))
+        if not points or any(not 0 <= i < len(paired) - 1 for i in points):
+            raise ConfigError(f"sftn.branches: indices of paired stages in 0..{len(paired) - 2} (no branch after "
+                              f"the last stage; pairs: {list(zip(paired, student_paired))}), got {points}")
+        self.points = sorted(set(points))
+        self.student_layers = [paired[i] for i in self.points]
+        self.branch_from = [student_stages.index(student_paired[i]) for i in self.points]
+
+    def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
+        from kdforge.features import FeatureTaps
+
+        images = example.images
+        classes, channels = example.student_logits.shape[1], images.shape[1]
+        branches = []
+        for i, layer in zip(self.branch_from, self.student_layers):
+            branch_student = self._student(classes, channels).to(images.device)
+            branch_student.eval()  # the shape probe must not touch the BN statistics
+            with torch.no_grad(), FeatureTaps(branch_student, [branch_student.stage_names[i]]) as taps:
+                _, feats = taps(images.float())
+            branch_student.train()
+            target = feats[branch_student.stage_names[i]]
+            source = example.student_features[layer]
+            if source.dim() != 4 or target.dim() != 4:
+                raise LayerError(f"sftn: stage {i} gives {tuple(source.shape[1:])} (trained network) and "
+                                 f"{tuple(target.shape[1:])} ({self.student_name}); a transform needs feature maps")
+            transform = ConvRegressor(source.shape[1], target.shape[1], tuple(source.shape[2:]),
+                                      tuple(target.shape[2:]), bn=True, relu=True)
+            branches.append(StudentBranch(transform, branch_student, i).to(images.device))
+        self.branches = nn.ModuleList(branches)
+
+    # ------------------------------------------------------------------ loss
+    def branch_logits(self, out: StepOutputs) -> list[torch.Tensor]:
+        if len(self.branches) != len(self.student_layers):
+            raise RuntimeError("sftn: setup() was not called (no branches)")
+        return [branch(out.student_features[layer]) for branch, layer in zip(self.branches, self.student_layers)]
+
+    def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        z_t = out.student_logits.float()
+        target = z_t.detach() if self.detach_teacher else z_t
+        branch = [z.float() for z in self.branch_logits(out)]
+        kl = torch.stack([kd_loss(z, target, self.T) / (self.T * self.T) for z in branch]).sum()
+        ce = torch.stack([F.cross_entropy(z, out.labels) for z in branch]).sum()
+        return {"teacher_ce": self.lambda_t * F.cross_entropy(z_t, out.labels),
+                "kl": self.lambda_kl * kl, "branch_ce": self.lambda_ce * ce}
+
+    def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        """Logits of every branch, for the engine's per-epoch evaluation."""
+        return {f"branch{i}": z for i, z in zip(self.points, self.branch_logits(out))}

@@ -1,0 +1,175 @@
+"""SFTN: branches for zoo pairs, the loss formula, gradient routing, the saved teacher, the pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdforge.cli import main
+from kdforge.config import config_from_dict
+from kdforge.engine import train_from_config
+from kdforge.engine.checkpoint import load_model
+from kdforge.errors import ConfigError
+from kdforge.features import FeatureTaps
+from kdforge.methods import LossComposer, StepOutputs, build_method
+from kdforge.models import build_model
+
+ROOT = Path(__file__).parent.parent
+TABLE_PAIRS = [p.stem.split("-") for p in sorted((ROOT / "configs/cifar100/pairs").glob("*.yaml"))]
+PAIRS = sorted({tuple(p) for p in TABLE_PAIRS} | {("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2"),
+                                                  ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "resnet8x4")})
+
+
+def bound(trained, params, images, labels=None):
+    """An SFTN method bound and set up on `trained` (the teacher-to-be), and its StepOutputs on `images`."""
+    method = build_method("sftn", params)
+    method.bind(trained, None)
+    with FeatureTaps(trained, method.student_layers) as taps:
+        trained.eval()
+        with torch.no_grad():
+            logits, feats = taps(images)
+        method.setup(trained, None, StepOutputs(images, labels, logits, student_features=dict(feats)))
+        trained.train()
+        logits, feats = taps(images)
+    return method, StepOutputs(images, labels, logits, student_features=feats, student=trained)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS, ids=["-".join(p) for p in PAIRS])
+def test_branches_for_every_zoo_pair(teacher, student):
+    torch.manual_seed(0)
+    trained = build_model(teacher, num_classes=100)
+    method, out = bound(trained, {"student": student}, torch.randn(2, 3, 32, 32))
+    pairs = min(len(trained.stage_names), len(build_model(student, num_classes=100).stage_names))
+    assert len(method.branches) == pairs - 1
+    heads = method.eval_heads(out)
+    assert list(heads) == [f"branch{i}" for i in range(pairs - 1)]
+    for z in heads.values():
+        assert z.shape == (2, 100) and torch.isfinite(z).all()
+
+
+def test_stage_lists_of_different_lengths_pair_from_the_deepest():
+    method = build_method("sftn", {"student": "mobilenetv2"})
+    method.bind(build_model("vgg13", num_classes=10), None)
+    assert method.student_layers == ["layer2", "layer3", "layer4"]  # vgg13 stages 2-4 of 1-5
+    assert method.branch_from == [0, 1, 2]  # mobilenetv2 stage_names layer2, layer3, layer5 (of 4)
+
+
+def direct_loss(z_t, branch_logits, y, lambdas, T):
+    """The spec's formula written out: CE, KL(p_T || p_i) with p = softmax(z / T), summed over branches."""
+    p_t = torch.softmax(z_t / T, 1)
+    kl = sum((p_t * (torch.log(p_t) - torch.log_softmax(z / T, 1))).sum(1).mean() for z in branch_logits)
+    ce = sum(F.cross_entropy(z, y) for z in branch_logits)
+    return {"teacher_ce": lambdas[0] * F.cross_entropy(z_t, y), "kl": lambdas[1] * kl, "branch_ce": lambdas[2] * ce}
+
+
+def test_loss_equals_the_formula():
+    torch.manual_seed(0)
+    trained = build_model("resnet14", num_classes=10)
+    y = torch.randint(0, 10, (6,))
+    params = {"student": "resnet8", "lambda_t": 0.7, "lambda_kl": 3.0, "lambda_ce": 1.5, "T": 2.0}
+    method, out = bound(trained, params, torch.randn(6, 3, 32, 32), y)
+    got = method(out)
+    want = direct_loss(out.student_logits, method.branch_logits(out), y, (0.7, 3.0, 1.5), 2.0)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def grads_after(trained, method, out, part):
+    """Gradients of the trained network's parameters from one loss term, on a fresh forward pass."""
+    trained.zero_grad()
+    method.zero_grad()
+    with FeatureTaps(trained, method.student_layers) as taps:
+        logits, feats = taps(out.images)
+    fresh = StepOutputs(out.images, out.labels, logits, student_features=feats, student=trained)
+    method(fresh)[part].backward()
+    return {name: p.grad for name, p in trained.named_parameters()}
+
+
+def test_gradient_routing():
+    torch.manual_seed(0)
+    images, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    trained = build_model("resnet14", num_classes=10)
+    method, out = bound(trained, {"student": "resnet8", "branches": [0]}, images, y)  # one branch, after layer1
+    g = grads_after(trained, method, out, "kl")
+    assert g["fc.weight"].abs().sum() > 0  # KL reaches the teacher through its logits (not detached) ...
+    assert g["layer1.0.conv1.weight"].abs().sum() > 0  # ... and through the branch's transform
+    g = grads_after(trained, method, out, "branch_ce")
+    assert g["layer1.0.conv1.weight"].abs().sum() > 0
+    after = [n for n in g if n.startswith(("layer2", "layer3", "fc"))]
+    assert after and all(g[n] is None for n in after)  # never past the branch point
+
+    method, out = bound(trained, {"student": "resnet8", "detach_teacher": True}, images, y)
+    g = grads_after(trained, method, out, "kl")
+    assert g["fc.weight"] is None  # detached: the KL moves only the branches ...
+    assert g["layer1.0.conv1.weight"].abs().sum() > 0  # ... and the blocks before their branch points
+
+
+def test_config_errors_and_listing(capsys):
+    with pytest.raises(ConfigError, match="student"):
+        LossComposer.from_config({"sftn": 1.0})
+    with pytest.raises(ConfigError, match="sftn.branches"):
+        method = build_method("sftn", {"student": "resnet8", "branches": [2]})
+        method.bind(build_model("resnet20", num_classes=10), None)
+    assert main(["methods", "sftn"]) == 0
+    text = capsys.readouterr().out
+    assert "Park" in text and "lambda_kl" in text and "detach_teacher" in text
+
+
+COMMON = {"data": {"augment": {"crop_padding": 2, "hflip": False}, "batch_size": 64},
+          "schedule": {"name": "cosine", "epochs": 2},
+          "train": {"progress": False, "tensorboard": False, "device": "cpu"}}
+
+
+def test_sftn_run_logs_branches_and_saves_a_plain_teacher(tmp_path):
+    from kdforge.data import load_dataset
+    from kdforge.engine import Trainer
+
+    cfg = config_from_dict({**COMMON, "name": "sftn", "output_dir": str(tmp_path), "student": {"model": "resnet14"},
+                            "losses": {"sftn": {"student": "resnet8"}}})
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    trained = build_model("resnet14", num_classes=10, in_channels=1)
+    losses = LossComposer.from_config(cfg.losses)
+    trainer = Trainer(trained, losses, train, test, config=cfg, run_dir=tmp_path / "sftn")
+    summary = trainer.fit()
+    epochs = [json.loads(line) for line in (tmp_path / "sftn" / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert len(epochs) == 2
+    for record in epochs:
+        assert {"eval_top1", "eval_top1/sftn/branch0", "eval_top1/sftn/branch1"} <= set(record)
+        assert {"train_sftn/teacher_ce", "train_sftn/kl", "train_sftn/branch_ce"} <= set(record)
+    assert summary["top1_last"] > 30 and epochs[-1]["eval_top1/sftn/branch1"] > 20
+    plain, ckpt = load_model(tmp_path / "sftn", "last")
+    plain.eval()
+    assert type(plain) is type(trained) and ckpt["model"]["name"] == "resnet14"
+    x = torch.randn(5, 1, 32, 32)
+    trained.eval().float().to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        assert torch.equal(plain(x), trained(x))
+    # ... and it is the teacher of any method
+    kd = config_from_dict({**COMMON, "name": "kd", "output_dir": str(tmp_path), "student": {"model": "resnet8"},
+                           "teacher": {"checkpoint": str(tmp_path / "sftn")}, "losses": {"ce": 0.1, "kd": 0.9},
+                           "train": {**COMMON["train"], "max_steps": 3}})
+    assert train_from_config(kd)["teacher"] == str(tmp_path / "sftn")
+
+
+def test_pipeline_command_trains_both_teachers_and_reuses_finished_runs(tmp_path, capsys):
+    args = ["sftn", "--teacher", "resnet14", "--student", "resnet8", "--methods", "kd", "at", "--seeds", "0",
+            "--epochs", "1", "--set", "train.max_steps=4", "--set", "train.device=cpu",
+            "--set", "train.tensorboard=false", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    for row in ("| standard |", "| SFTN |"):
+        assert row in table
+    assert "student kd" in table and "student at" in table and "branch 0" in table
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert runs == ["sftn-at-seed0", "sftn-kd-seed0", "sftn-teacher-seed0",
+                    "standard-at-seed0", "standard-kd-seed0", "standard-teacher-seed0"]
+    kd_summary = json.loads((tmp_path / "sftn-kd-seed0" / "summary.json").read_text())
+    assert kd_summary["teacher"] == str(tmp_path / "sftn-teacher-seed0")
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_dir()}
+    assert main(args) == 0  # again: every run is finished, nothing retrains
+    assert stamps == {p: (p / "summary.json").stat().st_mtime_ns for p in stamps}
+    assert "| SFTN |" in capsys.readouterr().out
+    assert main(args + ["--methods", "sftn"]) == 2  # not a distillation method
