@@ -60,9 +60,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="default: ce and every method that distils from a teacher (sftn trains teachers)")
     args = parser.parse_args()
-    names = args.methods or ["ce"] + [m for m in method_names() if m != "ce"]
+    names = args.methods or ["ce"] + [m for m in method_names() if method_class(m).needs_teacher]
     data = synthetic_data(args.batch * (args.steps + args.warmup), args.classes)
     device = resolve_device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -44,3 +44,16 @@ def test_table_script_runs_each_teacher_then_each_method(tmp_path):
     calls = commands(tmp_path, "cifar100_table.sh", PAIRS="resnet56-resnet20", METHODS="kd at", DATA="d")
     names = [configs_of(c).name for c in calls]
     assert names == ["cifar100-teacher-resnet56", "cifar100-resnet56-resnet20-kd", "cifar100-resnet56-resnet20-at"]
+
+
+def test_sftn_script_runs_the_pipeline_for_each_pair(tmp_path):
+    calls = commands(tmp_path, "sftn_cifar100.sh", DATA="/data", METHODS="kd crd", SEEDS="0")
+    assert [c[0] for c in calls] == ["sftn"] * 3
+    for argv in calls:
+        base = load_config([ROOT / argv[1]], [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+        assert base.data.name == "cifar100" and base.data.root == "/data" and base.schedule.epochs == 240
+        teacher, student = argv[argv.index("--teacher") + 1], argv[argv.index("--student") + 1]
+        assert argv[argv.index("--out") + 1] == f"runs/cifar100-sftn-{teacher}-{student}"
+        assert ("--student-set" in argv) == student.startswith("shufflenet")
+    assert {(c[c.index("--teacher") + 1], c[c.index("--student") + 1]) for c in calls} == {
+        ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "shufflenetv2")}

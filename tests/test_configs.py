@@ -61,3 +61,12 @@ def test_pursuhint_configs_validate():
                 assert cfg.hints.select == ("auto" if hints == "pursuhint" else "stage_ends")
                 if hints == "pursuhint":
                     assert (cfg.hints.metric, cfg.hints.k, cfg.hints.probe) == ("cca", 3, 10000)
+
+
+@pytest.mark.parametrize("path", sorted((CIFAR / "sftn").glob("*.yaml")), ids=lambda p: p.stem)
+def test_sftn_teacher_configs_validate(path):
+    cfg = load_config([CIFAR / "base.yaml", path])
+    check(cfg)
+    teacher, student = path.stem.split("-")
+    assert cfg.student.model == teacher and cfg.losses["sftn"]["student"] == student
+    assert cfg.losses["sftn"]["detach_teacher"] is False and cfg.schedule.epochs == 240

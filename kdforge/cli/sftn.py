@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
                    help="an SFTN parameter, e.g. --sftn lambda_kl=3 --sftn T=1 --sftn detach_teacher=true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base config, e.g. --set data.root=/data")
+    p.add_argument("--student-set", dest="student_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key for the students' runs only, e.g. --student-set optim.lr=0.01")
     p.add_argument("--out", default="runs/sftn", help="folder of the runs and results.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -46,8 +48,11 @@ def run(args) -> int:
         set_by_path(base, *parse_override(text))
     if args.epochs:
         set_by_path(base, "schedule.epochs", args.epochs)
+    student_overrides: dict = {}
+    for text in args.student_overrides:
+        set_by_path(student_overrides, *parse_override(text))
     for key in ("student", "teacher", "losses", "name", "output_dir", "seed", "hints"):
-        if key in base:
+        if key in base or key in student_overrides:
             raise ConfigError(f"the base config sets '{key}', which the pipeline decides; remove it "
                               f"(use --teacher, --student, --methods, --seeds, --out)")
     for method in args.methods:
@@ -61,7 +66,8 @@ def run(args) -> int:
             raise ConfigError(f"--sftn {key}: not an SFTN parameter; one of {', '.join(sorted(known))}")
         sftn[key] = value
     result = run_sftn_pipeline(args.teacher, args.student, args.methods, base=base, seeds=tuple(args.seeds),
-                               output_dir=args.out, sftn=sftn, progress=not args.no_progress)
+                               output_dir=args.out, sftn=sftn, student_overrides=student_overrides,
+                               progress=not args.no_progress)
     print()
     print(result["table"])
     print(f"\nrun folders and results.md: {args.out}/")

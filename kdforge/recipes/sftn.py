@@ -51,12 +51,18 @@ def run_once(base: dict[str, Any], output_dir: Path, name: str, **sections) -> d
 
 def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: dict[str, Any] | None = None,
                       seeds: tuple[int, ...] = (0, 1, 2), output_dir: str | Path = "runs/sftn",
-                      sftn: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train everything; return {'rows', 'table'} and write results.md / results.json to `output_dir`."""
+                      sftn: dict[str, Any] | None = None, student_overrides: dict[str, Any] | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Train everything; return {'rows', 'table'} and write results.md / results.json to `output_dir`.
+
+    `student_overrides` (a config mapping) applies to the students' runs only, e.g. the lower
+    learning rate of ShuffleNet/MobileNet students: {"optim": {"lr": 0.01}}.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = merge_configs(copy.deepcopy(base if base is not None else DIGITS_BASE), {"train": {"progress": progress}})
     stage2 = {m: student_losses(m) for m in methods}
+    student_base = merge_configs(copy.deepcopy(base), student_overrides or {})
     teacher_losses = {"standard": {"ce": 1.0}, "SFTN": {"sftn": {"weight": 1.0, "student": student, **(sftn or {})}}}
     results: dict[str, dict[str, list]] = {kind: {} for kind in KINDS}
     for seed in seeds:
@@ -69,7 +75,7 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
             for name, value in _branch_top1(Path(t["run_dir"])).items():
                 row.setdefault(name, []).append(value)
             for method, losses in stage2.items():
-                s = run_once(base, output_dir, f"{kind.lower()}-{method}-seed{seed}", seed=seed,
+                s = run_once(student_base, output_dir, f"{kind.lower()}-{method}-seed{seed}", seed=seed,
                              student={"model": student}, teacher={"checkpoint": t["run_dir"]}, losses=losses)
                 row.setdefault(f"student {method}", []).append(s["top1_last"])
     table = _markdown(results, teacher, student, methods, len(seeds))
