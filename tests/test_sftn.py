@@ -100,6 +100,11 @@ def test_gradient_routing():
     after = [n for n in g if n.startswith(("layer2", "layer3", "fc"))]
     assert after and all(g[n] is None for n in after)  # never past the branch point
 
+    method, out = bound(trained, {"student": "resnet8", "branches": [1]}, images, y)  # after layer2
+    g = grads_after(trained, method, out, "branch_ce")
+    assert g["layer2.0.conv1.weight"].abs().sum() > 0 and g["layer1.0.conv1.weight"].abs().sum() > 0
+    assert all(g[n] is None for n in g if n.startswith(("layer3", "fc")))
+
     method, out = bound(trained, {"student": "resnet8", "detach_teacher": True}, images, y)
     g = grads_after(trained, method, out, "kl")
     assert g["fc.weight"] is None  # detached: the KL moves only the branches ...
@@ -173,3 +178,36 @@ def test_pipeline_command_trains_both_teachers_and_reuses_finished_runs(tmp_path
     assert stamps == {p: (p / "summary.json").stat().st_mtime_ns for p in stamps}
     assert "| SFTN |" in capsys.readouterr().out
     assert main(args + ["--methods", "sftn"]) == 2  # not a distillation method
+    assert "does not distil" in capsys.readouterr().err
+    assert main(args + ["--epochs", "2"]) == 2  # other settings in the same --out: never silently reused
+    assert "another --out" in capsys.readouterr().err
+    fresh = [a if a != str(tmp_path) else str(tmp_path / "new") for a in args]
+    for extra, message in ((["--sftn", "student=resnet14"], "--student"), (["--sftn", "lambda_kl=abc"], "lambda_kl"),
+                           (["--seeds", "0", "0"], "each seed once"), (["--sftn", "branches=[5]"], "sftn.branches")):
+        assert main(fresh + extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())  # refused before training
+
+
+def test_evaluation_gives_every_module_its_own_mode_back():
+    """Heads are evaluated in eval mode; afterwards a frozen (eval) submodule stays frozen."""
+    from kdforge.data import TensorLoader, load_dataset
+    from kdforge.engine.evaluate import evaluate
+    from kdforge.engine.precision import resolve_precision
+
+    model = build_model("resnet8", num_classes=10, in_channels=1)
+    extra = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3))
+    extra[1].eval()  # e.g. a method's frozen paraphraser
+    seen = []
+
+    def heads(images, labels):
+        seen.append((model.training, extra[0].training))
+        return model(images), {"same": model(images)}
+
+    data = load_dataset("digits", split="test").subset(torch.arange(40))
+    loader = TensorLoader(data, 16, shuffle=False, drop_last=False, device="cpu", augment=None, seed=0)
+    metrics = evaluate(model, loader, resolve_precision("fp32", False, torch.device("cpu")), heads=heads,
+                       also_eval=[extra])
+    assert seen and all(mode == (False, False) for mode in seen)
+    assert model.training and extra[0].training and not extra[1].training
+    assert metrics["top1/same"] == pytest.approx(metrics["top1"])

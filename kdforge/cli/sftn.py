@@ -58,13 +58,17 @@ def run(args) -> int:
     for method in args.methods:
         if not method_class(method).needs_teacher:
             raise ConfigError(f"--methods: {method} does not distil from a teacher")
-    known = {p.name for p in method_params("sftn")}
+    known = {p.name for p in method_params("sftn")} - {"student"}
     sftn = {}
     for text in args.sftn:
         key, value = parse_override(text)
         if key not in known:
-            raise ConfigError(f"--sftn {key}: not an SFTN parameter; one of {', '.join(sorted(known))}")
+            raise ConfigError(f"--sftn {key}: not an SFTN parameter here; one of {', '.join(sorted(known))} "
+                              f"(the branches' architecture is --student)")
         sftn[key] = value
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds: each seed once, got {args.seeds}")
+    _check_before_training(args.teacher, args.student, sftn)
     result = run_sftn_pipeline(args.teacher, args.student, args.methods, base=base, seeds=tuple(args.seeds),
                                output_dir=args.out, sftn=sftn, student_overrides=student_overrides,
                                progress=not args.no_progress)
@@ -72,3 +76,13 @@ def run(args) -> int:
     print(result["table"])
     print(f"\nrun folders and results.md: {args.out}/")
     return 0
+
+
+def _check_before_training(teacher: str, student: str, sftn: dict) -> None:
+    """Models, SFTN parameters and branch points, checked before hours of training."""
+    from kdforge.methods import build_method
+    from kdforge.models import build_model
+
+    build_model(student, num_classes=10)
+    method = build_method("sftn", {"student": student, **sftn}, path="--sftn")
+    method.bind(build_model(teacher, num_classes=10), None)

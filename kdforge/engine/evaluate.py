@@ -19,8 +19,8 @@ def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | No
              also_eval: Sequence[nn.Module] = ()) -> dict[str, float]:
     """{top1, top5, loss, n} of `model`; with `heads(images, labels) -> (logits, {name: logits})`
     also `top1/<name>` of every extra head. `also_eval` modules are put in eval mode meanwhile."""
-    modes = [(m, m.training) for m in (model, *also_eval)]
-    for m, _ in modes:
+    modes = [(sub, sub.training) for m in (model, *also_eval) for sub in m.modules()]  # each its own flag back
+    for m in (model, *also_eval):
         m.eval()
     device = precision.device
     correct1 = torch.zeros((), dtype=torch.long, device=device)
@@ -44,8 +44,8 @@ def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | No
             correct5 += hits.any(dim=1).sum()
             count += labels.shape[0]
     finally:
-        for m, mode in modes:
-            m.train(mode)
+        for sub, mode in modes:
+            sub.training = mode
     if count == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "n": 0}
     return {

@@ -414,6 +414,7 @@ class Trainer:
             "best_epoch": self.state.best_epoch or None,
             "selection_split": self.cfg.data.eval_split,
             "wall_time_s": round(self.state.elapsed_s, 3),
+            "train_time_s": round(self.state.train_time_s, 3),  # training steps only (no evaluation, saving)
             "train_img_per_s": self.state.train_images / max(self.state.train_time_s, 1e-9),
             "device": str(self.precision.device),
             "precision": self.precision.name,

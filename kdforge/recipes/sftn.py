@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict, merge_configs
+from kdforge.config import config_from_dict, config_to_dict, merge_configs
+from kdforge.errors import ConfigError
 from kdforge.engine import train_from_config
 from kdforge.methods import method_class
 from kdforge.recipes.stats import format_mean_std
@@ -38,13 +39,31 @@ def student_losses(method: str) -> dict[str, Any]:
     return {"ce": 1.0, method: cls.typical_weight}
 
 
+#: settings a reused or resumed run must share with the one asked for
+SAME = ("seed", "data", "student", "teacher", "losses", "optim", "schedule")
+
+
 def run_once(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
-    """One engine run: reuse a finished one, resume an interrupted one, else train."""
+    """One engine run: reuse a finished one, resume an interrupted one, else train.
+
+    A run folder made with other settings (another student, epochs, SFTN parameters, ...)
+    is an error, never silently reused.
+    """
+    import yaml
+
     run_dir = output_dir / name
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
     data = merge_configs(copy.deepcopy(base), {"name": name, "output_dir": str(output_dir)})
     data.update(sections)
+    wanted = config_to_dict(config_from_dict(data))
+    saved_file = run_dir / "config.yaml"
+    if saved_file.is_file():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        changed = [key for key in SAME if saved.get(key) != wanted.get(key)]
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
+                              f"use another --out (or delete that folder)")
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     return train_from_config(config_from_dict(data), resume=resume, overwrite=not resume and run_dir.exists())
 
@@ -71,7 +90,7 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
                          student={"model": teacher}, losses=teacher_losses[kind])
             row = results[kind]
             row.setdefault("teacher", []).append(t["top1_last"])
-            row.setdefault("s/epoch", []).append(t["wall_time_s"] / max(t["epochs"], 1e-9))
+            row.setdefault("s/epoch", []).append(t.get("train_time_s", t["wall_time_s"]) / max(t["epochs"], 1e-9))
             for name, value in _branch_top1(Path(t["run_dir"])).items():
                 row.setdefault(name, []).append(value)
             for method, losses in stage2.items():
@@ -99,7 +118,7 @@ def _markdown(results: dict[str, dict[str, list]], teacher: str, student: str, m
     branches = sorted({k for row in results.values() for k in row if k.startswith("branch")})
     columns = ["teacher", *branches, *(f"student {m}" for m in methods), "s/epoch"]
     head = (f"top-1 % (last epoch, mean ± std over {n_seeds} seeds); teacher {teacher}, student {student}; "
-            f"s/epoch: teacher training time per epoch")
+            f"s/epoch: the teacher's training time per epoch (training steps only)")
     lines = [head, "", "| teacher kind | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for kind, row in results.items():
         cells = [format_mean_std(row[c], 1 if c == "s/epoch" else 2) if c in row else "-" for c in columns]
