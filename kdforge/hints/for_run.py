@@ -126,8 +126,7 @@ def plan_hints(cfg: RunConfig, teacher: nn.Module | None, student: nn.Module, tr
 def hint_takers(losses) -> list[str]:
     """Keys of the active losses that will take hint pairs; a ConfigError if there is none."""
     active = set(map(id, losses.active()))
-    takers = [key for key, m in losses.methods.items()
-              if id(m) in active and m.uses_hints and not (m._given_t or m._given_s)]
+    takers = [key for key, m in losses.methods.items() if id(m) in active and m.wants_hints]
     if not takers:
         users = sorted({m.name for m in losses.methods.values() if m.uses_hints})
         raise ConfigError(

@@ -82,12 +82,17 @@ class Method(nn.Module):
             self.teacher_layers, self.student_layers = pair_layers(
                 self.name, student, teacher, self._given_t, self._given_s, self.layer_kind, pick=self.pick_layers)
 
-    def take_hints(self, teacher_layers: list[str], student_layers: list[str]) -> bool:
-        """Use these (teacher, student) hint pairs unless the config named this method's layers.
+    @property
+    def wants_hints(self) -> bool:
+        """A hint method whose layers the config does not name: it takes a run's hint pairs."""
+        return self.uses_hints and not (self._given_t or self._given_s)
 
-        Returns whether they were taken; called before `bind`.
+    def take_hints(self, teacher_layers: list[str], student_layers: list[str]) -> bool:
+        """Use these (teacher, student) hint pairs if `wants_hints`; returns whether they were taken.
+
+        Called before `bind`.
         """
-        if not self.uses_hints or self._given_t or self._given_s:
+        if not self.wants_hints:
             return False
         self._given_t, self._given_s = list(teacher_layers), list(student_layers)
         return True
