@@ -65,12 +65,10 @@ def _from_config(args):
     if settings.select != "auto":
         print(f"note: the config's hints.select is {settings.select!r}; this command selects with PURSUhInT "
               f"using its other hints settings")
-    from kdforge.features import expand_patterns
+    from kdforge.hints.for_run import student_hint_layers
 
-    student_layers = expand_patterns(student, settings.student_layers) if settings.student_layers else \
-        getattr(student, "stage_names", None) or []
-    k = settings.k or len(student_layers)
-    return teacher, cfg.teacher.checkpoint, train, settings, cfg.train.device, k or None
+    k = settings.k or len(student_hint_layers(student, settings.student_layers))
+    return teacher, cfg.teacher.checkpoint, train, settings, cfg.train.device, k
 
 
 def _from_teacher(args):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
-from kdforge.hints.probe import candidate_layers, probe_indices
-from kdforge.hints.selection import HintFileError, HintSelection, probe_fingerprint, select_hints
+from kdforge.hints.probe import candidate_layers
+from kdforge.hints.selection import HintFileError, HintSelection, draw_probe_set, select_hints
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
@@ -57,11 +57,10 @@ def cached_select(teacher: nn.Module, checkpoint: str | Path | None, dataset, *,
     Without a checkpoint (a teacher in memory) nothing is cached. `options` go to `select_hints`.
     """
     layers = candidate_layers(teacher, candidates)
-    indices = probe_indices(len(dataset), probe, seed)
+    indices, images = probe_set = draw_probe_set(dataset, probe, seed)
     path = fingerprint = None
     if checkpoint is not None:
         fingerprint = checkpoint_fingerprint(checkpoint)
-        images = probe_fingerprint(dataset, indices)
         path = cache_file(checkpoint, metric=metric, k=k, n=len(indices), seed=seed, layers=layers,
                           rbf_samples=rbf_samples, images=images)
         if use_cache:
@@ -69,7 +68,7 @@ def cached_select(teacher: nn.Module, checkpoint: str | Path | None, dataset, *,
             if saved is not None:
                 return saved, path, True
     selection = select_hints(teacher, dataset, k=k, metric=metric, candidates=candidates, probe=probe, seed=seed,
-                             rbf_samples=rbf_samples, **options)
+                             rbf_samples=rbf_samples, probe_set=probe_set, **options)
     if checkpoint is not None:
         selection.teacher.update(checkpoint=str(checkpoint), fingerprint=fingerprint)
         try:

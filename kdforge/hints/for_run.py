@@ -49,8 +49,8 @@ def teacher_stage_ends(teacher: nn.Module, candidates: list[str] | None) -> list
     return [layers[i] for i in ends]
 
 
-def _student_layers(cfg: RunConfig, student: nn.Module) -> list[str]:
-    given = cfg.hints.student_layers
+def student_hint_layers(student: nn.Module, given: list[str] | None) -> list[str]:
+    """The student layers hints pair with: `given` (names or globs, expanded) or the student's stage ends."""
     if given:
         layers = expand_patterns(student, given)
     else:
@@ -91,7 +91,7 @@ def plan_hints(cfg: RunConfig, teacher: nn.Module | None, student: nn.Module, tr
     from kdforge.engine.precision import resolve_device
 
     checkpoint = str(resolve_checkpoint(cfg.teacher.checkpoint, "best"))
-    student_layers = _student_layers(cfg, student)
+    student_layers = student_hint_layers(student, h.student_layers)
     k = h.k or len(student_layers)
     saved_in_run = Path(run_dir) / RUN_FILE
     if h.select == "stage_ends":

@@ -121,6 +121,12 @@ def probe_fingerprint(dataset, indices: torch.Tensor) -> str:
     return hashlib.sha256(dataset.images[indices].cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def draw_probe_set(dataset, probe: int, seed: int) -> tuple[torch.Tensor, str]:
+    """(probe indices, SHA-256 of their images): what a selection is made on, and how a cache recognises it."""
+    indices = probe_indices(len(dataset), probe, seed)
+    return indices, probe_fingerprint(dataset, indices)
+
+
 def stage_end_indices(model: nn.Module, layers: list[str]) -> list[int]:
     """Positions in `layers` of the last block of each of the model's stages (empty if unknown)."""
     ends = []
@@ -133,16 +139,19 @@ def stage_end_indices(model: nn.Module, layers: list[str]) -> list[int]:
 
 def select_hints(teacher: nn.Module, dataset, *, k: int, metric: str = "cca", candidates: list[str] | None = None,
                  probe: int = 10000, seed: int = 0, batch_size: int = 256, device: torch.device | str = "cpu",
-                 precision=None, rbf_samples: int = 2000, max_iter: int = 100,
-                 progress: bool = False) -> HintSelection:
-    """Run the whole selection on `teacher` with a probe set drawn from `dataset` (a training split)."""
+                 precision=None, rbf_samples: int = 2000, max_iter: int = 100, progress: bool = False,
+                 probe_set: tuple[torch.Tensor, str] | None = None) -> HintSelection:
+    """Run the whole selection on `teacher` with a probe set drawn from `dataset` (a training split).
+
+    `probe_set`: (indices, images fingerprint) when the caller has drawn them already.
+    """
     if metric not in ALL_METRICS:
         raise ConfigError(f"hints.metric: {metric!r} is not a metric; choose one of {', '.join(ALL_METRICS)}")
     layers = candidate_layers(teacher, candidates)
     if not 1 <= k <= len(layers):
         raise ConfigError(f"hints.k: {k} hint layers cannot be chosen from {len(layers)} candidate layers")
     clock = time.perf_counter()
-    indices = probe_indices(len(dataset), probe, seed)
+    indices, images = probe_set or draw_probe_set(dataset, probe, seed)
     features = probe_features(teacher, dataset, layers, indices, batch_size=batch_size, device=device,
                               precision=precision, progress=progress)
     t_probe = time.perf_counter() - clock
@@ -164,7 +173,7 @@ def select_hints(teacher: nn.Module, dataset, *, k: int, metric: str = "cca", ca
         converged=clusters.converged, stage_ends=stage_end_indices(teacher, layers),
         teacher={"model": (getattr(teacher, "zoo_record", None) or {}).get("name", type(teacher).__name__)},
         probe={"dataset": getattr(dataset, "name", "?"), "n": len(indices), "seed": seed,
-               "images_sha256": probe_fingerprint(dataset, indices)},
+               "images_sha256": images},
         seconds={"probe": round(t_probe, 3), "distances": round(t_dist, 3),
                  "clustering": round(t_total - t_probe - t_dist, 3)},
     )

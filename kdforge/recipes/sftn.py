@@ -17,15 +17,9 @@ from kdforge.config import config_from_dict, config_to_dict, merge_configs
 from kdforge.errors import ConfigError
 from kdforge.engine import train_from_config
 from kdforge.methods import method_class
+from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.stats import format_mean_std
 
-#: the quickstart's digits settings: the default base of the pipeline
-DIGITS_BASE: dict[str, Any] = {
-    "data": {"name": "digits", "batch_size": 64, "augment": {"crop_padding": 2, "hflip": False}},
-    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine", "epochs": 8, "warmup_epochs": 0.5},
-    "train": {"log_every": 10},
-}
 KINDS = ("standard", "SFTN")
 
 
