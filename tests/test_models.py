@@ -33,6 +33,10 @@ from kdforge.models.wrn import WideResNet
 # layer2 73728+147456+8192 + 3*256 = 230,144; layer3 294912+589824+32768 + 3*512 = 919,040;
 # fc 256*100 + 100 = 25,700; total 1,233,540.
 EXACT = {
+    # resnet56 + switchable BN: a split BN of C channels used by n paths adds (n - 1) * 2C;
+    # stage 2 (2C = 64): block 0 3 BNs x 3 extra paths, blocks 1-2 2 x 3, blocks 3-4 2 x 2,
+    # blocks 5-6 2 x 1 -> 64 * (9 + 12 + 8 + 4) = 2,112; stage 3 (2C = 128): 4,224.
+    "ddnn": 861_620 + 2_112 + 4_224,
     "resnet8": 83_892,
     "resnet14": 181_108,
     "resnet20": 278_324,
@@ -200,8 +204,11 @@ def test_tap_metadata_and_single_calls(name):
             handle.remove()
 
     assert max(calls.values()) == 1, [n for n, c in calls.items() if c > 1]
+    other_paths = ".paths."  # a depth-dynamic net's full path leaves the sub-nets' own BNs unused
     for n, m in modules.items():
-        if any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.ReLU):
+        if other_paths in n and not n.endswith(f".paths.{getattr(model, 'full_name', '')}"):
+            assert calls[n] == 0, f"{n} belongs to another path but was called"
+        elif any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.ReLU):
             assert calls[n] == 1, f"{n} was not called"
     sides = [outputs[s].shape[-1] for s in model.stage_names]
     assert all(a >= b for a, b in zip(sides, sides[1:])) and sides[0] > sides[-1]
@@ -292,6 +299,7 @@ def test_training_step_reaches_every_parameter():
 def _reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Each family's forward written out module by module, independent of `forward_from`."""
     tiny_imagenet = x.shape[-2] == 64  # CRD's VGG: pool4 for 64x64 inputs (the zoo: layer4 output 8 high)
+    model = getattr(model, "full", model)  # a depth-dynamic net's full path is its plain full model
     if isinstance(model, WideResNet):
         x = model.conv1(x)
     elif not isinstance(model, VGG):
@@ -318,7 +326,9 @@ def _stage_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dic
     input of ``stage_names[0]`` (= layer2: its stage 0 is layer1 + layer2).
     """
     seen: dict[int, torch.Tensor] = {}
-    handles = [model.layer1.register_forward_pre_hook(lambda m, args: seen.update({-1: args[0]}))]
+    prefix = model.stage_names[0].rpartition(".")[0]  # 'full' in a depth-dynamic net
+    first = model.get_submodule(f"{prefix}.layer1" if prefix else "layer1")
+    handles = [first.register_forward_pre_hook(lambda m, args: seen.update({-1: args[0]}))]
     handles += [model.get_submodule(s).register_forward_hook(lambda m, a, out, i=i: seen.update({i: out}))
                 for i, s in enumerate(model.stage_names)]
     try:

@@ -79,6 +79,7 @@ class Trainer:
             raise ConfigError(f"losses {names} need a teacher: set teacher.checkpoint to a trained run or .pt file")
         self.state = TrainState()
         self._prepared = False
+        self._eval_postfix = ""  # the last evaluation, shown on the progress bar
 
     # ------------------------------------------------------------------ set-up
     def prepare(self) -> None:
@@ -239,10 +240,13 @@ class Trainer:
                 record["epoch"] = self.state.epoch + self.state.batch_in_epoch / steps
                 record["step"] = self.state.step
                 due = finished and self.state.epoch % self.cfg.train.eval_every == 0
+                if finished and self.state.epoch == epochs:
+                    self._recalibrate_bn()
                 if self.eval_loader is not None and (due or stopping):
                     metrics = self._evaluate()
                     record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
-                    bar.set_postfix_str(self._postfix(record), refresh=False)
+                    self._eval_postfix = self._postfix(record)
+                    bar.set_postfix_str(self._eval_postfix, refresh=False)
                 self.state.elapsed_s = elapsed_before + time.perf_counter() - start
                 record["elapsed_s"] = round(self.state.elapsed_s, 3)
                 self.state.history.append(record)
@@ -267,6 +271,23 @@ class Trainer:
             return logits, {f"{key}/{name}": z for key, m in with_heads.items() for name, z in m.eval_heads(out).items()}
 
         return evaluate(self.student, self.eval_loader, self.precision, heads=heads, also_eval=[self.losses])
+
+    def _recalibrate_bn(self) -> None:
+        """After the last epoch, recompute BN statistics if the model asks (`bn_recalibration_batches`,
+        e.g. a depth-dynamic net with ``bn: recalibrate``): one forward per path (`calibration_forwards`)
+        over the first batches of a fixed, augmented epoch order."""
+        batches = getattr(self.student, "bn_recalibration_batches", 0)
+        if not batches:
+            return
+        from kdforge.engine.bn_recalibration import recalibrate_bn
+
+        forwards = getattr(self.student, "calibration_forwards", lambda: None)()
+        self.train_loader.set_epoch(self.cfg.schedule.epochs)
+        images = (batch[0] for _, batch in zip(range(batches), self.train_loader))
+        with self.precision.autocast():
+            used = recalibrate_bn(self.student, images, forwards)
+        if self.cfg.train.progress:
+            print(f"BN statistics recalibrated over {used} training batches", flush=True)
 
     def _drop_pretrain_only_taps(self) -> None:
         """After the stages before training, tap (and run the teacher) only for weighted methods."""
@@ -324,7 +345,7 @@ class Trainer:
                            img_per_s=window_images / max(now - window_start, 1e-9))
                 logger.log("step", row, step=self.state.step)
                 bar.set_postfix_str(f"ep {self.state.epoch + 1} loss {row['loss']:.3f} "
-                                    f"{row['img_per_s']:.0f} img/s", refresh=False)
+                                    f"{row['img_per_s']:.0f} img/s{self._eval_postfix}", refresh=False)
                 window_start, window_images = now, 0
             if self._max_steps_reached():
                 break
@@ -386,8 +407,11 @@ class Trainer:
 
     @staticmethod
     def _postfix(record: dict[str, Any]) -> str:
-        return (f"ep {record['epoch']:g} loss {record['train_loss']:.3f} "
-                f"top1 {record.get('eval_top1', float('nan')):.1f}% {record['train_img_per_s']:.0f} img/s")
+        """' | eval top1 X% (head Y ...)': the last evaluation, kept on the bar until the next one."""
+        heads = " ".join(f"{key.rsplit('/', 1)[-1]} {value:.1f}" for key, value in record.items()
+                         if key.startswith("eval_top1/"))  # methods' own heads, e.g. EKD's sub-nets
+        return (f" | eval ep {record['epoch']:g} top1 {record.get('eval_top1', float('nan')):.1f}%"
+                f"{' (' + heads + ')' if heads else ''}")
 
     # ------------------------------------------------------------------ results
     def _write_summary(self) -> dict[str, Any]:
@@ -421,10 +445,25 @@ class Trainer:
             "channels_last": self.precision.channels_last,
             "run_dir": str(self.run_dir),
         }
+        heads = {key[len("eval_top1/"):]: value for key, value in last.items() if key.startswith("eval_top1/")}
+        if heads:
+            summary["heads_top1_last"] = heads
+        if hasattr(self.student, "path_complexity"):  # a depth-dynamic net: every path's size, cost, top-1
+            summary["paths"] = self._path_summary(heads, summary["top1_last"])
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.state.history:
             plot_curves([(self.cfg.name, self.state.history)], self.run_dir / "curves.png", title=self.cfg.name)
         return summary
+
+
+    def _path_summary(self, heads: dict[str, float], full_top1: float | None) -> dict[str, dict[str, Any]]:
+        """{path: {top1_last, params, macs}} of a multi-path student; a path's top-1 is the head of that name."""
+        data = self.train_data
+        paths = self.student.path_complexity(data.image_size, data.in_channels)
+        by_name = {key.rsplit("/", 1)[-1]: value for key, value in heads.items()}
+        full = getattr(self.student, "full_name", None)
+        return {name: {"top1_last": full_top1 if name == full else by_name.get(name), **cost}
+                for name, cost in paths.items()}
 
 
 def _differences(path: str, a: Any, b: Any) -> list[str]:

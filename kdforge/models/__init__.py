@@ -17,6 +17,7 @@ from kdforge.models.registry import (
 
 # Importing the family modules registers their models.
 from kdforge.models import (  # noqa: E402,F401  isort: skip
+    dynamic,
     mobilenetv2,
     resnet_cifar,
     resnet_imagenet,
