@@ -6,10 +6,11 @@ import argparse
 import sys
 import traceback
 
-from kdforge.cli import evaluate, hints, info, quickstart, sftn, train
+from kdforge.cli import ddnn, evaluate, export, hints, info, quickstart, sftn, train
 from kdforge.errors import KDForgeError
 
-COMMANDS = [train, evaluate, hints, sftn, quickstart, info.models_command, info.methods_command, info.layers_command]
+COMMANDS = [train, evaluate, export, hints, sftn, ddnn, quickstart, info.models_command, info.methods_command,
+            info.layers_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,3 +11,38 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def recipe_base(args, default: dict) -> dict:
+    """A recipe's shared settings: `default` without config files, else the files merged in order;
+    then `--set` overrides (`args.overrides`) and `--epochs`."""
+    import copy
+
+    from kdforge.config import merge_configs, parse_override, read_yaml, set_by_path
+
+    base: dict = copy.deepcopy(default) if not args.config else {}
+    for path in args.config:
+        base = merge_configs(base, read_yaml(path))
+    for text in args.overrides:
+        set_by_path(base, *parse_override(text))
+    if args.epochs:
+        set_by_path(base, "schedule.epochs", args.epochs)
+    return base
+
+
+def method_overrides(method: str, texts: list[str], flag: str, exclude: tuple[str, ...] = (),
+                     hint: str = "") -> dict:
+    """{parameter: value} from `--<flag> KEY=VALUE` texts, each checked to be a parameter of `method`."""
+    from kdforge.config import parse_override
+    from kdforge.errors import ConfigError
+    from kdforge.methods import method_params
+
+    known = {p.name for p in method_params(method)} - set(exclude)
+    values = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if key not in known:
+            raise ConfigError(f"{flag} {key}: not an {method.upper()} parameter{' here' if exclude else ''}; "
+                              f"one of {', '.join(sorted(known))}{hint}")
+        values[key] = value
+    return values

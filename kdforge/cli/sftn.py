@@ -34,20 +34,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import copy
-
-    from kdforge.config import merge_configs, parse_override, read_yaml, set_by_path
+    from kdforge.cli.args import method_overrides, recipe_base
+    from kdforge.config import parse_override, set_by_path
     from kdforge.errors import ConfigError
-    from kdforge.methods import method_class, method_params
+    from kdforge.methods import method_class
     from kdforge.recipes.sftn import DIGITS_BASE, run_sftn_pipeline
 
-    base: dict = copy.deepcopy(DIGITS_BASE) if not args.config else {}
-    for path in args.config:
-        base = merge_configs(base, read_yaml(path))
-    for text in args.overrides:
-        set_by_path(base, *parse_override(text))
-    if args.epochs:
-        set_by_path(base, "schedule.epochs", args.epochs)
+    base = recipe_base(args, DIGITS_BASE)
     student_overrides: dict = {}
     for text in args.student_overrides:
         set_by_path(student_overrides, *parse_override(text))
@@ -58,14 +51,8 @@ def run(args) -> int:
     for method in args.methods:
         if not method_class(method).needs_teacher:
             raise ConfigError(f"--methods: {method} does not distil from a teacher")
-    known = {p.name for p in method_params("sftn")} - {"student"}
-    sftn = {}
-    for text in args.sftn:
-        key, value = parse_override(text)
-        if key not in known:
-            raise ConfigError(f"--sftn {key}: not an SFTN parameter here; one of {', '.join(sorted(known))} "
-                              f"(the branches' architecture is --student)")
-        sftn[key] = value
+    sftn = method_overrides("sftn", args.sftn, "--sftn", exclude=("student",),
+                            hint=" (the branches' architecture is --student)")
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds: each seed once, got {args.seeds}")
     _check_before_training(args.teacher, args.student, sftn)

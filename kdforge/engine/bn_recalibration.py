@@ -17,7 +17,8 @@ from torch import nn
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
                    forwards: Sequence[Callable[[torch.Tensor], object]] | None = None) -> int:
     """Reset every BatchNorm's running statistics in `model`, then run each of `forwards`
-    (default: `model` itself) in train mode on every batch of images, so that each BN holds
+    (default: `model.calibration_forwards()` where the model has it, e.g. one per path of a
+    depth-dynamic net, else `model` itself) in train mode on every batch of images, so that each BN holds
     the cumulative average over the batches that reached it. Returns the number of batches.
 
     A BN reached by several forwards with the same input (layers shared by all paths) gets
@@ -26,7 +27,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     modes = [(m, m.training) for m in model.modules()]
-    forwards = list(forwards) if forwards is not None else [model]
+    if forwards is None:  # a multi-path model: every path, else the paths not run would keep reset statistics
+        forwards = model.calibration_forwards() if hasattr(model, "calibration_forwards") else [model]
+    forwards = list(forwards)
     count = 0
     try:
         model.train()

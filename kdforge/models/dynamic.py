@@ -138,8 +138,8 @@ class DepthDynamicNet(ZooModel):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, subnet: str | None = None) -> torch.Tensor:
-        depths = self.depths(subnet)
-        if depths == self.full_depths:
+        self.depths(subnet)  # an unknown name is a ConfigError
+        if subnet is None or subnet == self.full_name:  # not by depths: a sub-net may have BNs of its own
             self._active.name = self.full_name
             return self.full(x)  # through the stage modules, so their hooks fire
         return self.continue_path(subnet, self.full.stem(x), 0, 0)[0]
@@ -150,15 +150,18 @@ class DepthDynamicNet(ZooModel):
         blocks of stage `stage` (the stem's output for stage 0, done 0)."""
         depths, full = self.depths(subnet), self.full
         self._active.name = self.full_name if subnet is None else subnet
-        outputs = []
-        for i in range(stage, len(depths)):
-            if i > stage:
-                x = full._between(i - 1, x)
-            blocks = full.get_submodule(full.stage_names[i])
-            for j in range(done if i == stage else 0, depths[i]):
-                x = blocks[j](x)
-            outputs.append(x)
-        return full.head(x), outputs
+        try:
+            outputs = []
+            for i in range(stage, len(depths)):
+                if i > stage:
+                    x = full._between(i - 1, x)
+                blocks = full.get_submodule(full.stage_names[i])
+                for j in range(done if i == stage else 0, depths[i]):
+                    x = blocks[j](x)
+                outputs.append(x)
+            return full.head(x), outputs
+        finally:  # the full path is the default: a later `net.full(x)` must not run this path's BNs
+            self._active.name = self.full_name
 
     def branch_tap(self, subnet: str) -> str:
         """Module name of the full net's block whose output is `subnet`'s first-stage output."""
@@ -220,6 +223,7 @@ class _PathView(nn.Module):
     def __init__(self, net: DepthDynamicNet, subnet: str):
         super().__init__()
         self.net, self.subnet = net, subnet
+        self.training = net.training  # count_macs restores this mode: it must be the net's, not a fresh True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, self.subnet)
@@ -249,6 +253,8 @@ def build_ddnn(full: str, subnets: Sequence[str | Sequence[int]] | dict[str, Seq
     plain_names: dict[str, str | None] = {full: full}
     items = subnets.items() if isinstance(subnets, dict) else [(None, s) for s in subnets]
     for label, spec in items:
+        if label is None and isinstance(spec, str) and spec in named:
+            raise ConfigError(f"ddnn subnets: {spec} is listed twice")
         if isinstance(spec, str):
             plain = build_model(spec, num_classes=num_classes, in_channels=in_channels)
             _check_prefix(model, plain, spec, full)
@@ -256,6 +262,8 @@ def build_ddnn(full: str, subnets: Sequence[str | Sequence[int]] | dict[str, Seq
             plain_names[label or spec] = spec
         elif isinstance(spec, Sequence) and all(isinstance(d, int) and not isinstance(d, bool) for d in spec):
             label = label or "d" + "-".join(str(d) for d in spec)
+            if label in named:
+                raise ConfigError(f"ddnn subnets: {label} is listed twice")
             named[label] = spec
             plain_names[label] = None
         else:

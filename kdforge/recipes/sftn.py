@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict, config_to_dict, merge_configs
-from kdforge.errors import ConfigError
-from kdforge.engine import train_from_config
+from kdforge.config import merge_configs
 from kdforge.methods import method_class
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
+from kdforge.recipes.runs import SAME, run_once  # noqa: F401  (shared with the other recipes; SAME re-exported)
 from kdforge.recipes.stats import format_mean_std
 
 KINDS = ("standard", "SFTN")
@@ -31,35 +30,6 @@ def student_losses(method: str) -> dict[str, Any]:
     if not cls.needs_teacher:
         raise ValueError(f"{method} does not distil from a teacher; choose a distillation method")
     return {"ce": 1.0, method: cls.typical_weight}
-
-
-#: settings a reused or resumed run must share with the one asked for
-SAME = ("seed", "data", "student", "teacher", "losses", "optim", "schedule")
-
-
-def run_once(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
-    """One engine run: reuse a finished one, resume an interrupted one, else train.
-
-    A run folder made with other settings (another student, epochs, SFTN parameters, ...)
-    is an error, never silently reused.
-    """
-    import yaml
-
-    run_dir = output_dir / name
-    data = merge_configs(copy.deepcopy(base), {"name": name, "output_dir": str(output_dir)})
-    data.update(sections)
-    wanted = config_to_dict(config_from_dict(data))
-    saved_file = run_dir / "config.yaml"
-    if saved_file.is_file():
-        saved = yaml.safe_load(saved_file.read_text()) or {}
-        changed = [key for key in SAME if saved.get(key) != wanted.get(key)]
-        if changed:
-            raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
-                              f"use another --out (or delete that folder)")
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    return train_from_config(config_from_dict(data), resume=resume, overwrite=not resume and run_dir.exists())
 
 
 def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: dict[str, Any] | None = None,

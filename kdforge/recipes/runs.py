@@ -1,0 +1,66 @@
+"""One engine run of a recipe: reuse a finished run, resume an interrupted one, refuse a folder made otherwise.
+
+A recipe (`kdforge sftn`, `kdforge ddnn`) is a sequence of ordinary engine runs, each in its
+own folder under the recipe's output folder, so that the whole recipe can be run again after a
+crash: `run_once` trains only what is missing. `plan_run` and `check_folder` let a recipe check
+every run's settings and folder before the first one trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from kdforge.config import config_from_dict, config_to_dict, merge_configs
+from kdforge.engine import train_from_config
+from kdforge.errors import ConfigError
+
+#: settings a reused or resumed run must share with the one asked for
+SAME = ("seed", "data", "student", "teacher", "losses", "optim", "schedule")
+
+
+def plan_run(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
+    """The config mapping of run `name`: `base`, its name and folder, then `sections` (whole sections)."""
+    data = merge_configs(copy.deepcopy(base), {"name": name, "output_dir": str(output_dir)})
+    data.update(sections)
+    return data
+
+
+def check_folder(data: dict[str, Any]) -> None:
+    """Validate the run's config; a folder already holding a run made with other settings is an error."""
+    import yaml
+
+    wanted = config_to_dict(config_from_dict(data))
+    run_dir = Path(data["output_dir"]) / data["name"]
+    saved_file = run_dir / "config.yaml"
+    if saved_file.is_file():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        changed = [key for key in SAME if saved.get(key) != wanted.get(key)]
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
+                              f"use another --out (or delete that folder)")
+
+
+def is_finished(data: dict[str, Any]) -> bool:
+    return (Path(data["output_dir"]) / data["name"] / "summary.json").is_file()
+
+
+def run_planned(data: dict[str, Any]) -> dict[str, Any]:
+    """Train the planned run `data` (checked with `check_folder`), or return its summary if it is finished."""
+    check_folder(data)
+    run_dir = Path(data["output_dir"]) / data["name"]
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    return train_from_config(config_from_dict(data), resume=resume, overwrite=not resume and run_dir.exists())
+
+
+def run_once(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
+    """One engine run: reuse a finished one, resume an interrupted one, else train.
+
+    A run folder made with other settings (another student, epochs, SFTN parameters, ...)
+    is an error, never silently reused.
+    """
+    return run_planned(plan_run(base, output_dir, name, **sections))
