@@ -1,4 +1,4 @@
-"""Learning-curve pictures (PNG) of one or several runs."""
+"""Pictures: learning curves (PNG) of one or several runs, and `save_figure`, which every plot uses."""
 
 from __future__ import annotations
 
@@ -31,8 +31,14 @@ def plot_curves(histories: Sequence[tuple[str, list[dict]]], path: str | Path, t
         ax.legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out `fig`, write it to `path` (folders created) at kdforge's resolution, and close it."""
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -14,7 +14,8 @@ def run_cli(capsys, *argv):
 
 
 def test_every_command_has_help(capsys):
-    for command in ["train", "eval", "export", "hints", "sftn", "ddnn", "quickstart", "models", "methods", "layers"]:
+    for command in ["train", "eval", "export", "hints", "sftn", "ddnn", "quickstart", "models", "methods", "layers",
+                    "attention"]:
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0

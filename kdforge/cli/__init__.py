@@ -6,11 +6,11 @@ import argparse
 import sys
 import traceback
 
-from kdforge.cli import ddnn, evaluate, export, hints, info, quickstart, sftn, train
+from kdforge.cli import attention, ddnn, evaluate, export, hints, info, quickstart, sftn, train
 from kdforge.errors import KDForgeError
 
 COMMANDS = [train, evaluate, export, hints, sftn, ddnn, quickstart, info.models_command, info.methods_command,
-            info.layers_command]
+            info.layers_command, attention]
 
 
 def build_parser() -> argparse.ArgumentParser:

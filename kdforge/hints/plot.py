@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdforge.hints.selection import HintSelection  # noqa: E402
+from kdforge.plots import save_figure  # noqa: E402
 
 
 def plot_selection(selection: HintSelection, path: str | Path, title: str = "") -> Path:
@@ -46,9 +47,4 @@ def plot_selection(selection: HintSelection, path: str | Path, title: str = "") 
     teacher = selection.teacher.get("model", "teacher")
     ax.set_title(title or f"{teacher}: {n} layers, {selection.k} clusters\nhints: {', '.join(selection.hints)}",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ from kdforge.errors import LayerError
 from kdforge.features import expand_patterns
 
 #: what a method can ask for by default
-KINDS = ("stages", "stages_preact", "embedding", "logits")
+KINDS = ("stages", "stages_preact", "blocks", "embedding", "logits")
 
 
 def _attribute(model: nn.Module, name: str):
@@ -46,6 +46,11 @@ def stage_ends_preact(model: nn.Module) -> list[str]:
     return taps
 
 
+def block_outputs(model: nn.Module) -> list[str]:
+    """Every block's output (post-activation), in forward order."""
+    return list(_attribute(model, "block_names"))
+
+
 def embedding(model: nn.Module) -> list[str]:
     """The pooled feature vector: the classifier's input."""
     return [_attribute(model, "classifier_name") + ":input"]
@@ -56,6 +61,8 @@ def default_layers(model: nn.Module, kind: str) -> list[str]:
         return stage_ends(model)
     if kind == "stages_preact":
         return stage_ends_preact(model)
+    if kind == "blocks":
+        return block_outputs(model)
     if kind == "embedding":
         return embedding(model)
     if kind == "logits":
