@@ -456,3 +456,32 @@ def test_ddnn_config_errors(kwargs, message):
     options = {"full": "resnet20", "subnets": ["resnet8"], **kwargs}
     with pytest.raises(ConfigError, match=message):
         build_model("ddnn", num_classes=10, **options)
+
+
+# ---------------------------------------------------------------------------- start from a plain full model
+@pytest.mark.parametrize("bn", ["shared", "switchable", "recalibrate"])
+def test_ddnn_starts_from_a_trained_plain_full_model(bn, tmp_path):
+    from kdforge.config import ModelConfig
+    from kdforge.engine.checkpoint import FORMAT, atomic_save
+    from kdforge.engine.run import build_zoo_model
+    from kdforge.errors import CheckpointError
+
+    torch.manual_seed(3)
+    plain = build_model("resnet20", num_classes=10).eval()
+    randomise_bn(plain)
+    ckpt = {"format": FORMAT, "model": plain.zoo_record, "student": plain.state_dict()}
+    atomic_save(ckpt, tmp_path / "resnet20.pt")
+    mcfg = ModelConfig(model="ddnn", checkpoint=str(tmp_path / "resnet20.pt"),
+                       options={"full": "resnet20", "subnets": ["resnet14", "resnet8"], "bn": bn})
+    net = build_zoo_model(mcfg, 10, 3, "student").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), plain(x))
+        for sub in ("resnet14", "resnet8"):  # every path starts from the plain model's tensors
+            reference = build_model(sub, num_classes=10).eval()
+            reference.load_state_dict({k: v for k, v in plain.state_dict().items() if k in reference.state_dict()})
+            assert torch.equal(net(x, sub), reference(x))
+    wrong = ModelConfig(model="ddnn", checkpoint=str(tmp_path / "resnet20.pt"),
+                        options={"full": "resnet32", "subnets": ["resnet8"], "bn": bn})
+    with pytest.raises(CheckpointError, match="holds a resnet20"):
+        build_zoo_model(wrong, 10, 3, "student")

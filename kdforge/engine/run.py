@@ -40,7 +40,7 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
         stored = ckpt.get("model") or {}
         if name is None:
             name, options = stored.get("name"), {**stored.get("options", {}), **options}
-        elif stored.get("name") and stored["name"] != name:
+        elif stored.get("name") and stored["name"] != name and not _plain_full_of_ddnn(name, options, stored):
             raise CheckpointError(f"{role}.checkpoint {ckpt['path']} holds a {stored['name']}, "
                                   f"but {role}.model is {name}")
         for key, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
@@ -51,9 +51,24 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
     if name is None:
         raise ConfigError(f"{role}.model: name a zoo model (see `kdforge models`) or give {role}.checkpoint")
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
-    if ckpt is not None:
+    if ckpt is not None and _plain_full_of_ddnn(name, options, ckpt.get("model") or {}):
+        try:  # a depth-dynamic net started from its trained plain full model
+            model.load_plain_full_state(ckpt["student"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{role}.checkpoint {ckpt['path']} does not fit the ddnn's full net: "
+                                  f"{str(exc).splitlines()[0][:300]}") from None
+    elif ckpt is not None:
         load_weights(model, ckpt["student"], ckpt["path"])
     return model
+
+
+def _plain_full_of_ddnn(name: str, options: dict, stored: dict) -> bool:
+    """The checkpoint holds the plain model that is this ddnn's full net (`options.full`)."""
+    if name != "ddnn" or stored.get("name") in (None, "ddnn"):
+        return False
+    from kdforge.models import model_info
+
+    return stored["name"] == options.get("full", model_info("ddnn").options()["full"])
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:

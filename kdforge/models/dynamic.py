@@ -180,6 +180,22 @@ class DepthDynamicNet(ZooModel):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.full.head(x)
 
+    def load_plain_full_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a trained plain full model (e.g. a pretrained resnet34): its tensors go to the
+        full net, and a split BN's to every path's copy of it. Strict: every tensor must fit."""
+        own = self.full.state_dict()
+        mapped = {}
+        for key in own:
+            head, sep, rest = key.partition(".paths.")
+            plain = f"{head}.{rest.partition('.')[2]}" if sep else key
+            if plain not in state:
+                raise KeyError(f"the plain model has no '{plain}' (needed for '{key}')")
+            mapped[key] = state[plain]
+        extra = set(state) - {path_state_key(k, self.full_name) for k in own}
+        if extra:
+            raise KeyError(f"the plain model has tensors this network does not: {sorted(extra)[:3]}")
+        self.full.load_state_dict(mapped)
+
     def calibration_forwards(self) -> list:
         """One forward per path, for BN recalibration (`kdforge.engine.bn_recalibration`)."""
         return [functools.partial(self.forward, subnet=name) for name in self.names]
