@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ class ImageTensorDataset:
     contiguous.
     """
 
+    #: False for label-free views (few-shot recipes, `few_shot.LabelFreeImageTensorDataset`)
+    has_labels: ClassVar[bool] = True
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
