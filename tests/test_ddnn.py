@@ -451,6 +451,7 @@ def test_recalibrate_bn_gives_the_mean_of_each_paths_batch_statistics():
     ({"full": "mobilenetv2"}, "built from ResNets"),
     ({"subnets": ["resnet8", "resnet8"]}, "resnet8 is listed twice"),
     ({"subnets": [[1, 1, 1], [1, 1, 1]]}, "d1-1-1 is listed twice"),
+    ({"subnets": {"half": [1, 1, 1]}, "bn": "switchable"}, "taken by torch.nn.Module"),
 ])
 def test_ddnn_config_errors(kwargs, message):
     options = {"full": "resnet20", "subnets": ["resnet8"], **kwargs}

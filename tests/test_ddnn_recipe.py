@@ -60,7 +60,8 @@ def test_pipeline_table_reuse_and_refusal(tmp_path, capsys):
     assert main(args) == 0  # again: every run is finished, nothing retrains
     assert stamps == {p: (p / "summary.json").stat().st_mtime_ns for p in stamps}
     assert "| resnet8 |" in capsys.readouterr().out
-    for other in (["--epochs", "2"], ["--bn", "shared"], ["--ekd", "lambda_at=0"]):
+    for other in (["--epochs", "2"], ["--bn", "shared"], ["--ekd", "lambda_at=0"],
+                  ["--set", "train.channels_last=true"]):  # everything a resume would refuse
         assert main(args + other) == 2  # a folder made with other settings: never silently reused
         err = capsys.readouterr().err
         assert "another --out" in err and err.count("\n") == 1

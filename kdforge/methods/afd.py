@@ -68,8 +68,9 @@ class LayerAttention(nn.Module):
         query = torch.stack([head(f.mean(dim=(2, 3))) for head, f in zip(self.queries, query_features)], dim=1)
         key = torch.stack([head(f.mean(dim=(2, 3))) for head, f in zip(self.keys, key_features)], dim=1)
         key = self.bilinear(key.flatten(0, 1)).view(n, n_k, n_q, self.dim)
-        logits = torch.einsum("bkqd,bqd->bqk", key.float(), query.float())
-        return (logits + self.pos_query.float() @ self.pos_key.float().t()) / math.sqrt(self.dim)
+        with torch.autocast(query.device.type, enabled=False):  # fp32 logits: RTK's top-k must not hinge on rounding
+            logits = torch.einsum("bkqd,bqd->bqk", key.float(), query.float())
+            return (logits + self.pos_query.float() @ self.pos_key.float().t()) / math.sqrt(self.dim)
 
 
 @register_method

@@ -246,9 +246,13 @@ class _PathView(nn.Module):
 
 
 def _check_name(name: str, full_name: str) -> str:
-    if not isinstance(name, str) or not name or "." in name or name == full_name:
-        why = "is the full net's name" if name == full_name else "must be a non-empty name without dots"
-        raise ConfigError(f"sub-net name {name!r} {why}")
+    """A sub-net name: a key of the per-path BatchNorm dicts, so no dots and no nn.Module attribute."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ConfigError(f"sub-net name {name!r} must be a non-empty name without dots")
+    if name == full_name:
+        raise ConfigError(f"sub-net name {name!r} is the full net's name")
+    if hasattr(nn.ModuleDict(), name):
+        raise ConfigError(f"sub-net name {name!r} is taken by torch.nn.Module (like half, train, cuda); choose another")
     return name
 
 

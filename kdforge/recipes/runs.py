@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from kdforge.config import config_from_dict, config_to_dict, merge_configs
-from kdforge.engine import train_from_config
+from kdforge.engine import Trainer, train_from_config
 from kdforge.errors import ConfigError
 
-#: settings a reused or resumed run must share with the one asked for
-SAME = ("seed", "data", "student", "teacher", "losses", "optim", "schedule")
+#: settings a reused or resumed run must share with the one asked for (those a resume refuses to change)
+SAME = Trainer.TRAJECTORY_KEYS
 
 
 def plan_run(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
@@ -37,10 +37,16 @@ def check_folder(data: dict[str, Any]) -> None:
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text()) or {}
-        changed = [key for key in SAME if saved.get(key) != wanted.get(key)]
+        changed = [key for key in SAME if _at(saved, key) != _at(wanted, key)]
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
                               f"use another --out (or delete that folder)")
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def is_finished(data: dict[str, Any]) -> bool:
