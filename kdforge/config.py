@@ -29,6 +29,20 @@ class AugmentConfig:
 
 
 @dataclass
+class FewShotConfig:
+    """Train on n images per class of the training split (a class-balanced, seeded draw)."""
+
+    shots: int = 10  # images per class
+    seed: int = 0  # seed of the draw (independent of the run's seed)
+    holdout: int = 0  # more images per class, disjoint: then evaluation and best.pt use them, never the test set
+    labels: bool = False  # keep the drawn images' labels; a label-free run otherwise
+
+    def check(self, path: str) -> None:
+        _positive(path, "shots", self.shots)
+        _at_least(path, "holdout", self.holdout, 0)
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"
     root: str | None = None
@@ -38,6 +52,16 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    few_shot: FewShotConfig | None = None  # n images per class of the training split (NetGraft, few-shot KD)
+
+    @property
+    def selection_split(self) -> str:
+        """What evaluations (and best.pt) use: the eval split, or the few-shot hold-out."""
+        f = self.few_shot
+        if f is not None and f.holdout:
+            return (f"few-shot hold-out ({f.holdout} per class of {self.train_split}, disjoint from the "
+                    f"{f.shots} training shots)")
+        return self.eval_split
 
     def check(self, path: str) -> None:
         _positive(path, "batch_size", self.batch_size)

@@ -25,7 +25,15 @@ def load_datasets(cfg: RunConfig):
         if isinstance(exc, KDForgeError):
             raise
         raise ConfigError(f"data ({d.name}): {exc}") from None
+    if d.few_shot is not None:
+        from kdforge.data import few_shot_dataset
+
+        f = d.few_shot
+        train, held = few_shot_dataset(train, f.shots, f.seed, f.holdout, keep_labels=f.labels)
+        if f.holdout:
+            evaluation = held  # model selection on the few-shot hold-out, never on the test split
     return train, evaluation
+
 
 
 def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role: str):
@@ -98,6 +106,10 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
     seed_everything(cfg.seed, cfg.train.deterministic)
     train, evaluation = load_datasets(cfg)
     losses = LossComposer.from_config(cfg.losses)
+    if losses.needs_labels and not train.has_labels:
+        needing = [k for k, m in losses.methods.items() if m.needs_labels and m in losses.active()]
+        raise ConfigError(f"losses {needing} need labels, but the few-shot training set is label-free: drop them "
+                          f"or set data.few_shot.labels: true")
     student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student")
     teacher = None
     if cfg.teacher is not None and losses.needs_teacher:

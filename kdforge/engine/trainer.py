@@ -138,6 +138,7 @@ class Trainer:
                                       drop_last=False, device=device, augment=None, seed=0,
                                       channels_last=self.precision.channels_last)
         images, labels = next(iter(example_loader))
+        labels = labels if self.train_data.has_labels else None
         was_training = self.student.training
         self.student.eval()
         try:
@@ -320,13 +321,15 @@ class Trainer:
         seen = epoch_steps = 0
         window_start, window_images = time.perf_counter(), 0
         epoch_start = window_start
+        has_labels = self.train_data.has_labels
         for images, labels, indices in self.train_loader:
-            losses, logits = self._step(images, labels, indices)
+            losses, logits = self._step(images, labels if has_labels else None, indices)
             with torch.no_grad():
                 if names is None:
                     names = list(losses)
                 sums = sums + torch.stack([v.detach().float() for v in losses.values()])
-                correct += (logits.argmax(dim=1) == labels).sum()
+                if has_labels:
+                    correct += (logits.argmax(dim=1) == labels).sum()
             batch = labels.shape[0]
             seen += batch
             epoch_steps += 1
@@ -356,7 +359,7 @@ class Trainer:
         record = {f"train_{name}": value for name, value in zip(names or [], means)}
         record["train_loss"] = sum(record.values())
         self._check_finite({k[len("train_"):]: v for k, v in record.items()})
-        record["train_top1"] = 100.0 * correct.item() / max(seen, 1)
+        record["train_top1"] = 100.0 * correct.item() / max(seen, 1) if has_labels else None  # label-free
         record["lr"] = self._lr_used
         record["train_img_per_s"] = seen / max(duration, 1e-9)
         self.state.train_images += seen
@@ -374,7 +377,7 @@ class Trainer:
         return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
                            self.state.epoch, self.state.step, indices, len(self.train_data))
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None):
+    def _step(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None):
         with self.precision.autocast():
             out = self.forward(images, labels, indices)
             losses = self.losses(out)
@@ -436,7 +439,8 @@ class Trainer:
             "eval_loss_last": last.get("eval_loss"),
             "top1_best": self.state.best_top1 if self.state.best_epoch else None,
             "best_epoch": self.state.best_epoch or None,
-            "selection_split": self.cfg.data.eval_split,
+            "selection_split": self.cfg.data.selection_split,
+            "train_images": len(self.train_data),
             "wall_time_s": round(self.state.elapsed_s, 3),
             "train_time_s": round(self.state.train_time_s, 3),  # training steps only (no evaluation, saving)
             "train_img_per_s": self.state.train_images / max(self.state.train_time_s, 1e-9),
