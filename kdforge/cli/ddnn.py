@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from kdforge.cli.args import positive_int
+from kdforge.cli.args import add_recipe_arguments
 
 _DEPTHS = re.compile(r"^\[?\s*\d+(\s*[,-]\s*\d+)*\s*\]?$")
 
@@ -27,8 +27,6 @@ def add_parser(sub) -> None:
                     "and independent top-1 (last epoch, mean ± std over seeds) and their difference, and the "
                     "EKD run's time per epoch vs the independent runs' together. Finished runs are reused and "
                     "interrupted ones resumed, so the command can be run again after a crash. docs/ddnn.md.")
-    p.add_argument("config", nargs="*", help="base config file(s) for every run (data, optim, schedule, train); "
-                                             "default: the quickstart's digits settings")
     p.add_argument("--full", default="resnet56", help="the full net (a zoo ResNet, e.g. resnet56, resnet34_imagenet)")
     p.add_argument("--subnets", nargs="+", type=subnet_spec, default=["resnet44", "resnet32", "resnet20"],
                    metavar="SUBNET",
@@ -39,17 +37,12 @@ def add_parser(sub) -> None:
                    help="BatchNorm of the paths: shared | switchable (own BN per path after the first stage) | "
                         "recalibrate (shared scale/shift, statistics per path recomputed after training); "
                         "default switchable")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every run (default: the config's)")
     p.add_argument("--ekd", dest="ekd", action="append", default=[], metavar="KEY=VALUE",
                    help="an EKD parameter, e.g. --ekd lambda_kl=1 --ekd lambda_at=0 --ekd T=2 "
                         "(`kdforge methods ekd` lists them)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the base config, e.g. --set data.root=/data")
     p.add_argument("--no-independent", dest="independent", action="store_false",
                    help="train only the DDNN (no independent runs; the table has no baseline)")
-    p.add_argument("--out", default="runs/ddnn", help="folder of the runs, results.md and results.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_recipe_arguments(p, "runs/ddnn", "folder of the runs, results.md and results.json")
     p.set_defaults(func=run)
 
 

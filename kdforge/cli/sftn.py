@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdforge.cli.args import positive_int
+from kdforge.cli.args import add_recipe_arguments
 
 
 def add_parser(sub) -> None:
@@ -13,23 +13,16 @@ def add_parser(sub) -> None:
                     "student from each with every method given. Prints and writes (results.md) a table of "
                     "teacher, branch and student top-1 and the teachers' time per epoch. Finished runs are "
                     "reused and interrupted ones resumed, so the command can be run again after a crash.")
-    p.add_argument("config", nargs="*", help="base config file(s) for every run (data, optim, schedule, train); "
-                                             "default: the quickstart's digits settings")
     p.add_argument("--teacher", default="resnet20", help="teacher architecture (zoo name)")
     p.add_argument("--student", default="resnet8", help="student architecture (zoo name), also the SFTN branches'")
     p.add_argument("--methods", nargs="+", default=["kd", "at"],
                    help="distillation methods for the students (kd: 0.1 CE + 0.9 KD T=4; others: CE + the "
                         "method at its usual weight)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every run (default: the config's)")
     p.add_argument("--sftn", dest="sftn", action="append", default=[], metavar="KEY=VALUE",
                    help="an SFTN parameter, e.g. --sftn lambda_kl=3 --sftn T=1 --sftn detach_teacher=true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the base config, e.g. --set data.root=/data")
     p.add_argument("--student-set", dest="student_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key for the students' runs only, e.g. --student-set optim.lr=0.01")
-    p.add_argument("--out", default="runs/sftn", help="folder of the runs and results.md")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_recipe_arguments(p, "runs/sftn", "folder of the runs and results.md")
     p.set_defaults(func=run)
 
 
