@@ -247,7 +247,7 @@ class Trainer:
                     metrics = self._evaluate()
                     record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
                     self._eval_postfix = self._postfix(record)
-                    bar.set_postfix_str(self._eval_postfix, refresh=False)
+                    bar.set_postfix_str(self._eval_postfix.removeprefix(" | "), refresh=False)
                 self.state.elapsed_s = elapsed_before + time.perf_counter() - start
                 record["elapsed_s"] = round(self.state.elapsed_s, 3)
                 self.state.history.append(record)
