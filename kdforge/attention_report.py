@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from kdforge.engine.checkpoint import run_folder
+
 #: who the rows and columns of `layer_weights` are, per method name
 ROLES = {"afd": ("teacher", "student"), "rtk": ("student", "teacher")}
 
@@ -82,14 +84,6 @@ def attention_losses(losses) -> dict[str, Any]:
     """{key: method} of the losses that expose layer attention weights (afd, rtk)."""
     return {key: m for key, m in losses.methods.items()
             if callable(getattr(m, "layer_weights", None)) and callable(getattr(m, "weight_axes", None))}
-
-
-def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of one of its checkpoint files."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def rebuild_trainer(ckpt: dict[str, Any], split: str | None = None, device: str = "auto", loss: str | None = None):

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from kdforge.attention_report import attention_report, plot_attention, run_folder
+    from kdforge.attention_report import attention_report, plot_attention
+    from kdforge.engine.checkpoint import run_folder
     from kdforge.errors import ConfigError
 
     out = Path(args.out) if args.out else run_folder(args.run) / "attention.png"

@@ -58,6 +58,14 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     return path
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder or of one of its checkpoint files (a lone .pt file: its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def load_checkpoint(path: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> dict:
     """Read a kdforge checkpoint; a clear error for a missing, truncated or foreign file."""
     file = resolve_checkpoint(path, which)

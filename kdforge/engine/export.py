@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model
+from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, run_folder
 from kdforge.errors import CheckpointError, ConfigError, suggest
 
 #: images in the batch that checks an export against its source
@@ -139,8 +139,4 @@ def _describe_paths(net) -> str:
 
 def _default_out(source: Path, checkpoint: Path, name: str) -> Path:
     """<run>/export/<name>.pt: next to a run folder's checkpoints/, or in a lone checkpoint's folder."""
-    if source.is_dir():
-        run = source
-    else:
-        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run / "export" / f"{name}.pt"
+    return run_folder(source if source.is_dir() else checkpoint) / "export" / f"{name}.pt"
