@@ -83,10 +83,15 @@ class OptimConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    #: {glob on parameter names: lr}; the first matching pattern sets a parameter's rate, others use `lr`.
+    #: Student parameters are named as in `student.named_parameters()`, a method's as `losses.<key>.<name>`.
+    lr_groups: dict[str, float] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         _at_least(path, "lr", self.lr, 0.0)
         _at_least(path, "weight_decay", self.weight_decay, 0.0)
+        for pattern, lr in self.lr_groups.items():
+            _at_least(f"{path}.lr_groups", pattern, lr, 0.0)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"{path}.momentum: must be in [0, 1), got {self.momentum}")
 

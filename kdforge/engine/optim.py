@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatchcase
 
 import torch
 
 from kdforge.config import OptimConfig, ScheduleConfig
+from kdforge.errors import ConfigError
+
+
+def parameter_groups(named_params, cfg: OptimConfig) -> list[dict]:
+    """Trainable parameters split by `cfg.lr_groups` ({glob on names: lr}, first match wins).
+
+    Parameters no pattern matches form the first group, at `cfg.lr`. A pattern that
+    matches no trainable parameter is an error (most likely a typo).
+    """
+    patterns = list(cfg.lr_groups)
+    members: list[list[torch.nn.Parameter]] = [[] for _ in range(len(patterns) + 1)]
+    for name, p in named_params:
+        if p.requires_grad:
+            hit = next((i for i, pat in enumerate(patterns) if fnmatchcase(name, pat)), None)
+            members[0 if hit is None else hit + 1].append(p)
+    unused = [pat for pat, group in zip(patterns, members[1:]) if not group]
+    if unused:
+        raise ConfigError(f"optim.lr_groups: {', '.join(map(repr, unused))} match(es) no trainable parameter "
+                          f"(student parameters are named as in the model, a method's as losses.<key>.<name>)")
+    groups = [{"params": members[0], "lr": cfg.lr}] if members[0] or not patterns else []
+    return groups + [{"params": group, "lr": cfg.lr_groups[pat]} for pat, group in zip(patterns, members[1:])]
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """`params`: parameters (one group at `cfg.lr`) or (name, parameter) pairs, grouped by `cfg.lr_groups`."""
+    params = list(params)
+    if params and isinstance(params[0], tuple):
+        params = parameter_groups(params, cfg)
+    else:
+        params = [p for p in params if p.requires_grad]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -36,8 +63,9 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, base_lr: flo
     return 1.0
 
 
-def build_scheduler(optimizer, cfg: ScheduleConfig, steps_per_epoch: int, base_lr: float):
-    """A LambdaLR stepped once per optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, base_lr)
-    )
+def build_scheduler(optimizer, cfg: ScheduleConfig, steps_per_epoch: int):
+    """A LambdaLR stepped once per optimizer step; each parameter group follows the schedule from its own rate."""
+    def factor(base_lr: float):
+        return lambda step: lr_factor(cfg, step, steps_per_epoch, base_lr)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g["lr"]) for g in optimizer.param_groups])

@@ -121,9 +121,10 @@ class Trainer:
         if self.precision.channels_last:
             self.losses.to(memory_format=torch.channels_last)
 
-        params = list(self.student.parameters()) + list(self.losses.parameters())
+        params = [*self.student.named_parameters(),
+                  *((f"losses.{key}.{n}", p) for key, m in self.losses.methods.items() for n, p in m.named_parameters())]
         self.optimizer = build_optimizer(params, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader), cfg.optim.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader))
         self.scaler = self.precision.grad_scaler()
         self._lr_used = self.optimizer.param_groups[0]["lr"]
         self._prepared = True
