@@ -25,6 +25,7 @@ from kdforge.models.mobilenetv2 import MobileNetV2
 from kdforge.models.resnet import ResNet
 from kdforge.models.shufflenetv2 import ShuffleNetV2
 from kdforge.models.vgg import VGG
+from kdforge.models.vgg_nobn import VGGNoBN
 from kdforge.models.wrn import WideResNet
 
 # Exact parameter counts at 100 classes (1000 for the ImageNet models), each re-derived by
@@ -56,6 +57,10 @@ EXACT = {
     "vgg13": 9_462_180,
     "vgg16": 14_774_436,
     "vgg19": 20_086_692,
+    "vgg16_nobn": 15_029_668,  # see kdforge/models/vgg_nobn.py
+    "vgg16_nobn_thin": 5_458_852,
+    # vgg16_nobn_thin + a 1x1 conv with bias after layer4 and layer5: 2 * (256 * 256 + 256)
+    "adapted": 5_458_852 + 131_584,
     "mobilenetv2": 812_836,
     "shufflenetv1": 949_258,
     "shufflenetv2": 1_355_528,
@@ -300,9 +305,10 @@ def _reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Each family's forward written out module by module, independent of `forward_from`."""
     tiny_imagenet = x.shape[-2] == 64  # CRD's VGG: pool4 for 64x64 inputs (the zoo: layer4 output 8 high)
     model = getattr(model, "full", model)  # a depth-dynamic net's full path is its plain full model
+    model = getattr(model, "base", model)  # a fresh `adapted` net: identity 1x1 convs after its base's stages
     if isinstance(model, WideResNet):
         x = model.conv1(x)
-    elif not isinstance(model, VGG):
+    elif not isinstance(model, (VGG, VGGNoBN)):  # VGGs have no stem
         x = model.relu(model.bn1(model.conv1(x)))
     if isinstance(model, ResNet) and model.maxpool is not None:
         x = model.maxpool(x)
@@ -315,6 +321,9 @@ def _reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = model.relu(model.bn1(x))
     if isinstance(model, (MobileNetV2, ShuffleNetV2)):
         x = model.relu2(model.bn2(model.conv2(x)))
+    if isinstance(model, VGGNoBN):  # NetGraft's VGG: pools inside the stages, FC head (BN1d in the teacher)
+        x = model.fc_hidden(torch.flatten(model.avgpool(x), 1))
+        return model.fc(x if model.fc_bn is None else model.fc_bn(x))
     return model.fc(torch.flatten(model.avgpool(x), 1))
 
 

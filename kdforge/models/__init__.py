@@ -17,13 +17,16 @@ from kdforge.models.registry import (
 
 # Importing the family modules registers their models.
 from kdforge.models import (  # noqa: E402,F401  isort: skip
+    adapted,
     dynamic,
+    grafted,
     mobilenetv2,
     resnet_cifar,
     resnet_imagenet,
     shufflenetv1,
     shufflenetv2,
     vgg,
+    vgg_nobn,
     wrn,
 )
 from kdforge.models.complexity import count_macs, count_parameters  # noqa: E402

@@ -82,8 +82,8 @@ class ZooModel(nn.Module):
     input_size: int
 
     def _finish(self, *, stage_names: Sequence[str], block_names: Sequence[str],
-                classifier_name: str, input_size: int) -> None:
-        """Record the tap metadata, check it names real modules, initialise the weights."""
+                classifier_name: str, input_size: int, init: bool = True) -> None:
+        """Record the tap metadata, check it names real modules, initialise the weights (unless `init` is false)."""
         self.stage_names = list(stage_names)
         self.block_names = list(block_names)
         self.classifier_name = str(classifier_name)
@@ -94,7 +94,8 @@ class ZooModel(nn.Module):
         missing += [f"{b}.out_relu" for b in self.block_names if f"{b}.out_relu" not in modules]
         if missing or not isinstance(modules[self.classifier_name], nn.Linear):
             raise AssertionError(f"{type(self).__name__}: bad tap metadata {missing or classifier_name}")
-        init_weights(self)
+        if init:
+            init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(-1, self.stem(x))

@@ -22,6 +22,7 @@ class ModelInfo:
     input_size: int
     paper: str
     builder: Builder
+    listed: bool = True  # False: a composite made by recipes (e.g. NetGraft's `grafted`), not in `model_names()`
 
     def options(self) -> dict[str, object]:
         """The builder's extra keyword options with their defaults."""
@@ -41,23 +42,27 @@ class UnknownModelError(KDForgeError, KeyError):
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, family: str, input_size: int, paper: str = "") -> Callable[[Builder], Builder]:
-    """Decorator: make `builder(num_classes=..., in_channels=3, **kw)` available as `name`."""
+def register_model(name: str, *, family: str, input_size: int, paper: str = "",
+                   listed: bool = True) -> Callable[[Builder], Builder]:
+    """Decorator: make `builder(num_classes=..., in_channels=3, **kw)` available as `name`.
+
+    `listed=False` keeps a buildable composite (one that recipes configure) out of `model_names()`.
+    """
     if input_size not in (32, 224):
         raise ValueError(f"input_size of model {name!r} must be 32 or 224, got {input_size}")
 
     def decorator(builder: Builder) -> Builder:
         if not name or name in _MODELS:
             raise ValueError(f"model name {name!r} is empty or already registered")
-        _MODELS[name] = ModelInfo(name, family, input_size, paper, builder)
+        _MODELS[name] = ModelInfo(name, family, input_size, paper, builder, listed)
         return builder
 
     return decorator
 
 
 def model_names() -> list[str]:
-    """Every registered name, sorted."""
-    return sorted(_MODELS)
+    """Every listed model name, sorted (composites registered with ``listed=False`` are left out)."""
+    return sorted(name for name, info in _MODELS.items() if info.listed)
 
 
 def model_info(name: str) -> ModelInfo:
