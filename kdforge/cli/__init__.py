@@ -6,10 +6,10 @@ import argparse
 import sys
 import traceback
 
-from kdforge.cli import attention, ddnn, evaluate, export, hints, info, quickstart, sftn, train
+from kdforge.cli import attention, ddnn, evaluate, export, hints, info, netgraft, quickstart, sftn, train
 from kdforge.errors import KDForgeError
 
-COMMANDS = [train, evaluate, export, hints, sftn, ddnn, quickstart, info.models_command, info.methods_command,
+COMMANDS = [train, evaluate, export, hints, sftn, ddnn, netgraft, quickstart, info.models_command, info.methods_command,
             info.layers_command, attention]
 
 

@@ -26,36 +26,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from kdforge.data import TensorLoader, load_dataset
-    from kdforge.engine import evaluate, load_model
-    from kdforge.engine.precision import resolve_device, resolve_precision
-    from kdforge.errors import CheckpointError
+    from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 
-    model, ckpt = load_model(args.checkpoint, args.which)
-    data_cfg = ckpt["config"]["data"]
-    name = args.data or data_cfg["name"]
-    same_data = name == data_cfg["name"]
-    root = args.root or (data_cfg.get("root") if same_data else None)
-    split = args.split or data_cfg.get("eval_split") or "test"
-    options = data_cfg.get("options", {}) if same_data else {}
-    data = load_dataset(name, root, split, **options)
-    record = ckpt["model"]
-    if (record["num_classes"], record["in_channels"]) != (data.num_classes, data.in_channels):
-        raise CheckpointError(
-            f"{ckpt['path']} is a {record['name']} for {record['num_classes']} classes and "
-            f"{record['in_channels']} input channels; {name}/{split} has {data.num_classes} classes and "
-            f"{data.in_channels} channels")
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, None, device)
-    model.to(device=device, memory_format=precision.memory_format())
-    loader = TensorLoader(data, args.batch_size, shuffle=False, drop_last=False, device=device,
-                          augment=None, seed=0, channels_last=precision.channels_last)
-    metrics = evaluate(model, loader, precision)
-    metrics.update(checkpoint=ckpt["path"], model=ckpt["model"]["name"], dataset=name, split=split)
+    metrics = evaluate_checkpoint(args.checkpoint, args.which, data=args.data, root=args.root, split=args.split,
+                                  batch_size=args.batch_size, device=args.device, precision=args.precision)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{metrics['model']} on {name}/{split} ({metrics['n']} images): "
+        print(f"{metrics['model']} on {metrics['dataset']}/{metrics['split']} ({metrics['n']} images): "
               f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
-              f"  [{ckpt['path']}]")
+              f"  [{metrics['checkpoint']}]")
     return 0

@@ -116,6 +116,11 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
         teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+    if hasattr(student, "adopt_teacher"):  # NetGraft's grafted network holds the frozen teacher
+        if teacher is None:
+            raise ConfigError("student.model grafted runs inside the teacher: set teacher.checkpoint and a loss "
+                              "that uses the teacher (losses: {netgraft: 1})")
+        student.adopt_teacher(teacher)
     hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
     trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir)
     if overwrite and run_dir.exists():
