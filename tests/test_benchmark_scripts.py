@@ -57,3 +57,13 @@ def test_sftn_script_runs_the_pipeline_for_each_pair(tmp_path):
         assert ("--student-set" in argv) == student.startswith("shufflenet")
     assert {(c[c.index("--teacher") + 1], c[c.index("--student") + 1]) for c in calls} == {
         ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "shufflenetv2")}
+
+
+def test_netgraft_script_passes_the_papers_schedule_and_data(tmp_path):
+    (call,) = commands(tmp_path, "netgraft_cifar.sh", DATASET="cifar100", DATA="/data", SEEDS="0 1", TEACHER="runs/t")
+    assert call[0] == "netgraft" and call[1] == "configs/cifar100/netgraft/base.yaml"
+    assert call[call.index("--schedule") + 1] == "cifar100"
+    assert call[call.index("--teacher") + 1] == "runs/t" and call[call.index("--out") + 1] == "runs/cifar100-netgraft"
+    assert call[call.index("--seeds") + 1:call.index("--seeds") + 3] == ["0", "1"]
+    cfg = configs_of(call)
+    assert cfg.data.name == "cifar100" and cfg.data.root == "/data" and cfg.data.augment.crop_padding == 4
