@@ -125,12 +125,18 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     max_steps: int | None = None  # stop early after this many optimizer steps (smoke runs)
+    #: compute the teacher's outputs (logits, tapped features) once per training image and look them up
+    #: afterwards; only without random augmentation (data.augment.crop_padding: 0, hflip: false)
+    teacher_cache: bool = False
+    teacher_cache_max_gb: float = 4.0  # refuse a teacher cache larger than this (it lives on the device)
 
     def check(self, path: str) -> None:
         _positive(path, "log_every", self.log_every)
         _positive(path, "eval_every", self.eval_every)
         if self.max_steps is not None:
             _positive(path, "max_steps", self.max_steps)
+        if not self.teacher_cache_max_gb > 0:
+            raise ConfigError(f"{path}.teacher_cache_max_gb: must be positive, got {self.teacher_cache_max_gb}")
 
 
 @dataclass

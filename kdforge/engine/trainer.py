@@ -28,6 +28,7 @@ from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import Precision, resolve_device, resolve_precision
 from kdforge.engine.pretrain import run_pretrain_stages
 from kdforge.engine.seeding import restore_rng_state, rng_state
+from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
@@ -97,6 +98,9 @@ class Trainer:
         self.use_teacher = self.teacher is not None and self.losses.needs_teacher
         if self.use_teacher:
             self.teacher.to(device=device, memory_format=fmt).eval().requires_grad_(False)
+        self.teacher_cache: TeacherCache | None = None  # train.teacher_cache: teacher outputs by dataset index
+        if tcfg.teacher_cache and self.use_teacher:
+            check_teacher_cache(cfg)  # refused under random augmentation, before any forward pass
 
         from kdforge.data import Augment, TensorLoader
 
@@ -117,6 +121,12 @@ class Trainer:
         self.student_taps = FeatureTaps(self.student, self.losses.student_taps, runner=runner)
         self.teacher_taps = FeatureTaps(self.teacher, self.losses.teacher_taps) if self.use_teacher else None
         self._dry_run(device)
+        if tcfg.teacher_cache and self.use_teacher:  # built with every tap, those of stages before training too
+            self.teacher_cache = TeacherCache.build(self.teacher_taps, self.train_data, self.precision,
+                                                    cfg.data.eval_batch_size, tcfg.teacher_cache_max_gb)
+        if tcfg.teacher_cache and tcfg.progress:
+            print(self.teacher_cache.describe() if self.teacher_cache is not None else
+                  "train.teacher_cache: no loss needs the teacher, nothing to cache", flush=True)
         self.losses.to(device=device)
         if self.precision.channels_last:
             self.losses.to(memory_format=torch.channels_last)
@@ -306,6 +316,11 @@ class Trainer:
         elif self.use_teacher and teacher_taps != self.losses.teacher_taps:
             self.teacher_taps.remove()
             self.teacher_taps = FeatureTaps(self.teacher, teacher_taps)
+        if self.teacher_cache is not None:  # serve exactly the taps the teacher would now give
+            if self.use_teacher:
+                self.teacher_cache.keep(str(t) for t in self.teacher_taps.taps)
+            else:
+                self.teacher_cache = None
 
     def _max_steps_reached(self) -> bool:
         limit = self.cfg.train.max_steps
@@ -369,11 +384,16 @@ class Trainer:
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None,
                 indices: torch.Tensor | None = None) -> StepOutputs:
-        """Teacher (no grad) and student forward with taps; call inside `precision.autocast()`."""
+        """Teacher (no grad) and student forward with taps; call inside `precision.autocast()`.
+
+        With a teacher cache and the batch's training-set `indices`, the teacher's outputs are looked up."""
         t_logits, t_feats = None, {}
         if self.use_teacher:
-            with torch.no_grad():
-                t_logits, t_feats = self.teacher_taps(images)
+            if self.teacher_cache is not None and indices is not None:
+                t_logits, t_feats = self.teacher_cache.lookup(indices)
+            else:
+                with torch.no_grad():
+                    t_logits, t_feats = self.teacher_taps(images)
         s_logits, s_feats = self.student_taps(images)
         return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
                            self.state.epoch, self.state.step, indices, len(self.train_data))
@@ -448,6 +468,7 @@ class Trainer:
             "device": str(self.precision.device),
             "precision": self.precision.name,
             "channels_last": self.precision.channels_last,
+            "teacher_cache": self.teacher_cache is not None,
             "run_dir": str(self.run_dir),
         }
         heads = {key[len("eval_top1/"):]: value for key, value in last.items() if key.startswith("eval_top1/")}
