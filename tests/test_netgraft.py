@@ -202,6 +202,12 @@ def test_recipe_runs_both_stages_as_engine_runs_and_reports_the_exported_student
     for name in runs:
         summary = json.loads((folder / name / "summary.json").read_text())
         assert summary["train_images"] == 20  # 2 label-free images per digit
+        if name.startswith("stage1-"):  # one unit trains, the rest is frozen
+            unit = name[len("stage1-"):]
+            net = build_model("grafted", num_classes=10, in_channels=1, teacher_options=W, student_options=W)
+            keys = net.unit_state_keys(unit)
+            assert summary["trainable_params"] == sum(net.state_dict()[k].numel() for k in keys)
+            assert summary["trainable_params"] < summary["params"]
     rows = {(r["method"], r["shots"]): r for r in result["rows"]}
     student = evaluate_checkpoint(folder / "student.pt", split="test")
     assert student["model"] == "adapted" and student["n"] == 360  # the test split, not the few-shot set

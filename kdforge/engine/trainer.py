@@ -453,6 +453,8 @@ class Trainer:
             "losses": dict(self.losses.weights),
             "dataset": self.train_data.name,
             "params": sum(p.numel() for p in self.student.parameters()),
+            # fewer than params where part of the network is frozen (NetGraft's grafted teacher)
+            "trainable_params": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
             "epochs": self.state.epoch + self.state.batch_in_epoch / max(len(self.train_loader), 1),
             "steps": self.state.step,
             "top1_last": last.get("eval_top1"),

@@ -190,6 +190,8 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
             group = {"folder": folder, "stage1": stage1, "stage2": stage2, "net": net}
             if baselines:
                 group["kd-shots"] = plan_run(base, folder, "kd-shots", seed=seed, data=data,
+                                             train=merge_configs({"eval_every": max(1, kd_epochs // 10)},
+                                                                 copy.deepcopy(base.get("train", {}))),
                                              student={"model": student, "options": dict(student_options or {})},
                                              teacher={"checkpoint": teacher}, losses={"kd": {"weight": 1.0, "T": 4.0}},
                                              schedule=merge_configs(copy.deepcopy(base.get("schedule", {})),
