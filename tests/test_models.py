@@ -268,7 +268,7 @@ def test_vgg_tiny_imagenet_pooling():
     assert shapes["s"][-1] == 4  # 64 -> 32 -> 16 -> 8 -> pool4 -> 4, as at 32x32
 
 
-@pytest.mark.parametrize("name", FAMILY_SAMPLE)
+@pytest.mark.parametrize("name", [*FAMILY_SAMPLE, "vgg16_nobn", "vgg16_nobn_thin"])
 def test_channels_last_and_bf16_autocast(name):
     model = _model(name)
     x = _example(name)

@@ -201,15 +201,7 @@ def test_training_step_channels_last_bf16_and_determinism(name):
     exempt = {"fc_hidden.bias"} if name == "vgg16_nobn" else set()
     assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n not in exempt)
 
-    model.eval()
-    x = _x()
-    with torch.no_grad():
-        reference = model(x)
-        last = model(x.to(memory_format=torch.channels_last))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(x.to(memory_format=torch.channels_last))
-    torch.testing.assert_close(last, reference, rtol=1e-4, atol=1e-4)
-    assert low.shape == reference.shape and torch.isfinite(low).all()
+    # channels-last and bf16 autocast: tests/test_models.py::test_channels_last_and_bf16_autocast
 
     def weights(seed):
         torch.manual_seed(seed)
