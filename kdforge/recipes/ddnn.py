@@ -21,11 +21,9 @@ from typing import Any
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
-from kdforge.recipes.runs import check_folder, plan_run, run_planned
+from kdforge.recipes.runs import check_folder, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
 
-#: base-config keys the pipeline decides itself
-DECIDED = ("student", "teacher", "losses", "name", "output_dir", "seed", "hints")
 
 
 def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[str, Any] | None = None,
@@ -71,10 +69,7 @@ def plan_ddnn(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[s
     from kdforge.methods import build_method
     from kdforge.models.dynamic import build_ddnn
 
-    decided = [key for key in DECIDED if key in base]
-    if decided:
-        raise ConfigError(f"the base config sets {', '.join(decided)}, which the pipeline decides; remove "
-                          f"{'it' if len(decided) == 1 else 'them'} (use --full, --subnets, --ekd, --seeds, --out)")
+    refuse_decided(base, "pipeline", "--full, --subnets, --ekd, --seeds, --out")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: each seed once, got {list(seeds)}")
     subnets = _plain_subnets(subnets)

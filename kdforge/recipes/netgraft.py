@@ -29,7 +29,7 @@ from typing import Any
 
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
-from kdforge.recipes.runs import check_folder, is_finished, plan_run, run_planned
+from kdforge.recipes.runs import check_folder, is_finished, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
 
 #: the default shared settings on the built-in digits: plain VGGs (no BatchNorm in the convs) diverge with the
@@ -40,9 +40,6 @@ DIGITS_BASE: dict[str, Any] = {
     "schedule": {"name": "cosine", "epochs": 15, "warmup_epochs": 1.0},
     "train": {"log_every": 10},
 }
-
-#: base-config keys the recipe decides itself
-DECIDED = ("student", "teacher", "losses", "name", "output_dir", "seed", "hints")
 
 
 @dataclass
@@ -121,9 +118,7 @@ def run_netgraft_pipeline(teacher: str | Path, *, base: dict[str, Any], shots: S
 def train_teacher(base: dict[str, Any], model: str, options: dict, output_dir: str | Path,
                   progress: bool = True) -> str:
     """Train (or reuse, or resume) the teacher `model` with CE on the base config's data; returns its run folder."""
-    decided = [key for key in DECIDED if key in base]
-    if decided:
-        raise ConfigError(f"the base config sets {', '.join(decided)}, which the recipe decides; remove them")
+    refuse_decided(base, "recipe", "--teacher-model, --width, --seeds, --out")
     data = plan_run(merge_configs(copy.deepcopy(base), {"train": {"progress": progress}}), Path(output_dir),
                     "teacher", student={"model": model, "options": dict(options)}, losses={"ce": 1.0})
     run_planned(data)
@@ -139,10 +134,7 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
     from kdforge.engine.checkpoint import load_checkpoint
     from kdforge.models import build_model
 
-    decided = [key for key in DECIDED if key in base]
-    if decided:
-        raise ConfigError(f"the base config sets {', '.join(decided)}, which the recipe decides; remove "
-                          f"{'it' if len(decided) == 1 else 'them'} (use --teacher, --student, --shots, --seeds, --out)")
+    refuse_decided(base, "recipe", "--teacher, --student, --shots, --seeds, --out")
     for what, values in (("--seeds", seeds), ("--shots", shots)):
         if not values or len(set(values)) != len(values):
             raise ConfigError(f"{what}: each value once, got {list(values)}")
@@ -190,8 +182,7 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
             group = {"folder": folder, "stage1": stage1, "stage2": stage2, "net": net}
             if baselines:
                 group["kd-shots"] = plan_run(base, folder, "kd-shots", seed=seed, data=data,
-                                             train=merge_configs({"eval_every": max(1, kd_epochs // 10)},
-                                                                 copy.deepcopy(base.get("train", {}))),
+                                             train=_train_section(base, kd_epochs),
                                              student={"model": student, "options": dict(student_options or {})},
                                              teacher={"checkpoint": teacher}, losses={"kd": {"weight": 1.0, "T": 4.0}},
                                              schedule=merge_configs(copy.deepcopy(base.get("schedule", {})),
@@ -215,9 +206,14 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
             "params": _params(net), "kd_epochs": kd_epochs}
 
 
+def _train_section(base: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The base's `train` settings, evaluating every tenth of the run's epochs unless the base says otherwise."""
+    return merge_configs({"eval_every": max(1, epochs // 10)}, copy.deepcopy(base.get("train", {})))
+
+
 def _graft_run(base, folder: Path, name: str, seed: int, data: dict, options: dict, graft: list[str],
                init: str | None, teacher: str, lr: float, lr_groups: dict, epochs: int) -> dict[str, Any]:
-    train = merge_configs({"eval_every": max(1, epochs // 10)}, copy.deepcopy(base.get("train", {})))
+    train = _train_section(base, epochs)
     student = {"model": "grafted", "options": {**options, "graft": graft}}
     if init:
         student["checkpoint"] = init
@@ -273,7 +269,8 @@ def _run_dir(data: dict) -> Path:
 
 
 def _params(net) -> int:
-    return sum(p.numel() for p in net.fold().parameters()) if net.grafted == net.units else 0
+    """Parameters of the finished student (`net` is built with every unit grafted)."""
+    return sum(p.numel() for p in net.fold().parameters())
 
 
 def _rows(plan: dict, results: dict) -> list[dict[str, Any]]:

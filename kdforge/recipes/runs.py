@@ -19,6 +19,16 @@ from kdforge.errors import ConfigError
 
 #: settings a reused or resumed run must share with the one asked for (those a resume refuses to change)
 SAME = Trainer.TRAJECTORY_KEYS
+#: base-config keys a recipe decides itself for each of its runs
+DECIDED = ("student", "teacher", "losses", "name", "output_dir", "seed", "hints")
+
+
+def refuse_decided(base: dict[str, Any], who: str, flags: str) -> None:
+    """A ConfigError if the base config sets keys the recipe (`who`) decides; `flags` says how to set them instead."""
+    decided = [key for key in DECIDED if key in base]
+    if decided:
+        raise ConfigError(f"the base config sets {', '.join(decided)}, which the {who} decides; remove "
+                          f"{'it' if len(decided) == 1 else 'them'} (use {flags})")
 
 
 def plan_run(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
