@@ -17,7 +17,7 @@ from torch import nn
 
 from kdforge.errors import ConfigError
 
-__all__ = ["block_ends", "run_block", "block_modules", "block_outputs"]
+__all__ = ["block_ends", "run_block", "trace_blocks", "block_outputs"]
 
 
 def block_ends(model: nn.Module, names: Sequence[str] | None, role: str) -> list[int]:
@@ -59,23 +59,24 @@ def run_block(model: nn.Module, ends: Sequence[int], b: int, x: torch.Tensor) ->
     return x
 
 
-def block_modules(model: nn.Module, ends: Sequence[int], example: torch.Tensor) -> list[list[str]]:
-    """Names of the submodules (containers included) that each block, then the head, calls.
+def trace_blocks(model: nn.Module, ends: Sequence[int],
+                 example: torch.Tensor) -> tuple[list[list[str]], list[torch.Tensor]]:
+    """(modules, outputs): the names of the submodules (containers included) that each block, then
+    the head, calls (the last list is the head's), and each block's output on `example`.
 
-    Found by running `example` through the blocks with forward pre-hooks (eval mode, no
-    gradients); the last list is the head's.
+    One pass of `example` through the blocks with forward pre-hooks (eval mode, no gradients).
     """
     seen: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda _m, _a, name=name: seen.append(name))
              for name, m in model.named_modules() if name]
     groups: list[list[str]] = []
     try:
-        _forward_blocks(model, ends, example, after_each=lambda: groups.append(_take(seen)), head=True)
+        outputs = _forward_blocks(model, ends, example, after_each=lambda: groups.append(_take(seen)), head=True)
         groups.append(_take(seen))
     finally:
         for h in hooks:
             h.remove()
-    return groups
+    return groups, outputs
 
 
 def block_outputs(model: nn.Module, ends: Sequence[int], example: torch.Tensor) -> list[torch.Tensor]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from kdforge.errors import CheckpointError, ConfigError, suggest
 from kdforge.graft.adapters import fold_adapters, identity_conv1x1
-from kdforge.graft.blocks import block_ends, block_modules, block_outputs, run_block
+from kdforge.graft.blocks import block_ends, block_outputs, run_block, trace_blocks
 
 __all__ = ["GraftedNet", "HEAD"]
 
@@ -66,8 +66,7 @@ class GraftedNet(nn.Module):
         size = int(image_size or getattr(teacher, "input_size", 32))
         example = torch.zeros(2, in_channels, size, size)
         t_out = block_outputs(teacher, self.t_ends, example)
-        self._student_modules = block_modules(student, self.s_ends, example)
-        s_out = block_outputs(student, self.s_ends, example)
+        self._student_modules, s_out = trace_blocks(student, self.s_ends, example)
         self.s2t, self.t2s = nn.ModuleDict(), nn.ModuleDict()
         for b in range(shared, k):
             t, s = t_out[b], s_out[b]
@@ -133,6 +132,11 @@ class GraftedNet(nn.Module):
         mods = {m for b in range(self.shared) for m in self._student_modules[b]}
         return [k for k in self.student.state_dict() if k.rsplit(".", 1)[0] in mods]
 
+    def _copy_shared_blocks(self, student: nn.Module) -> None:
+        """Load the teacher's weights into `student`'s shared blocks."""
+        t_state = self.teacher.state_dict()
+        student.load_state_dict({k: t_state[k] for k in self._shared_keys()}, strict=False)
+
     def _check_shared_weights(self) -> None:
         t_state, s_state = self.teacher.state_dict(), self.student.state_dict()
         bad = [k for k in self._shared_keys() if k not in t_state or t_state[k].shape != s_state[k].shape]
@@ -151,8 +155,7 @@ class GraftedNet(nn.Module):
         except RuntimeError as exc:
             raise CheckpointError(f"the run's teacher does not fit the grafted network's teacher "
                                   f"({type(self.teacher).__name__}): {str(exc).splitlines()[0][:300]}") from None
-        t_state = self.teacher.state_dict()
-        self.student.load_state_dict({k: t_state[k] for k in self._shared_keys()}, strict=False)
+        self._copy_shared_blocks(self.student)
 
     # ------------------------------------------------------------------ running
     def train(self, mode: bool = True) -> "GraftedNet":
@@ -194,8 +197,7 @@ class GraftedNet(nn.Module):
         from kdforge.models.adapted import AdaptedNet
 
         student = copy.deepcopy(self.student).eval()
-        t_state = self.teacher.state_dict()  # the shared blocks are the teacher's
-        student.load_state_dict({k: t_state[k] for k in self._shared_keys()}, strict=False)
+        self._copy_shared_blocks(student)  # the shared blocks are the teacher's
         after = [self.student.stage_names[self.s_ends[b]] for b in range(self.shared, len(self.s_ends))]
         net = AdaptedNet(student, after, self.in_channels)
         record = getattr(self.student, "zoo_record", None)

@@ -45,22 +45,14 @@ class AdaptedNet(ZooModel):
                      classifier_name=f"base.{base.classifier_name}", input_size=base.input_size, init=False)
 
     @staticmethod
-    @torch.no_grad()
     def _stage_widths(base: ZooModel, in_channels: int) -> dict[str, int]:
-        """{stage: output channels}, from one eval-mode pass of a blank image."""
-        was_training = base.training
-        base.eval()
-        try:
-            x = base.stem(torch.zeros(1, in_channels, base.input_size, base.input_size))
-            widths = {}
-            for i, name in enumerate(base.stage_names):
-                x = base._stage(i, x)
-                widths[name] = x.shape[1]
-                if i < len(base.stage_names) - 1:
-                    x = base._between(i, x)
-            return widths
-        finally:
-            base.train(was_training)
+        """{stage: output channels}, from one eval-mode pass of a blank image (one block per stage)."""
+        from kdforge.graft.blocks import block_outputs
+
+        stages = base.stage_names
+        outputs = block_outputs(base, list(range(len(stages))), torch.zeros(1, in_channels, base.input_size,
+                                                                            base.input_size))
+        return {name: out.shape[1] for name, out in zip(stages, outputs)}
 
     def adapter(self, stage: str) -> nn.Conv2d:
         """The 1x1 conv after `stage`."""
