@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from kdforge.errors import ConfigError, suggest
+from kdforge.errors import ConfigError, KDForgeError, suggest
 
 
 @dataclass
@@ -74,6 +74,16 @@ class ModelConfig:
     checkpoint: str | None = None  # a kdforge checkpoint or run folder to load weights from
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
 
+    def check(self, path: str) -> None:
+        if self.model is None:
+            return
+        from kdforge.models.registry import UnknownModelError, check_options
+
+        try:
+            check_options(self.model, self.options)
+        except KDForgeError as exc:  # an unknown model, or an option it does not take
+            raise type(exc)(f"{path}.{'model' if isinstance(exc, UnknownModelError) else 'options'}: {exc}") from None
+
 
 @dataclass
 class OptimConfig:
@@ -129,12 +139,24 @@ class TrainConfig:
     #: afterwards; only without random augmentation (data.augment.crop_padding: 0, hflip: false)
     teacher_cache: bool = False
     teacher_cache_max_gb: float = 4.0  # refuse a teacher cache larger than this (it lives on the device)
+    #: also save checkpoints/last.pt every this many steps inside an epoch (None: at epoch ends only); a crash
+    #: then loses at most these steps
+    checkpoint_every_steps: int | None = None
+    #: a NaN/inf loss: 'stop' the run naming the term and step (no checkpoint is written after it), or 'skip'
+    #: that step's update and go on (costs one device sync per step)
+    nonfinite: Literal["stop", "skip"] = "stop"
+    sync_bn: bool = False  # distributed runs on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    #: distributed runs: let DDP find parameters a step does not use (None: where a method or the student may
+    #: skip some — a pre-training stage's adapters, a depth-dynamic student's paths)
+    ddp_find_unused: bool | None = None
 
     def check(self, path: str) -> None:
         _positive(path, "log_every", self.log_every)
         _positive(path, "eval_every", self.eval_every)
         if self.max_steps is not None:
             _positive(path, "max_steps", self.max_steps)
+        if self.checkpoint_every_steps is not None:
+            _positive(path, "checkpoint_every_steps", self.checkpoint_every_steps)
         if not self.teacher_cache_max_gb > 0:
             raise ConfigError(f"{path}.teacher_cache_max_gb: must be positive, got {self.teacher_cache_max_gb}")
 
@@ -346,7 +368,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: 'line L, column C: problem'."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(problem.split())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -356,7 +385,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

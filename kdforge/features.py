@@ -39,14 +39,16 @@ class Tap:
         return self.module if self.what == "output" else self.module + INPUT_SUFFIX
 
 
-def resolve_module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called `name`, or a LayerError listing close matches."""
+def resolve_module(model: nn.Module, name: str, role: str = "") -> nn.Module:
+    """The submodule called `name`, or a LayerError listing close matches (naming the model's `role`)."""
     modules = dict(model.named_modules())
     if name not in modules:
         hint = suggest(name, [n for n in modules if n], n=5)
+        zoo_name = (getattr(model, "zoo_record", None) or {}).get("name")
+        who = f"{role} {zoo_name or type(model).__name__}".strip()
         raise LayerError(
-            f"{type(model).__name__} has no module named '{name}'.{hint} "
-            f"Run `kdforge layers MODEL` to list the names that can be tapped."
+            f"{who} has no module named '{name}'.{hint} "
+            f"Run `kdforge layers {zoo_name or 'MODEL'}` to list the names that can be tapped."
         )
     return modules[name]
 
@@ -80,16 +82,17 @@ class FeatureTaps:
 
     Use as a context manager (hooks are removed on exit) or call `remove()`.
     After each forward, `self.features` maps every tap string to its tensor.
+    `role` (e.g. "student") names the model in the error for an unknown module name.
     """
 
-    def __init__(self, model: nn.Module, taps: Sequence[str | Tap], runner=None):
+    def __init__(self, model: nn.Module, taps: Sequence[str | Tap], runner=None, role: str = ""):
         self.model = model
         self.runner = runner if runner is not None else model  # e.g. torch.compile(model)
         self.taps = [t if isinstance(t, Tap) else Tap.parse(t) for t in taps]
         self.features: dict[str, torch.Tensor] = {}
         self._handles = []
         for tap in dict.fromkeys(self.taps):  # unique, in order
-            module = resolve_module(model, tap.module)
+            module = resolve_module(model, tap.module, role)
             key = str(tap)
             if tap.what == "input":
                 handle = module.register_forward_pre_hook(self._input_hook(key))

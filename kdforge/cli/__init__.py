@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -11,6 +12,7 @@ from kdforge.errors import KDForgeError
 
 COMMANDS = [train, evaluate, export, hints, sftn, ddnn, netgraft, quickstart, info.models_command, info.methods_command,
             info.layers_command, attention]
+DEBUG_HELP = "show full tracebacks for errors"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,10 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdforge",
         description="Knowledge distillation for image classifiers. `kdforge COMMAND --help` for details.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():  # `kdforge CMD ... --debug` too; SUPPRESS: no reset to False
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except KDForgeError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"kdforge {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # in a distributed run the processes fail alike: rank 0 says it
+            print(f"kdforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kdforge {args.command}: interrupted", file=sys.stderr)

@@ -7,8 +7,6 @@ renamed over the old one, so a crash mid-write never replaces a good checkpoint.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,14 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         pass
 
 
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the half-written files of saves that a killed process never finished."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(".*.pt.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint file, or the `which` checkpoint of a run folder."""
     path = Path(path)
@@ -72,10 +78,10 @@ def load_checkpoint(path: str | Path, which: str = "best", map_location: str | t
     try:
         # weights_only: a checkpoint is data; loading one never runs code from the file
         ckpt = torch.load(file, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    except Exception as exc:  # torch.load fails in many ways on a foreign file (KeyError, UnpicklingError, ...)
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's advice would mislead
         raise CheckpointError(f"checkpoint {file} cannot be read (truncated, not a PyTorch file, or holding "
-                              f"code objects): {reason}") from None
+                              f"code objects): {type(exc).__name__}{': ' + first if first else ''}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a kdforge checkpoint (no '{FORMAT}' marker)")
     ckpt["path"] = str(file)
@@ -83,14 +89,22 @@ def load_checkpoint(path: str | Path, which: str = "best", map_location: str | t
 
 
 def load_weights(model: nn.Module, state: dict, source: str) -> None:
-    """Load a state dict strictly, turning a mismatch into a readable CheckpointError."""
+    """Load a state dict strictly; a mismatch is one CheckpointError line naming the first difference."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: {' '.join(first)[:300]}"
-        ) from None
+        own = model.state_dict()
+        diffs = [f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        diffs += [f"{k} is missing from the checkpoint" for k in own if k not in state]
+        diffs += [f"{k} is in the checkpoint but not in the model" for k in state if k not in own]
+        if diffs:
+            what = diffs[0] + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else "")
+        else:  # a failure of the model's own load hooks
+            what = " ".join(str(exc).split())[:300]
+        name = (getattr(model, "zoo_record", None) or {}).get("name") or type(model).__name__
+        raise CheckpointError(f"{source} does not fit the {name} built here: {what}; was it saved from another "
+                              f"model, or with other options?") from None
 
 
 def load_model(path: str | Path, which: str = "best", map_location: str | torch.device = "cpu"):

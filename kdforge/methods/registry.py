@@ -65,8 +65,11 @@ def method_params(name: str) -> list[Param]:
 
 def build_method(name: str, params: dict[str, Any] | None = None, path: str | None = None) -> Method:
     """Instantiate method `name` with validated `params` (errors name `path.key`)."""
-    cls = method_class(name)
     where = path or f"losses.{name}"
+    try:
+        cls = method_class(name)
+    except UnknownMethodError as exc:
+        raise UnknownMethodError(f"{where}: {exc}") from None
     known = {p.name: p for p in method_params(name)}
     kwargs = {}
     for key, value in (params or {}).items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -73,20 +73,24 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
+def check_options(name: str, options: Iterable[str]) -> ModelInfo:
+    """The info of model `name`, checking that it takes every option named in `options`."""
+    info = model_info(name)
+    known = info.options()
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(info.builder).parameters.values())
+    for key in options:
+        if key not in known and not accepts_any:
+            listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
+            raise ConfigError(f"model '{name}' has no option '{key}'.{suggest(key, known)} Options: {listed}.")
+    return info
+
+
 def build_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
     """A freshly initialised model `name` (weights depend only on the torch RNG state)."""
-    info = model_info(name)
+    info = check_options(name, kwargs)
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"model '{name}': {key} must be a positive integer, got {value!r}")
-    options = info.options()
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(info.builder).parameters.values())
-    for key in kwargs:
-        if key not in options and not accepts_any:
-            listed = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
-            raise ConfigError(
-                f"model '{name}' has no option '{key}'.{suggest(key, options)} Options: {listed}."
-            )
     model = info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     # how to rebuild this model: stored in checkpoints so `kdforge eval RUN` needs no config
     model.zoo_record = {"name": info.name, "num_classes": num_classes, "in_channels": in_channels,

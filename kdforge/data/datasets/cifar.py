@@ -52,12 +52,12 @@ def _images_from_batch(d: dict, path: Path, *, what: str, expected: str, how_to:
     data = pickle_get(d, "data", path, what=what, expected=expected, how_to=how_to)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = (
-            f"array of dtype {data.dtype} and shape {data.shape}"
+            f"an array of dtype {data.dtype} and shape {data.shape}"
             if isinstance(data, np.ndarray)
-            else type(data).__name__
+            else f"a {type(data).__name__}"
         )
         raise DataError(
-            f"{what}: b'data' in {str(path)!r} is a {desc}; expected a uint8 array of shape (N, 3072) "
+            f"{what}: b'data' in {str(path)!r} is {desc}; expected a uint8 array of shape (N, 3072) "
             f"(rows of 1024 red, 1024 green, 1024 blue values). {how_to}",
             path,
         )

@@ -78,7 +78,8 @@ def load_svhn(root, split: str) -> ImageTensorDataset:
             f"{what}: y in {str(path)!r} has shape {y.shape} for {n} images; expected ({n}, 1). {how_to}",
             path,
         )
-    raw = check_labels(y.reshape(-1), 11, path, what=what, how_to=how_to)  # official labels are 1..10
+    # official labels are 1..10 (0 is read as the digit 0 too)
+    raw = check_labels(y.reshape(-1), 11, path, what=what, how_to=f"Expected {_EXPECTED}. {how_to}")
     labels = torch.where(raw == 10, torch.zeros_like(raw), raw)
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)))  # (N, C, H, W)
     return ImageTensorDataset(
