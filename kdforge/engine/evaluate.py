@@ -16,9 +16,11 @@ HeadsFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, t
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | None = None,
-             also_eval: Sequence[nn.Module] = ()) -> dict[str, float]:
+             also_eval: Sequence[nn.Module] = (), reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             ) -> dict[str, float]:
     """{top1, top5, loss, n} of `model`; with `heads(images, labels) -> (logits, {name: logits})`
-    also `top1/<name>` of every extra head. `also_eval` modules are put in eval mode meanwhile."""
+    also `top1/<name>` of every extra head. `also_eval` modules are put in eval mode meanwhile.
+    `reduce` sums the counts over processes that each evaluated a share (distributed runs)."""
     modes = [(sub, sub.training) for m in (model, *also_eval) for sub in m.modules()]  # each its own flag back
     for m in (model, *also_eval):
         m.eval()
@@ -46,12 +48,19 @@ def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | No
     finally:
         for sub, mode in modes:
             sub.training = mode
+    names = sorted(head_hits)
+    totals = torch.stack([correct1.double(), correct5.double(), loss_sum, torch.tensor(count, device=device).double(),
+                          *(head_hits[name].double() for name in names)])
+    if reduce is not None:
+        totals = reduce(totals)
+    c1, c5, loss, count, *hits = totals.tolist()  # one sync
+    count = int(count)
     if count == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "n": 0}
     return {
-        "top1": 100.0 * correct1.item() / count,
-        "top5": 100.0 * correct5.item() / count,
-        "loss": loss_sum.item() / count,
+        "top1": 100.0 * c1 / count,
+        "top5": 100.0 * c5 / count,
+        "loss": loss / count,
         "n": count,
-        **{f"top1/{name}": 100.0 * hits.item() / count for name, hits in head_hits.items()},
+        **{f"top1/{name}": 100.0 * h / count for name, h in zip(names, hits)},
     }

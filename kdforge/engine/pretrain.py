@@ -33,11 +33,13 @@ def run_pretrain_stages(trainer, logger) -> None:
                     loss = method.pretrain_loss(trainer.forward(images, labels, indices))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                trainer.dist.average_gradients(params)  # not under DDP: the ranks average here
                 scaler.step(optimizer)
                 scaler.update()
                 total += loss.detach().float()
                 steps += 1
-            logger.log("pretrain", {"method": key, "epoch": epoch + 1, "loss": (total / max(steps, 1)).item(),
+            mean = trainer.dist.all_reduce_sum(total / max(steps, 1)) / trainer.dist.world_size
+            logger.log("pretrain", {"method": key, "epoch": epoch + 1, "loss": mean.item(),
                                     "step": 0})  # step 0: kept when a resumed run truncates its log
         trainer.student.train()
 

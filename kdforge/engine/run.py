@@ -8,6 +8,7 @@ from typing import Any
 
 from kdforge.config import ModelConfig, RunConfig
 from kdforge.engine.checkpoint import load_checkpoint, load_weights
+from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
@@ -98,8 +99,18 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
     """Run one training job as described by `cfg`; returns its summary.
 
     Everything is loaded and checked before an existing run folder is replaced, so a
-    mistake in the config never costs a finished run.
+    mistake in the config never costs a finished run. Started by torchrun (WORLD_SIZE > 1),
+    every process runs this and trains its share (`distributed.py`).
     """
+    dist = init_from_environment(cfg.train.device)
+    try:
+        return _train(cfg, resume, overwrite, until_epoch, dist)
+    finally:
+        shutdown(dist)
+
+
+def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | None,
+           dist: Distributed) -> dict[str, Any]:
     from kdforge.methods import LossComposer
 
     run_dir = prepare_run_dir(cfg, resume, overwrite)
@@ -121,12 +132,16 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
             raise ConfigError("student.model grafted runs inside the teacher: set teacher.checkpoint and a loss "
                               "that uses the teacher (losses: {netgraft: 1})")
         student.adopt_teacher(teacher)
-    hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
-    trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir)
+    with dist.main_first():  # rank 0 selects hint layers (and caches them); the others read its cache
+        hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
+    trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir,
+                      distributed=dist)
     if overwrite and run_dir.exists():
         trainer.prepare()  # binds layers and builds adapters: a layer mismatch must not cost the old run
-        shutil.rmtree(run_dir)
-    if hints is not None and hints.selection is not None:
+        dist.barrier()  # every rank has checked the old folder before rank 0 removes it
+        if dist.is_main:
+            shutil.rmtree(run_dir)
+    if hints is not None and hints.selection is not None and dist.is_main:
         from kdforge.hints.for_run import RUN_FILE
         from kdforge.hints.plot import plot_selection
 

@@ -3,7 +3,9 @@
 Per step: teacher forward (eval mode, no grad) with taps -> student forward with taps ->
 the run's methods turn those outputs into named, weighted losses -> one backward and
 optimizer step. Metrics stay on the device and are read back only every `log_every`
-steps, so logging does not stall the accelerator.
+steps, so logging does not stall the accelerator. Under torchrun the same loop runs on
+every rank with DDP (`distributed.py`); only rank 0 writes files. SIGTERM/Ctrl-C save
+`last.pt` before stopping; `train.checkpoint_every_steps` saves inside epochs too.
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdforge.config import RunConfig, config_from_dict, config_to_dict
-from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights
+from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights, remove_stale_temporaries
+from kdforge.engine.distributed import Distributed, refuse_unsupported, wrap_for_ddp
+from kdforge.engine.epoch_tally import EpochTally
 from kdforge.engine.evaluate import evaluate
+from kdforge.engine.interrupts import RunInterrupted, StopSignals
 from kdforge.engine.logger import RunLogger, truncate_log
+from kdforge.engine.nonfinite import NonFiniteGuard, NonFiniteLossError
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import Precision, resolve_device, resolve_precision
 from kdforge.engine.pretrain import run_pretrain_stages
 from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
-from kdforge.errors import CheckpointError, ConfigError, KDForgeError
+from kdforge.errors import CheckpointError, ConfigError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
 from kdforge.methods.compose import LossComposer
 
 
-class NonFiniteLossError(KDForgeError, FloatingPointError):
-    """A loss became NaN or infinite; the message names the loss term and the step."""
+__all__ = ["Trainer", "TrainState", "NonFiniteLossError", "model_record_of"]
 
 
 def model_record_of(model: nn.Module) -> dict[str, Any] | None:
@@ -54,6 +59,8 @@ class TrainState:
     elapsed_s: float = 0.0  # wall time spent in fit(), summed over resumes
     train_images: int = 0
     train_time_s: float = 0.0
+    skipped_steps: int = 0  # updates dropped for a non-finite loss (train.nonfinite: skip)
+    epoch_partial: dict[str, Any] | None = None  # the unfinished epoch's running metrics (mid-epoch checkpoint)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -62,12 +69,12 @@ class Trainer:
 
     `teacher` (optional) is frozen: eval mode, no gradients. The run folder receives the
     resolved config, `log.jsonl`, TensorBoard logs, `checkpoints/{last,best}.pt`,
-    `curves.png` and `summary.json`.
+    `curves.png` and `summary.json`. `distributed` defaults to the running process group.
     """
 
     def __init__(self, student: nn.Module, losses: LossComposer, train_data, eval_data=None, *,
                  teacher: nn.Module | None = None, config: RunConfig | None = None,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, distributed: Distributed | None = None):
         self.cfg = config_from_dict(config_to_dict(config)) if config is not None else RunConfig()  # validated
         self.student = student
         self.teacher = teacher
@@ -78,8 +85,12 @@ class Trainer:
         if losses.needs_teacher and teacher is None:
             names = [k for k, m in losses.methods.items() if m.needs_teacher]
             raise ConfigError(f"losses {names} need a teacher: set teacher.checkpoint to a trained run or .pt file")
+        self.dist = distributed or Distributed.current()
+        if not self.dist.is_main:
+            self.cfg.train.progress = False  # one progress bar and one set of messages: rank 0's
         self.state = TrainState()
         self._prepared = False
+        self._ddp: nn.Module | None = None  # student + adapters under DDP, built when training starts
         self._eval_postfix = ""  # the last evaluation, shown on the progress bar
 
     # ------------------------------------------------------------------ set-up
@@ -91,9 +102,12 @@ class Trainer:
 
     def _prepare(self) -> None:
         cfg, tcfg = self.cfg, self.cfg.train
-        device = resolve_device(tcfg.device)
+        device = self.dist.device(resolve_device(tcfg.device))
         self.precision: Precision = resolve_precision(tcfg.precision, tcfg.channels_last, device)
         fmt = self.precision.memory_format()
+        if self.dist.enabled:
+            refuse_unsupported(self.losses)
+            self._convert_sync_bn(device)
         self.student.to(device=device, memory_format=fmt)
         self.use_teacher = self.teacher is not None and self.losses.needs_teacher
         if self.use_teacher:
@@ -106,20 +120,27 @@ class Trainer:
 
         aug = cfg.data.augment
         augment = Augment(crop_padding=aug.crop_padding, hflip=aug.hflip)
+        d = self.dist  # each rank takes its share of every global batch, and of the evaluation set
         self.train_loader = TensorLoader(
-            self.train_data, cfg.data.batch_size, shuffle=True, drop_last=True, device=device,
-            augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last, with_indices=True)
+            self.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True, drop_last=True, device=device,
+            augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last, with_indices=True,
+            rank=d.rank, world_size=d.world_size)
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                               f"({len(self.train_data)} images)")
-        self.eval_loader = None if self.eval_data is None else TensorLoader(
-            self.eval_data, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+        eval_share = None if self.eval_data is None else (
+            self.eval_data.subset(torch.arange(d.rank, len(self.eval_data), d.world_size)) if d.enabled
+            else self.eval_data)
+        self.eval_loader = None if eval_share is None or len(eval_share) == 0 else TensorLoader(
+            eval_share, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
             augment=None, seed=cfg.seed, channels_last=self.precision.channels_last)
+        self._has_eval = self.eval_data is not None and len(self.eval_data) > 0
 
         self.losses.bind(self.student, self.teacher if self.use_teacher else None)
         runner = torch.compile(self.student) if tcfg.compile else None
-        self.student_taps = FeatureTaps(self.student, self.losses.student_taps, runner=runner)
-        self.teacher_taps = FeatureTaps(self.teacher, self.losses.teacher_taps) if self.use_teacher else None
+        self.student_taps = FeatureTaps(self.student, self.losses.student_taps, runner=runner, role="student")
+        self.teacher_taps = (FeatureTaps(self.teacher, self.losses.teacher_taps, role="teacher")
+                             if self.use_teacher else None)
         self._dry_run(device)
         if tcfg.teacher_cache and self.use_teacher:  # built with every tap, those of stages before training too
             self.teacher_cache = TeacherCache.build(self.teacher_taps, self.train_data, self.precision,
@@ -137,7 +158,19 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader))
         self.scaler = self.precision.grad_scaler()
         self._lr_used = self.optimizer.param_groups[0]["lr"]
+        self.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, self.dist)
         self._prepared = True
+
+    def _convert_sync_bn(self, device: torch.device) -> None:
+        """train.sync_bn: BatchNorm over the global batch (GPUs only: PyTorch has no CPU SyncBatchNorm)."""
+        if not self.cfg.train.sync_bn:
+            return
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn: SyncBatchNorm runs on GPUs only; on CPU each process normalises "
+                              "over its own share of the batch (set train.sync_bn=false)")
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        if converted is not self.student:
+            raise ConfigError("train.sync_bn: the student is a bare BatchNorm layer")
 
     @torch.no_grad()
     def _dry_run(self, device: torch.device) -> None:
@@ -205,7 +238,8 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {ckpt['path']}: {exc}") from None
         restore_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
-        truncate_log(self.run_dir, self.state.step)  # drop records written after this checkpoint
+        if self.dist.is_main:
+            truncate_log(self.run_dir, self.state.step)  # drop records written after this checkpoint
 
     def _check_same_config(self, saved: dict[str, Any], path: str) -> None:
         now = config_to_dict(self.cfg)
@@ -221,60 +255,82 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, until_epoch: int | None = None) -> dict[str, Any]:
-        """Train to the configured number of epochs (or `until_epoch`); returns the summary."""
-        start = time.perf_counter()
+        """Train to the configured number of epochs (or `until_epoch`); returns the summary.
+
+        SIGTERM / Ctrl-C finish the current step, save `checkpoints/last.pt` and raise
+        `RunInterrupted`; `fit(resume=True)` then continues exactly where it stopped."""
+        self._fit_start = time.perf_counter()
         if not self._prepared:
             self._prepare()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir / "checkpoints")  # left by a process killed while saving
         if resume:
             self._resume()
-        else:
+        elif main:
             (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
-        logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
+        logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard, enabled=main)
         if self.state.step == 0:
             run_pretrain_stages(self, logger)
         self._drop_pretrain_only_taps()
+        if self.dist.enabled and self._ddp is None:  # after pre-training: DDP starts every rank from rank 0's weights
+            self._ddp = wrap_for_ddp(self.student, self.losses, self._forward_and_losses, self.precision.device,
+                                     self.cfg.train.ddp_find_unused)
         epochs = self.cfg.schedule.epochs
         last_epoch = epochs if until_epoch is None else min(epochs, until_epoch)
         steps = len(self.train_loader)
         bar = tqdm(total=epochs * steps, initial=self.state.epoch * steps + self.state.batch_in_epoch,
                    desc=self.cfg.name, disable=not self.cfg.train.progress, dynamic_ncols=True, leave=True,
                    unit="step", mininterval=0.5)
-        elapsed_before = self.state.elapsed_s
+        self._elapsed_before = self.state.elapsed_s
         try:
-            while self.state.epoch < last_epoch and not self._max_steps_reached():
-                record = self._train_epoch(logger, bar)
-                finished = self.state.batch_in_epoch == steps
-                if finished:
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
-                stopping = self.state.epoch >= last_epoch or self._max_steps_reached()
-                record["epoch"] = self.state.epoch + self.state.batch_in_epoch / steps
-                record["step"] = self.state.step
-                due = finished and self.state.epoch % self.cfg.train.eval_every == 0
-                if finished and self.state.epoch == epochs:
-                    self._recalibrate_bn()
-                if self.eval_loader is not None and (due or stopping):
-                    metrics = self._evaluate()
-                    record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
-                    self._eval_postfix = self._postfix(record)
-                    bar.set_postfix_str(self._eval_postfix.removeprefix(" | "), refresh=False)
-                self.state.elapsed_s = elapsed_before + time.perf_counter() - start
-                record["elapsed_s"] = round(self.state.elapsed_s, 3)
-                self.state.history.append(record)
-                logger.log("epoch", record, step=self.state.step)
-                self._save_checkpoints(record)
+            with StopSignals() as self._signals:
+                while self.state.epoch < last_epoch and not self._max_steps_reached():
+                    self._run_epoch(logger, bar, last_epoch)
         finally:
             bar.close()
             logger.close()
         return self._write_summary()
 
+    def _run_epoch(self, logger: RunLogger, bar, last_epoch: int) -> None:
+        """Train (the rest of) one epoch, evaluate when due, log and save."""
+        epochs, steps = self.cfg.schedule.epochs, len(self.train_loader)
+        record = self._train_epoch(logger, bar)
+        finished = self.state.batch_in_epoch == steps
+        if finished:
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+        stopping = self.state.epoch >= last_epoch or self._max_steps_reached()
+        record["epoch"] = self.state.epoch + self.state.batch_in_epoch / steps
+        record["step"] = self.state.step
+        due = finished and self.state.epoch % self.cfg.train.eval_every == 0
+        if finished and self.state.epoch == epochs:
+            self._recalibrate_bn()
+        if self._has_eval and (due or stopping):
+            metrics = self._evaluate()
+            record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
+            self._eval_postfix = self._postfix(record)
+            bar.set_postfix_str(self._eval_postfix.removeprefix(" | "), refresh=False)
+        self.state.elapsed_s = self._elapsed()
+        record["elapsed_s"] = round(self.state.elapsed_s, 3)
+        self.state.history.append(record)
+        logger.log("epoch", record, step=self.state.step)
+        self._save_checkpoints(record)
+        if self._stop_requested(at_sync_point=True):
+            self._stop()
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._fit_start
+
     def _evaluate(self) -> dict[str, Any]:
         """The trained network's metrics, and the top-1 of methods' own heads (e.g. SFTN's branches)."""
         with_heads = {key: m for key, m in self.losses.methods.items()
                       if m.has_eval_heads and m in self.losses.active()}
+        self.dist.broadcast_buffers(self.student)  # every rank evaluates rank 0's model (BN statistics)
+        loader, reduce = self.eval_loader or (), self.dist.all_reduce_sum
         if not with_heads:
-            return evaluate(self.student, self.eval_loader, self.precision)
+            return evaluate(self.student, loader, self.precision, reduce=reduce)
 
         def heads(images: torch.Tensor, labels: torch.Tensor):
             logits, feats = self.student_taps(images)
@@ -282,7 +338,7 @@ class Trainer:
                               epoch=self.state.epoch, step=self.state.step)
             return logits, {f"{key}/{name}": z for key, m in with_heads.items() for name, z in m.eval_heads(out).items()}
 
-        return evaluate(self.student, self.eval_loader, self.precision, heads=heads, also_eval=[self.losses])
+        return evaluate(self.student, loader, self.precision, heads=heads, also_eval=[self.losses], reduce=reduce)
 
     def _recalibrate_bn(self) -> None:
         """After the last epoch, recompute BN statistics if the model asks (`bn_recalibration_batches`,
@@ -298,6 +354,7 @@ class Trainer:
         images = (batch[0] for _, batch in zip(range(batches), self.train_loader))
         with self.precision.autocast():
             used = recalibrate_bn(self.student, images, forwards)
+        self.dist.broadcast_buffers(self.student)  # the statistics of rank 0's share
         if self.cfg.train.progress:
             print(f"BN statistics recalibrated over {used} training batches", flush=True)
 
@@ -330,54 +387,55 @@ class Trainer:
         self.student.train()
         self.train_loader.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
         device = self.precision.device
+        tally = EpochTally.restore(self.state.epoch_partial, device, self.dist)  # a mid-epoch checkpoint's sums, or new
+        self.state.epoch_partial = None
         log_every = max(1, self.cfg.train.log_every)
-        names: list[str] | None = None
-        sums = torch.zeros((), device=device)  # per-loss running sums, one vector on the device
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = epoch_steps = 0
+        every = self.cfg.train.checkpoint_every_steps
+        steps = len(self.train_loader)
         window_start, window_images = time.perf_counter(), 0
-        epoch_start = window_start
+        tally.start_clock()
         has_labels = self.train_data.has_labels
         for images, labels, indices in self.train_loader:
-            losses, logits = self._step(images, labels if has_labels else None, indices)
-            with torch.no_grad():
-                if names is None:
-                    names = list(losses)
-                sums = sums + torch.stack([v.detach().float() for v in losses.values()])
-                if has_labels:
-                    correct += (logits.argmax(dim=1) == labels).sum()
-            batch = labels.shape[0]
-            seen += batch
-            epoch_steps += 1
-            window_images += batch
+            losses, logits, applied = self._step(images, labels if has_labels else None, indices)
+            if applied:
+                tally.add(losses, logits, labels if has_labels else None)
+            window_images += labels.shape[0]
             self.state.step += 1
             self.state.batch_in_epoch += 1
             bar.update(1)
             if self.state.step % log_every == 0:
                 now = time.perf_counter()
-                values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
-                row = dict(zip(losses, values))
+                values = torch.stack([v.detach().float() for v in losses.values()])
+                row = dict(zip(losses, (self.dist.all_reduce_sum(values) / self.dist.world_size).tolist()))  # one sync
+                self.nonfinite.check(self.state.epoch)
                 row["loss"] = sum(row.values())
-                self._check_finite(row)
                 row.update(step=self.state.step, lr=self._lr_used,
-                           epoch=self.state.epoch + self.state.batch_in_epoch / len(self.train_loader),
-                           img_per_s=window_images / max(now - window_start, 1e-9))
+                           epoch=self.state.epoch + self.state.batch_in_epoch / steps,
+                           img_per_s=window_images * self.dist.world_size / max(now - window_start, 1e-9))
                 logger.log("step", row, step=self.state.step)
                 bar.set_postfix_str(f"ep {self.state.epoch + 1} loss {row['loss']:.3f} "
                                     f"{row['img_per_s']:.0f} img/s{self._eval_postfix}", refresh=False)
                 window_start, window_images = now, 0
             if self._max_steps_reached():
                 break
+            inside = self.state.batch_in_epoch < steps  # the epoch's end saves anyway
+            if inside and self._stop_requested(at_sync_point=self.state.step % log_every == 0):
+                self._save_mid_epoch(tally)
+                self._stop()
+            if inside and every and self.state.step % every == 0:
+                self._save_mid_epoch(tally)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # count the queued work in this epoch's time
-        duration = time.perf_counter() - epoch_start
-        means = (sums / max(epoch_steps, 1)).tolist() if names else []
-        record = {f"train_{name}": value for name, value in zip(names or [], means)}
+        names, means, correct, seen, duration = tally.totals(self.dist)
+        record = {f"train_{name}": value for name, value in zip(names, means)}
         record["train_loss"] = sum(record.values())
-        self._check_finite({k[len("train_"):]: v for k, v in record.items()})
-        record["train_top1"] = 100.0 * correct.item() / max(seen, 1) if has_labels else None  # label-free
+        record["train_top1"] = 100.0 * correct / max(seen, 1) if has_labels else None  # label-free
         record["lr"] = self._lr_used
         record["train_img_per_s"] = seen / max(duration, 1e-9)
+        if self.nonfinite.skipped:
+            record["skipped_steps"] = self.nonfinite.skipped
+        self.state.skipped_steps += self.nonfinite.skipped
+        self.nonfinite.skipped = 0
         self.state.train_images += seen
         self.state.train_time_s += duration
         return record
@@ -398,36 +456,66 @@ class Trainer:
         return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
                            self.state.epoch, self.state.step, indices, len(self.train_data))
 
+    def _forward_and_losses(self, images: torch.Tensor, labels: torch.Tensor | None,
+                            indices: torch.Tensor | None):
+        """One step's forward: (named losses, student logits); what DDP wraps in a distributed run."""
+        out = self.forward(images, labels, indices)
+        return self.losses(out), out.student_logits
+
     def _step(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None):
+        """Forward, backward and update; returns (losses, student logits, whether the update was applied)."""
         with self.precision.autocast():
-            out = self.forward(images, labels, indices)
-            losses = self.losses(out)
-        total = functools.reduce(operator.add, losses.values())
+            losses, logits = (self._ddp or self._forward_and_losses)(images, labels, indices)
+        applied = self.nonfinite.observe(losses, self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if applied:
+            total = functools.reduce(operator.add, losses.values())
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
-        return losses, out.student_logits
+        return losses, logits, applied
 
-    def _check_finite(self, row: dict[str, float]) -> None:
-        bad = [name for name, value in row.items() if name != "loss" and not math.isfinite(value)]
-        if bad:
-            raise NonFiniteLossError(
-                f"loss term(s) {', '.join(bad)} became non-finite by step {self.state.step} "
-                f"(epoch {self.state.epoch + 1}); lower optim.lr or the term's weight, or use train.precision=fp32"
-            )
-
+    # ------------------------------------------------------------------ saving and stopping
     def _save_checkpoints(self, record: dict[str, Any]) -> None:
+        self.nonfinite.check(self.state.epoch - 1)  # a NaN since the last check: stop before saving anything
         top1 = record.get("eval_top1")
         improved = top1 is not None and top1 > self.state.best_top1
         if improved:
             self.state.best_top1, self.state.best_epoch = top1, self.state.epoch
-        ckpt_dir = self.run_dir / "checkpoints"
-        atomic_save(self._checkpoint(with_optimizer=True), ckpt_dir / "last.pt")
-        if improved:
-            atomic_save(self._checkpoint(with_optimizer=False), ckpt_dir / "best.pt")
+        if self.dist.is_main:
+            ckpt_dir = self.run_dir / "checkpoints"
+            atomic_save(self._checkpoint(with_optimizer=True), ckpt_dir / "last.pt")
+            if improved:
+                atomic_save(self._checkpoint(with_optimizer=False), ckpt_dir / "best.pt")
+
+    def _save_mid_epoch(self, tally: EpochTally) -> None:
+        """last.pt inside an epoch, with the epoch's running metrics so a resume continues them."""
+        self.nonfinite.check(self.state.epoch)
+        self.state.epoch_partial = tally.state(self.dist)
+        self.state.elapsed_s = self._elapsed()
+        if self.dist.is_main:
+            atomic_save(self._checkpoint(with_optimizer=True), self.run_dir / "checkpoints" / "last.pt")
+        self.state.epoch_partial = None
+
+    def _stop_requested(self, at_sync_point: bool) -> bool:
+        """A signal asked to stop. Alone: checked every step. Distributed: ranks agree at sync points only."""
+        asked = self._signals.requested is not None
+        if not self.dist.enabled:
+            return asked
+        return at_sync_point and self.dist.any(asked, self.precision.device)
+
+    def _stop(self) -> None:
+        import signal
+        import sys
+
+        signum = self._signals.requested or signal.SIGTERM
+        message = (f"{signal.Signals(signum).name} received: stopped after step {self.state.step} and saved "
+                   f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with --resume")
+        if self.dist.is_main:
+            print(message, file=sys.stderr, flush=True)
+        raise RunInterrupted(signum, message)
 
     @staticmethod
     def _postfix(record: dict[str, Any]) -> str:
@@ -471,6 +559,8 @@ class Trainer:
             "precision": self.precision.name,
             "channels_last": self.precision.channels_last,
             "teacher_cache": self.teacher_cache is not None,
+            "skipped_steps": self.state.skipped_steps,  # non-finite losses skipped (train.nonfinite: skip)
+            "processes": self.dist.world_size,
             "run_dir": str(self.run_dir),
         }
         heads = {key[len("eval_top1/"):]: value for key, value in last.items() if key.startswith("eval_top1/")}
@@ -478,6 +568,8 @@ class Trainer:
             summary["heads_top1_last"] = heads
         if hasattr(self.student, "path_complexity"):  # a depth-dynamic net: every path's size, cost, top-1
             summary["paths"] = self._path_summary(heads, summary["top1_last"])
+        if not self.dist.is_main:
+            return summary
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.state.history:
             plot_curves([(self.cfg.name, self.state.history)], self.run_dir / "curves.png", title=self.cfg.name)

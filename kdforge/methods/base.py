@@ -62,6 +62,8 @@ class Method(nn.Module):
     uses_hints: ClassVar[bool] = False
     #: has classifier heads of its own (`eval_heads`) whose top-1 the engine reports at each evaluation
     has_eval_heads: ClassVar[bool] = False
+    #: can train data-parallel (DDP); false where the method keeps state per training image
+    supports_distributed: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -201,6 +201,8 @@ class CRD(Method):
     0.8 with `ce` 1.0 (`losses: {ce: 1.0, crd: 0.8}`); add `kd` 1.0 for CRD+KD.
     """
 
+    supports_distributed = False  # each rank would update only its own images' memory-bank rows
+
     name = "crd"
     paper = "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020"
     default_taps = "embedding"

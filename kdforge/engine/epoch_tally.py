@@ -1,0 +1,74 @@
+"""An epoch's running training metrics: summed on the device, read back once at its end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+class EpochTally:
+    """Per-loss sums, correct predictions, images and training time of the current epoch.
+
+    Mid-epoch checkpoints store `state()`, so a resumed epoch reports the same means as an
+    uninterrupted one."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.names: list[str] | None = None
+        self.sums = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0  # images (this process)
+        self.steps = 0  # applied steps
+        self.time_s = 0.0  # training time of the parts of the epoch before the current one
+        self._clock: float | None = None
+
+    def start_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _time(self) -> float:
+        return self.time_s + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+
+    def add(self, losses: dict[str, torch.Tensor], logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            if self.names is None:
+                self.names = list(losses)
+            self.sums = self.sums + torch.stack([v.detach().float() for v in losses.values()])
+            if labels is not None:
+                self.correct += (logits.argmax(dim=1) == labels).sum()
+        self.seen += logits.shape[0]
+        self.steps += 1
+
+    def totals(self, dist) -> tuple[list[str], list[float], int, int, float]:
+        """(loss names, mean of each over the epoch's steps, correct, images, seconds), over all ranks."""
+        if self.names is None:
+            return [], [], 0, 0, self._time()
+        means = dist.all_reduce_sum(self.sums / max(self.steps, 1)) / dist.world_size
+        counts = dist.all_reduce_sum(torch.stack([self.correct, torch.tensor(self.seen, device=self.device)]))
+        correct, seen = counts.tolist()
+        return self.names, means.tolist(), int(correct), int(seen), self._time()
+
+    def state(self, dist) -> dict[str, Any]:
+        """Plain values for a checkpoint, summed over ranks (one device sync)."""
+        sums = None if self.names is None else dist.all_reduce_sum(self.sums.clone()).tolist()
+        counts = dist.all_reduce_sum(torch.stack([self.correct, torch.tensor(self.seen, device=self.device)]))
+        correct, seen = counts.tolist()
+        return {"names": self.names, "sums": sums, "correct": int(correct), "seen": int(seen), "steps": self.steps,
+                "time_s": self._time()}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any] | None, device: torch.device, dist) -> "EpochTally":
+        """The tally a checkpoint saved: rank 0 takes the sums of all ranks, the others start from zero."""
+        tally = cls(device)
+        if state and not dist.is_main:
+            tally.names, tally.steps, tally.time_s = state["names"], state["steps"], state["time_s"]
+            if state["sums"] is not None:
+                tally.sums = torch.zeros(len(state["sums"]), device=device)
+        elif state:
+            tally.names = state["names"]
+            if state["sums"] is not None:
+                tally.sums = torch.tensor(state["sums"], dtype=torch.float32, device=device)
+            tally.correct = torch.tensor(state["correct"], dtype=torch.long, device=device)
+            tally.seen, tally.steps, tally.time_s = state["seen"], state["steps"], state["time_s"]
+        return tally
