@@ -67,3 +67,17 @@ def test_netgraft_script_passes_the_papers_schedule_and_data(tmp_path):
     assert call[call.index("--seeds") + 1:call.index("--seeds") + 3] == ["0", "1"]
     cfg = configs_of(call)
     assert cfg.data.name == "cifar100" and cfg.data.root == "/data" and cfg.data.augment.crop_padding == 4
+
+
+def test_ddp_benchmark_data_is_a_cifar10_folder_the_loader_reads(tmp_path):
+    import importlib.util
+
+    from kdforge.data import load_dataset
+
+    spec = importlib.util.spec_from_file_location("ddp_throughput", ROOT / "benchmarks" / "ddp_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_random_cifar10(tmp_path, train_images=64)
+    train, test = load_dataset("cifar10", str(tmp_path), "train"), load_dataset("cifar10", str(tmp_path), "test")
+    assert tuple(train.images.shape) == (65, 3, 32, 32) and len(test) == 100  # 5 batches of ceil(64 / 5)
+    assert train.classes[0] == "airplane" and 0 <= int(train.labels.min()) <= int(train.labels.max()) < 10
