@@ -388,6 +388,7 @@ class Trainer:
         self.train_loader.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
         device = self.precision.device
         tally = EpochTally.restore(self.state.epoch_partial, device, self.dist)  # a mid-epoch checkpoint's sums, or new
+        self.nonfinite.skipped = (self.state.epoch_partial or {}).get("skipped", 0)
         self.state.epoch_partial = None
         log_every = max(1, self.cfg.train.log_every)
         every = self.cfg.train.checkpoint_every_steps
@@ -479,7 +480,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving and stopping
     def _save_checkpoints(self, record: dict[str, Any]) -> None:
-        self.nonfinite.check(self.state.epoch - 1)  # a NaN since the last check: stop before saving anything
+        in_epoch = self.state.epoch - 1 if self.state.batch_in_epoch == 0 else self.state.epoch  # 0-based
+        self.nonfinite.check(in_epoch)  # a NaN since the last check: stop before saving anything
         top1 = record.get("eval_top1")
         improved = top1 is not None and top1 > self.state.best_top1
         if improved:
@@ -493,7 +495,7 @@ class Trainer:
     def _save_mid_epoch(self, tally: EpochTally) -> None:
         """last.pt inside an epoch, with the epoch's running metrics so a resume continues them."""
         self.nonfinite.check(self.state.epoch)
-        self.state.epoch_partial = tally.state(self.dist)
+        self.state.epoch_partial = {**tally.state(self.dist), "skipped": self.nonfinite.skipped}
         self.state.elapsed_s = self._elapsed()
         if self.dist.is_main:
             atomic_save(self._checkpoint(with_optimizer=True), self.run_dir / "checkpoints" / "last.pt")
