@@ -45,16 +45,20 @@ class EpochTally:
         if self.names is None:
             return [], [], 0, 0, self._time()
         means = dist.all_reduce_sum(self.sums / max(self.steps, 1)) / dist.world_size
+        correct, seen = self._counts(dist)
+        return self.names, means.tolist(), correct, seen, self._time()
+
+    def _counts(self, dist) -> tuple[int, int]:
+        """(correct, images) summed over ranks."""
         counts = dist.all_reduce_sum(torch.stack([self.correct, torch.tensor(self.seen, device=self.device)]))
         correct, seen = counts.tolist()
-        return self.names, means.tolist(), int(correct), int(seen), self._time()
+        return int(correct), int(seen)
 
     def state(self, dist) -> dict[str, Any]:
         """Plain values for a checkpoint, summed over ranks (one device sync)."""
         sums = None if self.names is None else dist.all_reduce_sum(self.sums.clone()).tolist()
-        counts = dist.all_reduce_sum(torch.stack([self.correct, torch.tensor(self.seen, device=self.device)]))
-        correct, seen = counts.tolist()
-        return {"names": self.names, "sums": sums, "correct": int(correct), "seen": int(seen), "steps": self.steps,
+        correct, seen = self._counts(dist)
+        return {"names": self.names, "sums": sums, "correct": correct, "seen": seen, "steps": self.steps,
                 "time_s": self._time()}
 
     @classmethod
