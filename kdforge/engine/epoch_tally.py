@@ -30,11 +30,12 @@ class EpochTally:
     def _time(self) -> float:
         return self.time_s + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
-    def add(self, losses: dict[str, torch.Tensor], logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def add(self, names: list[str], values: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """One applied step: its loss `values` (one per name, detached) and its predictions."""
         with torch.no_grad():
             if self.names is None:
-                self.names = list(losses)
-            self.sums = self.sums + torch.stack([v.detach().float() for v in losses.values()])
+                self.names = names
+            self.sums = self.sums + values
             if labels is not None:
                 self.correct += (logits.argmax(dim=1) == labels).sum()
         self.seen += logits.shape[0]

@@ -28,21 +28,21 @@ class NonFiniteGuard:
         self._first_step = torch.full((), -1, dtype=torch.long, device=device)
         self._first_bad: torch.Tensor | None = None  # which terms, at that step
 
-    def observe(self, losses: dict[str, torch.Tensor], step: int) -> bool:
-        """Record step `step` (1-based); returns False when its update must be skipped ('skip')."""
-        finite = torch.isfinite(torch.stack([v.detach().float() for v in losses.values()]))
+    def observe(self, names: list[str], values: torch.Tensor, step: int) -> bool:
+        """Record the loss `values` (one per name) of step `step` (1-based); returns False when its
+        update must be skipped ('skip')."""
+        finite = torch.isfinite(values)
         if self.mode == "skip":
             ok = not self.dist.any(not bool(finite.all()), self.device)  # every rank skips together
             if not ok:
                 self.skipped += 1
             return ok
-        names = list(losses)
         if names != self._names:  # the set of terms changed: settle what was seen with the old one
             if self._names is not None:
                 self.check(epoch=None)
             self._names, self._first_bad = names, torch.zeros(len(names), dtype=torch.bool, device=self.device)
         new = (self._first_step < 0) & ~finite.all()
-        self._first_step = torch.where(new, torch.tensor(step, device=self.device), self._first_step)
+        self._first_step = self._first_step.masked_fill(new, step)  # no host-to-device copy per step
         self._first_bad = torch.where(new, ~finite, self._first_bad)
         return True
 

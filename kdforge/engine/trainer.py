@@ -397,16 +397,15 @@ class Trainer:
         tally.start_clock()
         has_labels = self.train_data.has_labels
         for images, labels, indices in self.train_loader:
-            losses, logits, applied = self._step(images, labels if has_labels else None, indices)
+            losses, values, logits, applied = self._step(images, labels if has_labels else None, indices)
             if applied:
-                tally.add(losses, logits, labels if has_labels else None)
+                tally.add(list(losses), values, logits, labels if has_labels else None)
             window_images += labels.shape[0]
             self.state.step += 1
             self.state.batch_in_epoch += 1
             bar.update(1)
             if self.state.step % log_every == 0:
                 now = time.perf_counter()
-                values = torch.stack([v.detach().float() for v in losses.values()])
                 row = dict(zip(losses, (self.dist.all_reduce_sum(values) / self.dist.world_size).tolist()))  # one sync
                 self.nonfinite.check(self.state.epoch)
                 row["loss"] = sum(row.values())
@@ -464,10 +463,12 @@ class Trainer:
         return self.losses(out), out.student_logits
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None):
-        """Forward, backward and update; returns (losses, student logits, whether the update was applied)."""
+        """Forward, backward and update; returns (losses, their detached float values as one vector,
+        student logits, whether the update was applied)."""
         with self.precision.autocast():
             losses, logits = (self._ddp or self._forward_and_losses)(images, labels, indices)
-        applied = self.nonfinite.observe(losses, self.state.step + 1)
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        applied = self.nonfinite.observe(list(losses), values, self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         if applied:
             total = functools.reduce(operator.add, losses.values())
@@ -476,7 +477,7 @@ class Trainer:
             self.scaler.update()
         self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
-        return losses, logits, applied
+        return losses, values, logits, applied
 
     # ------------------------------------------------------------------ saving and stopping
     def _save_checkpoints(self, record: dict[str, Any]) -> None:
