@@ -10,3 +10,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_head():
+    """`digits_head(n_train, n_test)`: the first images of the digits train and test splits (loaded once)."""
+    from kdforge.data import load_dataset
+
+    train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
+    return lambda n_train, n_test: (train.subset(torch.arange(n_train)), test.subset(torch.arange(n_test)))

@@ -17,7 +17,6 @@ from torch import nn
 
 import kdforge.methods.rtk as rtk_module
 from kdforge.config import config_from_dict
-from kdforge.data import load_dataset
 from kdforge.engine import Trainer, load_checkpoint, load_model, train_from_config
 from kdforge.errors import ConfigError, LayerError
 from kdforge.features import FeatureTaps, expand_patterns
@@ -516,10 +515,8 @@ RUN = {
 
 
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(64)), test.subset(torch.arange(32))
+def digits(digits_head):
+    return digits_head(64, 32)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.config import config_from_dict
-from kdforge.data import load_dataset
 from kdforge.engine import NonFiniteLossError, Trainer, load_checkpoint
 from kdforge.engine.checkpoint import atomic_save, remove_stale_temporaries
 from kdforge.engine.interrupts import RunInterrupted
@@ -25,10 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(256)), test.subset(torch.arange(64))
+def digits(digits_head):
+    return digits_head(256, 64)
 
 
 class Probe(Method):

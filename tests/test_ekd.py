@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdforge.config import config_from_dict
-from kdforge.data import Augment, TensorLoader, load_dataset
+from kdforge.data import Augment, TensorLoader
 from kdforge.engine import Trainer, build_zoo_model, load_checkpoint, load_model
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
@@ -257,10 +257,8 @@ def test_config_errors_say_why():
 
 # ---------------------------------------------------------------------------- the engine
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(32)), test.subset(torch.arange(40))
+def digits(digits_head):
+    return digits_head(32, 40)
 
 
 SUBNETS = ["resnet8", [2, 1, 1]]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdforge.config import config_from_dict
-from kdforge.data import TensorLoader, load_dataset
+from kdforge.data import TensorLoader
 from kdforge.engine import Trainer, evaluate, load_checkpoint, load_model
 from kdforge.engine.checkpoint import atomic_save
 from kdforge.engine.optim import lr_factor
@@ -16,10 +16,8 @@ from kdforge.methods import LossComposer
 
 
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(192)), test.subset(torch.arange(96))
+def digits(digits_head):
+    return digits_head(192, 96)
 
 
 def make_cfg(tmp_path, name, **extra):

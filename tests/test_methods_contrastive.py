@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from kdforge.config import config_from_dict
-from kdforge.data import load_dataset
 from kdforge.engine import Trainer
 from kdforge.engine.run import build_zoo_model
 from kdforge.errors import LayerError
@@ -432,10 +431,8 @@ def test_crd_pairs_on_zoo_stage_maps():
 
 # ---------------------------------------------------------------------------- CRD: exact resume
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(64)), test.subset(torch.arange(32))
+def digits(digits_head):
+    return digits_head(64, 32)
 
 
 def make_trainer(tmp_path, name, digits):

@@ -441,12 +441,8 @@ def test_ab_pretrain_parameters_stop_at_the_deepest_hint(zoo):
 
 # ----------------------------------------------------------------------------- pre-training stages in the engine
 @pytest.fixture(scope="module")
-def digits():
-    from kdforge.data import load_dataset
-
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(128)), test.subset(torch.arange(64))
+def digits(digits_head):
+    return digits_head(128, 64)
 
 
 def make_trainer(tmp_path, digits, losses):

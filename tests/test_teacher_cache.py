@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from kdforge.config import config_from_dict
-from kdforge.data import load_dataset
 from kdforge.engine import Trainer
 from kdforge.engine.run import build_zoo_model
 from kdforge.engine.teacher_cache import TeacherCache
@@ -31,10 +30,8 @@ AT = {"ce": 1.0, "at": 1000.0}
 
 
 @pytest.fixture(scope="module")
-def digits():
-    train = load_dataset("digits", None, "train")
-    test = load_dataset("digits", None, "test")
-    return train.subset(torch.arange(96)), test.subset(torch.arange(64))
+def digits(digits_head):
+    return digits_head(96, 64)
 
 
 @pytest.fixture(scope="module")
