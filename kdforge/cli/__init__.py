@@ -7,11 +7,11 @@ import os
 import sys
 import traceback
 
-from kdforge.cli import attention, ddnn, evaluate, export, hints, info, netgraft, quickstart, sftn, train
+from kdforge.cli import attention, ddnn, evaluate, export, hints, info, netgraft, predict, quickstart, report, sftn, train
 from kdforge.errors import KDForgeError
 
-COMMANDS = [train, evaluate, export, hints, sftn, ddnn, netgraft, quickstart, info.models_command, info.methods_command,
-            info.layers_command, attention]
+COMMANDS = [train, evaluate, export, predict, report, hints, sftn, ddnn, netgraft, quickstart, info.models_command,
+            info.methods_command, info.layers_command, attention]
 DEBUG_HELP = "show full tracebacks for errors"
 
 
