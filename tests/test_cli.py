@@ -4,7 +4,7 @@ import pytest
 
 from kdforge.cli import main
 from kdforge.models import build_model
-from kdforge.models.complexity import count_parameters
+from kdforge.models.complexity import count_macs, count_parameters
 
 
 def run_cli(capsys, *argv):
@@ -28,6 +28,19 @@ def test_models_lists_zoo_with_counts(capsys):
     line = next(l for l in out.splitlines() if l.startswith("resnet8x4 "))
     assert f"{count_parameters(build_model('resnet8x4', num_classes=100)):,}" in line
     assert "resnet110" in out and "resnet50_imagenet" in out
+
+
+def test_models_macs_at_an_input_size(capsys):
+    """MACs by default; --input-size 64 quadruples every conv's MACs (the classifier's stay)."""
+    code, out, _ = run_cli(capsys, "models", "resnet8", "--num-classes", "10", "--input-size", "64")
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("resnet8 "))
+    model = build_model("resnet8", num_classes=10)
+    convs = count_macs(model, 32) - 64 * 10
+    assert "64x64" in line and f"{(4 * convs + 640) / 1e6:.1f} M" in line
+    assert "resnet20" not in out  # the pattern picks the model
+    code, out, _ = run_cli(capsys, "models", "resnet8", "--no-macs")
+    assert code == 0 and "MACs" not in out
 
 
 def test_methods_list_and_detail(capsys):

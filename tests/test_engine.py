@@ -13,6 +13,7 @@ from kdforge.engine.precision import resolve_precision
 from kdforge.engine.run import build_zoo_model
 from kdforge.errors import ConfigError
 from kdforge.methods import LossComposer
+from kdforge.models import build_model, count_macs, count_parameters
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,10 @@ def test_teacher_frozen_and_run_folder_complete(tmp_path, digits):
     assert metrics["top1"] == pytest.approx(summary["top1_last"])
     best = load_checkpoint(run, "best")
     assert best["state"]["best_top1"] == max(e["eval_top1"] for e in epochs)
+    # size and cost of the student as a fresh zoo model counts them, at the data's image size
+    plain = build_model("resnet8", num_classes=10, in_channels=1)
+    assert (summary["params"], summary["macs"]) == (count_parameters(plain), count_macs(plain, 32, 1))
+    assert (summary["teacher_model"], summary["image_size"], summary["num_classes"]) == ("resnet14", 32, 10)
 
 
 def test_interrupted_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):

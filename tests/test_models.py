@@ -161,6 +161,19 @@ def test_macs_of_a_hand_built_model():
     assert model.training  # mode is restored
 
 
+def test_macs_of_resnet8_cifar_by_formula():
+    """resnet8 (one BasicBlock per stage, 16/32/64 channels, 1x1 projection shortcuts) counted by hand."""
+    def conv(side, out_channels, in_channels, kernel):  # MACs of a conv with a side x side output
+        return side * side * out_channels * in_channels * kernel * kernel
+
+    expected = (conv(32, 16, 3, 3)                                            # stem
+                + 2 * conv(32, 16, 16, 3)                                     # layer1: one block
+                + conv(16, 32, 16, 3) + conv(16, 32, 32, 3) + conv(16, 32, 16, 1)  # layer2, with shortcut
+                + conv(8, 64, 32, 3) + conv(8, 64, 64, 3) + conv(8, 64, 32, 1)     # layer3, with shortcut
+                + 64 * 100)                                                   # classifier
+    assert count_macs(_model("resnet8"), 32) == expected == 12_507_392
+
+
 def test_macs_of_resnet18_imagenet():
     macs = count_macs(_model("resnet18_imagenet"), 224)
     assert macs == 1_814_073_344  # 1,813,561,344 in convs + 512,000 in fc

@@ -39,6 +39,7 @@ from kdforge.errors import CheckpointError, ConfigError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
 from kdforge.methods.compose import LossComposer
+from kdforge.models.complexity import count_macs
 
 
 __all__ = ["Trainer", "TrainState", "NonFiniteLossError", "model_record_of"]
@@ -541,9 +542,14 @@ class Trainer:
             "seed": self.cfg.seed,
             "student": record["name"] if record else type(self.student).__name__,
             "teacher": self.cfg.teacher.checkpoint if (self.cfg.teacher and self.teacher is not None) else None,
+            "teacher_model": (model_record_of(self.teacher) or {}).get("name") if self.teacher is not None else None,
             "losses": dict(self.losses.weights),
             "dataset": self.train_data.name,
             "params": sum(p.numel() for p in self.student.parameters()),
+            "macs": count_macs(self.student, self.train_data.image_size, self.train_data.in_channels),
+            "image_size": self.train_data.image_size,
+            "in_channels": self.train_data.in_channels,
+            "num_classes": self.train_data.num_classes,
             # fewer than params where part of the network is frozen (NetGraft's grafted teacher)
             "trainable_params": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
             "epochs": self.state.epoch + self.state.batch_in_epoch / max(len(self.train_loader), 1),
