@@ -20,6 +20,7 @@ from kdforge.models import (
     model_names,
     register_model,
 )
+from kdforge.models.complexity import format_macs
 from kdforge.models.layers import ZooModel
 from kdforge.models.mobilenetv2 import MobileNetV2
 from kdforge.models.resnet import ResNet
@@ -172,6 +173,12 @@ def test_macs_of_resnet8_cifar_by_formula():
                 + conv(8, 64, 32, 3) + conv(8, 64, 64, 3) + conv(8, 64, 32, 1)     # layer3, with shortcut
                 + 64 * 100)                                                   # classifier
     assert count_macs(_model("resnet8"), 32) == expected == 12_507_392
+
+
+def test_format_macs_keeps_three_significant_digits():
+    assert [format_macs(m) for m in (12_507_392, 50_000_000, 125_000_000, 1_814_073_344, 999_999,
+                                      999_999_999, 3_456)] == \
+        ["12.5 M", "50.0 M", "125 M", "1.81 G", "1.00 M", "1.00 G", "0.00346 M"]
 
 
 def test_macs_of_resnet18_imagenet():

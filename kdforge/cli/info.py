@@ -35,15 +35,10 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_run_models)
 
 
-def format_macs(macs: float) -> str:
-    """'12.5 M' / '1.81 G': MACs in the unit people quote them in."""
-    return f"{macs / 1e9:.2f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
-
-
 def _run_models(args) -> int:
     from kdforge.errors import ConfigError
     from kdforge.models import build_model, model_info, model_names
-    from kdforge.models.complexity import count_macs, count_parameters
+    from kdforge.models.complexity import count_macs, count_parameters, format_macs
 
     names = [name for name in model_names() if fnmatch.fnmatchcase(name, args.pattern)]
     if not names:

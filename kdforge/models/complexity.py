@@ -13,6 +13,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def format_macs(macs: float) -> str:
+    """'12.5 M', '125 M', '1.81 G', '50.0 M': MACs in the unit people quote them in, 3 significant digits."""
+    rounded = float(f"{macs:.3g}")  # round first, so 999,999,999 is '1.00 G', not '1000 M'
+    value, unit = (rounded / 1e9, "G") if rounded >= 1e9 else (rounded / 1e6, "M")
+    decimals = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 1
+    return f"{value:.{decimals}f} {unit}"
+
+
 def _conv_macs(module: nn.modules.conv._ConvNd, inputs, output: torch.Tensor) -> int:
     kernel = math.prod(module.kernel_size)
     if module.transposed:  # every input element meets every kernel tap of its group's outputs
