@@ -1,13 +1,34 @@
-"""`kdforge report RUN...`: compare runs (table, plots, one HTML page). Filled in by issue 10."""
+"""`kdforge report RUN [RUN ...] [--by FIELD,...] [--out DIR]`: compare runs (table, plots, one HTML page)."""
 
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="compare runs: Markdown table, PNG plots and one self-contained HTML page")
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p = sub.add_parser(
+        "report", help="compare runs: Markdown table, PNG plots and one self-contained HTML page",
+        description="Compare finished runs. Runs that differ only by seed form one row (mean ± std of "
+                    "top-1, wall time, ...); --by groups by chosen fields instead. Writes report.md, "
+                    "report.json, curves.png, scatter.png and report.html (one file, images embedded).")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a run folder (with summary.json), or a folder whose sub-folders are runs")
+    p.add_argument("--by", metavar="FIELD,...", default=None,
+                   help="group by these fields: method, student, teacher, dataset, or dotted config keys "
+                        "(e.g. losses.kd.T, optim.lr); default: runs that differ only by seed")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: report/ in the runs' common parent folder)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError
+    from kdforge.report import write_report
+
+    result = write_report(args.runs, out=args.out, by=args.by)
+    n_runs = sum(len(group["runs"]) for group in result["groups"])
+    print(f"{n_runs} runs in {len(result['groups'])} groups\n")
+    print(result["table"])
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print()
+    for path in result["files"].values():
+        print(f"wrote {path}")
+    return 0

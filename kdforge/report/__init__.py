@@ -1,0 +1,62 @@
+"""Compare finished runs: a Markdown table (report.md), the numbers (report.json), two PNGs and one
+self-contained HTML page. Runs that differ only by seed form one row (mean ± std); `by` groups
+by chosen fields instead. Nothing is trained; MACs are counted only for summaries without them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report", "FILES"]
+
+#: what write_report writes into its output folder
+FILES = {"markdown": "report.md", "json": "report.json", "html": "report.html",
+         "curves": "curves.png", "scatter": "scatter.png"}
+
+
+def write_report(runs: list[str | Path], out: str | Path | None = None,
+                 by: str | list[str] | None = None) -> dict[str, Any]:
+    """Report on `runs` (run folders, or folders whose sub-folders are runs) into `out`
+    (default: `<common parent of the runs>/report`).
+
+    `by`: fields to group by (`method`, `student`, `teacher`, `dataset`, or dotted config keys);
+    None groups the runs that differ only by seed. Returns {'groups': report.json's groups,
+    'table': the Markdown table, 'markdown': report.md's text, 'files': {kind: path}, 'notes': [...], 'out': folder}.
+    """
+    from kdforge.errors import ConfigError
+    from kdforge.report.backfill import student_macs, teacher_architecture
+    from kdforge.report.collect import find_runs, read_run
+    from kdforge.report.figures import plot_report_curves, plot_report_scatter
+    from kdforge.report.grouping import group_runs, parse_fields
+    from kdforge.report.html_page import render_html
+    from kdforge.report.metrics import group_record
+    from kdforge.report.table import markdown_report, markdown_table
+
+    folders, notes = find_runs(list(runs))
+    if not folders:
+        raise ConfigError("no runs given: name run folders (with summary.json) or folders of runs")
+    loaded, macs_cache = [read_run(folder) for folder in folders], {}
+    for run in loaded:
+        run.teacher_model = teacher_architecture(run)
+        run.macs = student_macs(run, macs_cache)
+    fields = parse_fields(by, loaded)
+    groups = group_runs(loaded, fields)
+    notes += [note for run in loaded for note in run.notes]
+    out = Path(out) if out is not None else Path(os.path.commonpath([f.resolve().parent for f in folders])) / "report"
+    files = {kind: out / name for kind, name in FILES.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_report_curves(groups, files["curves"], notes)
+    plot_report_scatter(groups, files["scatter"], notes)
+
+    records = [group_record(g) for g in groups]
+    grouped_by = ", ".join(fields) if fields else "config except seed"
+    markdown = markdown_report(records, grouped_by, notes)
+    files["markdown"].write_text(markdown)
+    files["json"].write_text(json.dumps({"grouped_by": grouped_by, "groups": records, "notes": notes},
+                                        indent=2, default=str) + "\n")
+    files["html"].write_text(render_html(records, {"learning curves": files["curves"],
+                                                   "top-1 vs size and cost": files["scatter"]}, grouped_by, notes))
+    return {"groups": records, "table": markdown_table(records), "markdown": markdown, "files": {k: str(v) for k, v in files.items()},
+            "notes": notes, "out": str(out)}

@@ -1,0 +1,131 @@
+"""Which runs form one row: by default the runs that differ only by seed; with `--by`, the runs
+that share the values of the given fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kdforge.errors import ConfigError, suggest
+from kdforge.report.backfill import UNKNOWN
+from kdforge.report.collect import Run
+
+#: fields `--by` knows by name; any other field is a dotted key of the runs' config.yaml
+NAMED = ("method", "student", "teacher", "dataset")
+SEED_MARK = re.compile(r"(?:[-_]?seed[-_]?\d+|[-_]s\d+)$")
+
+
+@dataclass
+class Group:
+    label: str
+    key: dict[str, Any]  # what its runs share: {field: value}, or the config without the seed
+    runs: list[Run]
+
+    def distinct(self, field: str) -> str:
+        """The group's values of a NAMED field, in run order, joined by ' / '."""
+        values = dict.fromkeys(str(field_value(run, field) or UNKNOWN) for run in self.runs)
+        return " / ".join(values)
+
+
+def value_at(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def method_of(run: Run) -> str:
+    """The run's losses with a non-zero weight, in the config's order, joined by '+' (e.g. 'ce+kd')."""
+    from kdforge.methods.compose import parse_loss_spec
+
+    losses = run.config.get("losses")
+    if isinstance(losses, dict):
+        weights = {key: parse_loss_spec(key, spec)[1] for key, spec in losses.items()}
+    else:
+        weights = run.summary.get("losses") or {}
+    return "+".join(key for key, weight in weights.items() if weight != 0) or UNKNOWN
+
+
+def field_value(run: Run, field: str) -> Any:
+    if field == "method":
+        return method_of(run)
+    if field == "student":
+        return run.summary.get("student") or value_at(run.config, "student.model")
+    if field == "teacher":
+        return run.teacher_model
+    if field == "dataset":
+        return run.summary.get("dataset") or value_at(run.config, "data.name")
+    return value_at(run.config, field)
+
+
+def trajectory_key(run: Run) -> dict[str, Any]:
+    """The run's config restricted to the settings that shape training, except the seed; the teacher
+    checkpoint replaced by the teacher's architecture (so one teacher per seed still groups)."""
+    from kdforge.engine.trainer import Trainer
+
+    if not run.config:  # no config.yaml: what the summary tells
+        return {field: field_value(run, field) for field in NAMED} | {"losses": run.summary.get("losses")}
+    key = {dotted: value_at(run.config, dotted) for dotted in Trainer.TRAJECTORY_KEYS if dotted != "seed"}
+    if isinstance(key.get("teacher"), dict):
+        teacher = {k: v for k, v in key["teacher"].items() if k != "model"}
+        key["teacher"] = teacher | {"checkpoint": run.teacher_model}
+    return key
+
+
+def parse_fields(by: str | list[str] | None, runs: list[Run]) -> list[str] | None:
+    """`--by` as a list of fields (comma-separated strings allowed); a ConfigError for an unknown field."""
+    if by is None:
+        return None
+    fields = [f.strip() for item in ([by] if isinstance(by, str) else by) for f in str(item).split(",") if f.strip()]
+    if not fields:
+        raise ConfigError(f"--by: no field given; use {', '.join(NAMED)} or a dotted config key such as optim.lr")
+    known = sorted({key for run in runs for key in _dotted_keys(run.config)})
+    for field in fields:
+        if field not in NAMED and field not in known:
+            raise ConfigError(f"--by: unknown field '{field}'.{suggest(field, [*NAMED, *known])} Valid fields: "
+                              f"{', '.join(NAMED)}, or a dotted key of the runs' config.yaml (e.g. optim.lr, "
+                              f"losses.kd.T; sections: {', '.join(k for k in known if '.' not in k)})")
+    return fields
+
+
+def _dotted_keys(config: Any, prefix: str = "") -> list[str]:
+    if not isinstance(config, dict):
+        return []
+    keys = []
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        keys += [dotted, *_dotted_keys(value, dotted + ".")]
+    return keys
+
+
+def group_runs(runs: list[Run], by: list[str] | None = None) -> list[Group]:
+    """Groups in order of their first run; labels made unique."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = trajectory_key(run) if by is None else {field: field_value(run, field) for field in by}
+        text = json.dumps(key, sort_keys=True, default=str)
+        groups.setdefault(text, Group("", key, [])).runs.append(run)
+    result = list(groups.values())
+    _label(result)
+    return result
+
+
+def strip_seed(name: str) -> str:
+    """'student-KD-seed0' -> 'student-KD'; 'kd_s3' -> 'kd'."""
+    return SEED_MARK.sub("", name)
+
+
+def _label(groups: list[Group]) -> None:
+    """The runs' common name without the seed marker, else '<method> <student>'; repeats get ' (2)', ' (3)', ..."""
+    taken: set[str] = set()
+    for group in groups:
+        names = {strip_seed(run.name) for run in group.runs}
+        base = names.pop() if len(names) == 1 and "" not in names else \
+            f"{group.distinct('method')} {group.distinct('student')}"
+        label, n = base, 1
+        while label in taken:
+            n += 1
+            label = f"{base} ({n})"
+        taken.add(label)
+        group.label = label

@@ -1,0 +1,75 @@
+"""report.html: one self-contained page (inline style, figures as data: URIs, no scripts, no links out)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kdforge.report.table import HEADERS, row_cells
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; }
+.meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+code { font-size: 0.9em; }
+"""
+NUMERIC = {i for i, h in enumerate(HEADERS) if i >= HEADERS.index("top-1 last (mean ± std)")}
+
+
+def data_uri(png: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in HEADERS)
+    cell = ('<td class="num">{}</td>', "<td>{}</td>")
+    rows = ["<tr>" + "".join(cell[i not in NUMERIC].format(e(c)) for i, c in enumerate(row_cells(r))) + "</tr>"
+            for r in records]
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped_by: str, notes: list[str],
+                when: datetime | None = None) -> str:
+    """The page: header, table, figures (embedded), each group's run folders, notes."""
+    e = html.escape
+    when = when or datetime.now()
+    n_runs = sum(len(r["runs"]) for r in records)
+    images = "\n".join(f'<h3>{e(name)}</h3>\n<img alt="{e(name)}" src="{data_uri(path)}">'
+                       for name, path in figures.items())
+    runs = "\n".join(f"<li><b>{e(r['label'])}</b>: " + ", ".join(f"<code>{e(p)}</code>" for p in r["runs"])
+                     + "</li>" for r in records)
+    notes_html = ("<h2>Notes</h2>\n<ul>\n" + "\n".join(f"<li>{e(n)}</li>" for n in notes) + "\n</ul>"
+                  if notes else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>kdforge report</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>kdforge report</h1>
+<p class="meta">{e(when.strftime("%Y-%m-%d %H:%M"))} · {n_runs} runs in {len(records)} groups,
+grouped by {e(grouped_by)} · <a href="#table">table</a> · <a href="#figures">figures</a> · <a href="#runs">runs</a></p>
+<h2 id="table">Results</h2>
+{_table(records)}
+<h2 id="figures">Figures</h2>
+{images}
+<h2 id="runs">Runs per group</h2>
+<ul>
+{runs}
+</ul>
+{notes_html}
+</body>
+</html>
+"""

@@ -1,0 +1,60 @@
+"""The comparison table: one row of formatted cells per group, and report.md around it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdforge.models.complexity import format_macs
+from kdforge.recipes.stats import format_mean_std
+
+HEADERS = ["group", "method", "teacher", "student", "seeds (n)", "top-1 last (mean ± std)",
+           "top-1 best (mean ± std)", "params", "MACs", "img/s (mean)", "wall time s (mean ± std)"]
+MISSING = "—"
+
+
+def _present(record: dict[str, Any], name: str) -> list[float]:
+    return [v for v in record["metrics"][name]["values"] if v is not None]
+
+
+def _mean_std(record: dict[str, Any], name: str, digits: int = 2) -> str:
+    values = _present(record, name)
+    return format_mean_std(values, digits) if values else MISSING
+
+
+def _distinct(record: dict[str, Any], name: str, fmt) -> str:
+    values = dict.fromkeys(_present(record, name))
+    return " / ".join(fmt(v) for v in values) if values else MISSING
+
+
+def row_cells(record: dict[str, Any]) -> list[str]:
+    """The group's cells, in HEADERS order."""
+    fields, seeds = record["fields"], record["seeds"]
+    speed = record["metrics"]["train_img_per_s"]["mean"]
+    return [
+        record["label"], fields["method"], fields["teacher"], fields["student"],
+        f"{', '.join(MISSING if s is None else str(s) for s in seeds)} ({len(seeds)})",
+        _mean_std(record, "top1_last"), _mean_std(record, "top1_best"),
+        _distinct(record, "params", lambda v: f"{int(v):,}"), _distinct(record, "macs", format_macs),
+        MISSING if speed is None else f"{speed:,.0f}", _mean_std(record, "wall_time_s", 1),
+    ]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row_cells(r)) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def markdown_report(records: list[dict[str, Any]], grouped_by: str, notes: list[str]) -> str:
+    """report.md: the table, then each group's run folders, then the notes."""
+    n_runs = sum(len(r["runs"]) for r in records)
+    parts = [f"# Run report\n\n{n_runs} runs in {len(records)} groups, grouped by {grouped_by}.\n",
+             markdown_table(records), "\n## Runs per group\n"]
+    parts += [f"- **{_md_cell(r['label'])}**: " + ", ".join(f"`{path}`" for path in r["runs"]) for r in records]
+    if notes:
+        parts += ["\n## Notes\n", *(f"- {note}" for note in notes)]
+    return "\n".join(parts) + "\n"
