@@ -6,6 +6,7 @@ from PIL import Image
 
 from kdforge.recipes.quickstart import run_quickstart
 from kdforge.recipes.stats import mean_std
+from kdforge.report.figures import CURVES_PX, SCATTER_PX
 
 
 def test_mean_std_is_sample_std():
@@ -17,15 +18,21 @@ def test_mean_std_is_sample_std():
 def test_quickstart_chains_runs_and_reports(tmp_path):
     result = run_quickstart(tmp_path, seeds=(0, 1), epochs=1, progress=False,
                             overrides={"train": {"max_steps": 3, "tensorboard": False, "device": "cpu"}})
-    assert [r["run"] for r in result["rows"]] == ["teacher", "student alone", "student + KD"]
-    for row in result["rows"]:
-        summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))
-                     if p.parent.name.startswith(row["run"].replace(" + ", "-").replace(" ", "-") + "-seed")]
-        assert len(summaries) == 2
-        assert row["top1"] == [s["top1_last"] for s in summaries]
+    # one report row per role, in role order, each the mean of that role's two seeds
+    assert [g["label"] for g in result["groups"]] == ["teacher", "student-alone", "student-KD"]
+    for group in result["groups"]:
+        summaries = [json.loads((tmp_path / f"{group['label']}-seed{s}" / "summary.json").read_text())
+                     for s in (0, 1)]
+        assert group["metrics"]["top1_last"]["values"] == [s["top1_last"] for s in summaries]
+        assert group["metrics"]["top1_last"]["mean"] == mean_std([s["top1_last"] for s in summaries])[0]
     kd = json.loads((tmp_path / "student-KD-seed1" / "summary.json").read_text())
     assert kd["teacher"] == str(tmp_path / "teacher-seed1")  # seed s distils from teacher s
-    assert "| student + KD |" in (tmp_path / "results.md").read_text()
-    image = Image.open(result["curves"])
-    pixels = np.asarray(image.convert("L"))
-    assert image.size[0] > 500 and len(np.unique(pixels)) > 10  # not blank
+    report = tmp_path / "report"
+    assert "| student-KD | ce+kd | resnet20 | resnet8 |" in (report / "report.md").read_text()
+    assert result["files"]["html"] == str(report / "report.html")
+    # the report's pictures: the size the figures are made at, and not blank
+    for name, size in (("curves.png", CURVES_PX), ("scatter.png", SCATTER_PX)):
+        image = Image.open(report / name)
+        pixels = np.asarray(image.convert("L"))
+        assert image.size == size, name
+        assert len(np.unique(pixels)) > 10 and pixels.std() > 10, name

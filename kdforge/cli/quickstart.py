@@ -8,8 +8,9 @@ def add_parser(sub) -> None:
         "quickstart", help="train teacher / student / student+KD on built-in digits over 3 seeds",
         description="Train a teacher, the same student alone, and the student distilled from the "
                     "teacher with KD (Hinton 2015) on scikit-learn's digits, for each seed; print the "
-                    "table of top-1 accuracy (mean ± std), parameters and wall time; write one run "
-                    "folder per run, results.md and curves.png under --out.",
+                    "table of top-1 accuracy (mean ± std), parameters, MACs, speed and wall time; write one "
+                    "run folder per run under --out, and the report on them (`kdforge report`) in "
+                    "--out/report: report.md, report.html, curves.png, scatter.png.",
     )
     p.add_argument("--out", default="runs/quickstart", help="folder for the runs and results")
     p.add_argument("--teacher", default="resnet20")
@@ -27,5 +28,6 @@ def run(args) -> int:
                             epochs=args.epochs, progress=not args.no_progress)
     print()
     print(result["table"])
-    print(f"\nrun folders, results.md and learning curves: {args.out}/ (curves: {result['curves']})")
+    print(f"\nrun folders: {args.out}/; report: {result['files']['html']} (also report.md, curves.png, "
+          f"scatter.png there)")
     return 0

@@ -2,22 +2,20 @@
 
 Each of the 3 x len(seeds) trainings is an ordinary engine run with its own folder;
 the recipe only chains them (the KD run of seed s distils from the teacher of seed s)
-and writes the comparison table (Markdown) and one PNG of all learning curves.
+and ends with `kdforge report` on them: `<out>/report/` holds the table (mean ± std over
+seeds), the learning curves, top-1 vs size and cost, and one HTML page of it all.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdforge.config import config_from_dict
 from kdforge.engine import train_from_config
-from kdforge.engine.logger import read_log
-from kdforge.plots import plot_curves
-from kdforge.recipes.stats import format_mean_std
+from kdforge.report import write_report
 
 #: What every quickstart run shares; the three roles differ only in model and losses.
 BASE: dict[str, Any] = {
@@ -35,6 +33,11 @@ class Role:
     losses: dict[str, Any]
     uses_teacher: bool = False
 
+    @property
+    def folder(self) -> str:
+        """'student + KD' -> 'student-KD' (run folders are '<folder>-seed<s>')."""
+        return self.label.replace(" + ", "-").replace(" ", "-")
+
 
 def roles(teacher: str, student: str) -> list[Role]:
     return [
@@ -47,15 +50,15 @@ def roles(teacher: str, student: str) -> list[Role]:
 def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "resnet20",
                    student: str = "resnet8", seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
                    overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train all runs and return {'rows': table rows, 'table': markdown, 'curves': png path}."""
+    """Train all runs, then report on them; returns write_report's result (groups, table, files)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    summaries: dict[str, list[dict]] = {}
-    histories = []
+    the_roles = roles(teacher, student)
+    run_dirs: list[list[Path]] = [[] for _ in the_roles]  # per role, so that the report's rows follow the roles
     for seed in seeds:
         teacher_dir = None
-        for role in roles(teacher, student):
-            name = f"{role.label.replace(' + ', '-').replace(' ', '-')}-seed{seed}"
+        for i, role in enumerate(the_roles):
+            name = f"{role.folder}-seed{seed}"
             data = copy.deepcopy(BASE)
             _merge(data, overrides or {})
             data.update(name=name, seed=seed, output_dir=str(output_dir), losses=role.losses,
@@ -68,15 +71,8 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "r
             summary = train_from_config(config_from_dict(data), overwrite=True)
             if role.label == "teacher":
                 teacher_dir = Path(summary["run_dir"])
-            summaries.setdefault(role.label, []).append(summary)
-            histories.append((f"{role.label} #{seed}", read_log(summary["run_dir"], "epoch")))
-    rows = [_row(label, runs) for label, runs in summaries.items()]
-    table = _markdown(rows, teacher, student, len(seeds))
-    (output_dir / "results.md").write_text(table + "\n")
-    (output_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    curves = plot_curves(histories, output_dir / "curves.png",
-                         title=f"digits: {teacher} teacher, {student} student, {len(seeds)} seeds")
-    return {"rows": rows, "table": table, "curves": str(curves)}
+            run_dirs[i].append(Path(summary["run_dir"]))
+    return write_report([d for dirs in run_dirs for d in dirs], out=output_dir / "report")
 
 
 def _merge(into: dict, extra: dict) -> None:
@@ -85,24 +81,3 @@ def _merge(into: dict, extra: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
-
-
-def _row(label: str, runs: list[dict]) -> dict[str, Any]:
-    return {
-        "run": label,
-        "model": runs[0]["student"],
-        "top1": [r["top1_last"] for r in runs],
-        "top1_mean_std": format_mean_std([r["top1_last"] for r in runs]),
-        "params": runs[0]["params"],
-        "wall_time_s": format_mean_std([r["wall_time_s"] for r in runs], 1),
-    }
-
-
-def _markdown(rows: list[dict], teacher: str, student: str, n_seeds: int) -> str:
-    lines = [
-        f"| run | model | top-1 % (last epoch, mean ± std, {n_seeds} seeds) | params | wall time s / run |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {r['run']} | {r['model']} | {r['top1_mean_std']} | {r['params']:,} | {r['wall_time_s']} |"
-              for r in rows]
-    return "\n".join(lines)
