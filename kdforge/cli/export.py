@@ -1,6 +1,8 @@
-"""`kdforge export RUN_OR_CHECKPOINT`: a trained model (or a ddnn's sub-net) as a stand-alone zoo checkpoint."""
+"""`kdforge export RUN_OR_CHECKPOINT [--format F]`: a run's student (or a ddnn's sub-net) as a deployable file."""
 
 from __future__ import annotations
+
+from kdforge.engine.export_formats import FORMATS
 
 #: `--subnet` given without a name: list the sub-nets
 _LIST = ""
@@ -8,40 +10,59 @@ _LIST = ""
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a run's model, or one sub-net of a depth-dynamic (ddnn) run, as a plain zoo checkpoint",
-        description="Write the model of a run folder or checkpoint as a slim zoo checkpoint (weights, model "
-                    "record, config and data settings; no optimizer state). For a depth-dynamic (ddnn) run, "
-                    "--subnet picks the path to export: a sub-net such as resnet14 is written as an ordinary "
-                    "resnet14 with exactly the weights and BatchNorm of its path through the shared network (the "
-                    "full net's name exports the plain full model). The file loads with `kdforge eval FILE`, as "
-                    "`teacher.checkpoint` (or `student.checkpoint`) of a training config, or in Python as "
-                    "build_model(name, num_classes=..., in_channels=...).load_state_dict(torch.load(f)['student']). "
-                    "A NetGraft run (its last stage, every unit grafted) is written as the student alone, an "
-                    "`adapted` zoo model with each s2t/t2s adapter pair folded into one 1x1 conv. "
-                    "Before returning, the file is reloaded and its logits on a fixed random batch are checked "
-                    "to equal the source path's bit for bit (for a folded NetGraft student: within 1e-4 "
-                    "relative, as folding changes the rounding).")
+        "export", help="write a run's student (or one sub-net of a ddnn run) as a checkpoint, TorchScript or ONNX",
+        description="Write the student of a run folder or checkpoint as a deployable file, in eval mode, fp32, "
+                    "for the CPU. --format state_dict (default) writes a slim zoo checkpoint (weights, model "
+                    "record, config and data settings; no optimizer state) that loads with `kdforge eval FILE`, "
+                    "as `teacher.checkpoint` of a training config, or as build_model(name, num_classes=..., "
+                    "in_channels=...).load_state_dict(torch.load(f)['student']). --format torchscript writes a "
+                    "traced TorchScript file (torch.jit.load), --format onnx an ONNX graph with input 'images', "
+                    "output 'logits' and a dynamic batch size (needs pip install 'kdforge[onnx]'). Next to the "
+                    "file goes FILE.json: classes, input size and normalisation, accuracy, parameters, MACs, "
+                    "source; `kdforge predict FILE IMAGES` uses it. For a depth-dynamic (ddnn) run, --subnet "
+                    "picks the path to export: a sub-net such as resnet14 is written as an ordinary resnet14 "
+                    "with exactly the weights and BatchNorm of its path (the full net's name exports the plain "
+                    "full model). A NetGraft run (its last stage, every unit grafted) is written as the student "
+                    "alone, an `adapted` zoo model with each s2t/t2s adapter pair folded into one 1x1 conv. "
+                    "Before returning, the written file is run on fixed random batches and its logits compared "
+                    "with the source's: bit for bit for state_dict (within 1e-4 relative for a folded NetGraft "
+                    "student), within 1e-4 relative for TorchScript and ONNX (ONNX runs in onnxruntime; without "
+                    "it only onnx.checker validates the graph).")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder or a .pt checkpoint")
+    p.add_argument("--format", choices=FORMATS, default="state_dict",
+                   help="file format (default state_dict: a kdforge/PyTorch checkpoint)")
     p.add_argument("--subnet", nargs="?", const=_LIST, default=None, metavar="NAME",
                    help="the path of a ddnn run to export (required there; give --subnet alone to list them)")
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="checkpoint of a run folder (default last: best.pt is selected on the evaluation split, "
                         "which is the test split by default)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="file to write (default: <run folder>/export/<model>.pt)")
+                   help="file to write (default: <run folder>/export/<model>.pt, .torchscript.pt or .onnx); "
+                        "the metadata goes to FILE.json")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from kdforge.engine.export import export_model
+    from kdforge.models.complexity import format_macs
 
-    result = export_model(args.source, subnet=args.subnet, which=args.which, out=args.out)
+    result = export_model(args.source, subnet=args.subnet, which=args.which, out=args.out, format=args.format)
     what = ("the full net of " if result["full_net"] else
             f"sub-net {result['subnet']} of " if result["subnet"] else "")
     size = result["image_size"]
-    print(f"wrote {result['path']}: {result['model']} ({what}{result['checkpoint']}), "
-          f"{result['params']:,} parameters, {result['macs'] / 1e6:.2f} M MACs at {size}x{size}; "
-          + ("logits checked equal to the source's" if result["max_abs_diff"] == 0 else
-             f"logits checked against the source's (max |difference| {result['max_abs_diff']:.2g}: "
-             f"adapter pairs folded into one conv)"))
+    print(f"wrote {result['path']} ({result['format']}): {result['model']} ({what}{result['checkpoint']}), "
+          f"{result['params']:,} parameters, {format_macs(result['macs'])} MACs at {size}x{size}; "
+          f"{_check(result)}; metadata {result['metadata']}")
     return 0
+
+
+def _check(result: dict) -> str:
+    """How the written file was checked, in words."""
+    diff = result["max_abs_diff"]
+    if diff is None:
+        return "graph validated by onnx.checker, not run (onnxruntime is not installed)"
+    how = "" if result["checked_with"] == "torch" else f" in {result['checked_with']}"
+    if diff == 0:
+        return f"logits checked equal to the source's{how}"
+    note = ": adapter pairs folded into one conv" if result["model"] == "adapted" else ""
+    return f"logits checked against the source's{how} (max |difference| {diff:.2g}{note})"

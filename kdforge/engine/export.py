@@ -1,124 +1,208 @@
-"""Export a trained model as a stand-alone zoo checkpoint: a depth-dynamic net's sub-net as its plain model.
+"""Export a run's student as a deployable file: a slim zoo checkpoint, TorchScript or ONNX.
 
 A `ddnn` run holds several weight-shared networks; `export_model(run, subnet="resnet8")`
-writes the resnet8 path as an ordinary resnet8 checkpoint (its exact state dict, with that
-path's own BatchNorm), which `kdforge eval`, `teacher.checkpoint` or
-``build_model("resnet8", ...).load_state_dict(torch.load(f)["student"])`` take as any other.
-The file is reloaded and its logits compared bit for bit with the source path's before the
-function returns.
+writes the resnet8 path as an ordinary resnet8 (its exact weights, with that path's own
+BatchNorm). NetGraft's grafted network is written as its student alone, adapter pairs folded.
+In every format the model is the student in eval mode, fp32, on the CPU; a metadata JSON
+(`export_metadata`) goes next to the file. The written file is run on a fixed random batch and
+its logits compared with the source's before the function returns (a ``state_dict`` export:
+bit for bit).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, run_folder
+from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, run_folder
+from kdforge.engine.export_formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
+                                           write_torchscript)
+from kdforge.engine.export_metadata import VERSION, accuracy, metadata_path, preprocessing, write_metadata
 from kdforge.errors import CheckpointError, ConfigError, suggest
 
-#: images in the batch that checks an export against its source
-CHECK_BATCH = 4
+#: batch sizes that check an export against its source (two: an ONNX graph's batch size is dynamic)
+CHECK_BATCHES = (4, 3)
 #: a folded export (NetGraft's adapter pairs made one conv) must match its source within this, relative to the logits
 FOLD_TOLERANCE = 1e-4
+#: a TorchScript or ONNX export must match its source within this, relative to the logits
+FORMAT_TOLERANCE = 1e-4
+
+
+@dataclass
+class _Student:
+    """What is exported: a zoo record and state dict, and the source's logits to check them against."""
+
+    name: str
+    record: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    reference: Callable[[torch.Tensor], torch.Tensor]
+    tolerance: float  # relative to the largest logit; 0: bit for bit
 
 
 def export_model(source: str | Path, subnet: str | None = None, which: str = "last",
-                 out: str | Path | None = None) -> dict[str, Any]:
-    """Write the model of a run folder or .pt checkpoint `source` as a plain zoo checkpoint.
+                 out: str | Path | None = None, format: str = "state_dict") -> dict[str, Any]:
+    """Write the student of a run folder or .pt checkpoint `source` in `format`; return what was written.
+
+    `format`: ``state_dict`` (a slim kdforge checkpoint: loads with `kdforge eval`, as a teacher, or
+    with ``build_model(...).load_state_dict(torch.load(f)["student"])``), ``torchscript`` (traced,
+    ``torch.jit.load``) or ``onnx`` (dynamo exporter, input ``images``, output ``logits``, dynamic
+    batch; needs the ``onnx`` extra).
 
     `subnet`: for a depth-dynamic (`ddnn`) run, the path to export, one of `net.names` (the full
     net's name exports the plain full model); it must be a path that a zoo model has the layout
-    of. A plain zoo model is exported as it is (without `subnet`), a slim copy without the
-    optimizer state.
+    of. A plain zoo model is exported as it is (without `subnet`).
 
     `which` is the checkpoint of a run folder and defaults to ``last``: ``best.pt`` is chosen by
     the top-1 on the run's evaluation split, which is the test split by default, so picking it
     selects on test data; ``last.pt`` is the model at the end of training, the one the run's
     summary (``top1_last``, ``paths[...]['top1_last']``) reports.
 
-    `out` defaults to ``<run folder>/export/<model name>.pt`` (for a checkpoint file: the run
-    folder it belongs to, or its own folder). The written file is reloaded with `load_model` and
-    its logits on a fixed random batch (eval mode, fp32, CPU) must equal the source path's exactly;
-    if they do not, the file is deleted and a `CheckpointError` raised.
+    `out` defaults to ``<run folder>/export/<model name><suffix>`` (suffix ``.pt``,
+    ``.torchscript.pt`` or ``.onnx``; for a checkpoint file: the run folder it belongs to, or its
+    own folder); the metadata goes to `out` + ``.json``. The written file is run (reloaded with
+    `load_model`, ``torch.jit.load`` or onnxruntime) on fixed random batches (`CHECK_BATCHES`) and
+    its logits compared with the source path's: equal for ``state_dict``, within `FORMAT_TOLERANCE`
+    (relative) otherwise. If they differ, the files are deleted and a `CheckpointError` raised.
+    Without onnxruntime an ONNX file is only validated by ``onnx.checker`` (``max_abs_diff`` None).
 
-    Returns {path, model, params, macs, max_abs_diff, subnet, full_net, checkpoint, which,
-    image_size}; `macs` of one image of the checkpoint's data size.
+    Returns {path, format, model, params, macs, max_abs_diff, checked_with, metadata, subnet,
+    full_net, checkpoint, which, image_size}; `macs` of one image of the checkpoint's data size.
     """
-    from kdforge.models import count_macs, count_parameters
-    from kdforge.models.dynamic import DepthDynamicNet
+    from kdforge.models import build_model
 
     if which not in ("last", "best"):
         raise ConfigError(f"which: 'last' or 'best', got {which!r}")
+    if format not in FORMATS:
+        raise ConfigError(f"format: one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "onnx":
+        require_onnx()
     net, ckpt = load_model(source, which)
-    tolerance = 0.0  # relative to the largest logit; only a folded export is not bit-exact
     net.eval()
     origin = ckpt["path"]
-    record = ckpt["model"]
+    student, subnet = _student(net, ckpt["model"], subnet, origin)
+    out = Path(out) if out is not None else _default_out(Path(source), Path(origin), student.name + SUFFIXES[format])
+    _check_out(out, Path(origin))
+
+    record = student.record
+    model = build_model(record["name"], num_classes=record["num_classes"], in_channels=record["in_channels"],
+                        **record.get("options", {}))
+    load_weights(model, student.state, origin)
+    model.eval()
+    metadata = _describe(model, student, net, ckpt, subnet, which, format, out)
+    in_channels, size = metadata["in_channels"], metadata["image_size"]
+    batches = [torch.randn(n, in_channels, size, size, generator=torch.Generator().manual_seed(k))
+               for k, n in enumerate(CHECK_BATCHES)]
+    meta_file = metadata_path(out)
+    try:
+        if format == "state_dict":
+            atomic_save({"format": FORMAT, "model": record, "student": student.state, "config": ckpt.get("config"),
+                         "data": ckpt.get("data"), "state": ckpt.get("state"),
+                         "exported_from": metadata["source"]}, out)
+        elif format == "torchscript":
+            write_torchscript(model, batches[0], out, json.dumps(metadata))
+        else:
+            write_onnx(model, batches[0], out)
+        diff, checked_with = _check_file(out, format, student, batches, f"{subnet or student.name} from {origin}")
+        metadata.update(max_abs_diff=diff, checked_with=checked_with)
+        write_metadata(meta_file, metadata)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        meta_file.unlink(missing_ok=True)
+        raise
+    full = subnet is not None and subnet == getattr(net, "full_name", None)
+    return {"path": str(out), "format": format, "model": student.name, "subnet": subnet, "full_net": full,
+            "checkpoint": origin, "which": which, "params": metadata["params"], "macs": metadata["macs"],
+            "image_size": size, "max_abs_diff": diff, "checked_with": checked_with, "metadata": str(meta_file)}
+
+
+def _describe(model, student: _Student, net, ckpt: dict, subnet: str | None, which: str, format: str,
+              out: Path) -> dict[str, Any]:
+    """The export's metadata, but for the check's result (see `export_metadata`).
+
+    A checkpoint that does not record its image size is exported at the model's own input size.
+    """
+    from kdforge.models import count_macs, count_parameters
+
+    record = student.record
+    described = preprocessing(ckpt)
+    in_channels = described["in_channels"] = described["in_channels"] or int(record["in_channels"])
+    size = described["image_size"] = described["image_size"] or int(getattr(net, "input_size", 32))
+    return {"kdforge_export": VERSION, "format": format, "file": out.name, "architecture": student.name,
+            "options": dict(record.get("options") or {}), "num_classes": int(record["num_classes"]), **described,
+            "accuracy": accuracy(ckpt, subnet, getattr(net, "full_name", None), which),
+            "params": count_parameters(model), "macs": count_macs(model, size, in_channels),
+            "source": {"checkpoint": ckpt["path"], "which": which, "subnet": subnet}}
+
+
+def _check_file(out: Path, format: str, student: _Student, batches: list[torch.Tensor],
+                what: str) -> tuple[float | None, str]:
+    """(max |difference| from the source's logits, what ran the file); a CheckpointError if they differ."""
+    runner, checked_with = load_runner(out, format, need_runtime=False)
+    if runner is None:  # an ONNX graph without onnxruntime: validated, not run
+        return None, checked_with
+    tolerance = student.tolerance if format == "state_dict" else FORMAT_TOLERANCE
+    checks = [_compare(student.reference, runner, x, tolerance) for x in batches]
+    diff = max(d for d, _ in checks)
+    if not all(ok for _, ok in checks):
+        raise CheckpointError(f"the {format} export of {what} does not reproduce its logits (max |difference| "
+                              f"{diff:.3g}), so the file was removed. This is a bug: please report it")
+    return diff, checked_with
+
+
+def _student(net, record: dict, subnet: str | None, origin: str) -> tuple[_Student, str | None]:
+    """The student of a loaded network (a ddnn's `subnet`, NetGraft's folded student, or `net`), and the sub-net."""
+    from kdforge.models.dynamic import DepthDynamicNet
+
+    def plain(name: str, options: dict) -> dict[str, Any]:
+        return {"name": name, "num_classes": record["num_classes"], "in_channels": record["in_channels"],
+                "options": options}
+
     if isinstance(net, DepthDynamicNet):
         subnet = _check_subnet(net, subnet, origin)
-        name = net.plain_names[subnet]
-        new_record = {"name": name, "num_classes": record["num_classes"], "in_channels": record["in_channels"],
-                      "options": {}}
-        state = net.subnet_state_dict(subnet)
-
-        def reference(x: torch.Tensor) -> torch.Tensor:
-            return net(x, subnet)
-    elif hasattr(net, "fold"):  # NetGraft's grafted network: the student alone, adapter pairs folded
+        return _Student(net.plain_names[subnet], plain(net.plain_names[subnet], {}), net.subnet_state_dict(subnet),
+                        lambda x: net(x, subnet), 0.0), subnet
+    if hasattr(net, "fold"):  # NetGraft's grafted network: the student alone, adapter pairs folded
         if subnet is not None:
             raise ConfigError(f"{origin} holds a grafted network, which has no sub-nets; export it without --subnet")
         folded = net.fold().eval()
-        name, tolerance = "adapted", FOLD_TOLERANCE
-        new_record = folded.zoo_record
-        state = {key: value.detach().clone() for key, value in folded.state_dict().items()}
-        reference = net
-    else:
-        if subnet is not None:
-            raise ConfigError(f"{origin} holds a plain {record['name']}: only depth-dynamic (ddnn) runs have "
-                              f"sub-nets; export it without --subnet")
-        name = record["name"]
-        new_record = {"name": name, "num_classes": record["num_classes"], "in_channels": record["in_channels"],
-                      "options": dict(record.get("options") or {})}
-        state = {key: value.detach().clone() for key, value in net.state_dict().items()}
-        reference = net
+        return _Student("adapted", folded.zoo_record, _copy(folded.state_dict()), net, FOLD_TOLERANCE), None
+    if subnet is not None:
+        raise ConfigError(f"{origin} holds a plain {record['name']}: only depth-dynamic (ddnn) runs have "
+                          f"sub-nets; export it without --subnet")
+    return _Student(record["name"], plain(record["name"], dict(record.get("options") or {})), _copy(net.state_dict()),
+                    net, 0.0), None
 
-    out = Path(out) if out is not None else _default_out(Path(source), Path(origin), name)
-    origin_file = Path(origin).resolve()
-    run_checkpoints = ({origin_file.parent / "last.pt", origin_file.parent / "best.pt"}
-                       if origin_file.parent.name == "checkpoints" else set())
-    if out.resolve() in {origin_file, *run_checkpoints}:
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in state.items()}
+
+
+def _compare(reference, runner, x: torch.Tensor, tolerance: float) -> tuple[float, bool]:
+    """(max |difference| of the logits on `x`, whether within `tolerance` of the largest logit; 0: bit for bit)."""
+    with torch.no_grad():
+        want = reference(x).float()
+    got = runner(x)
+    if want.shape != got.shape:
+        return float("inf"), False
+    diff = (want - got).abs().max().item()
+    return diff, torch.equal(want, got) or (tolerance > 0 and diff <= tolerance * max(1.0, want.abs().max().item()))
+
+
+def _check_out(out: Path, origin: Path) -> None:
+    """A ConfigError if `out` would overwrite the source or its run's checkpoints, or is a folder."""
+    origin = origin.resolve()
+    run_checkpoints = ({origin.parent / "last.pt", origin.parent / "best.pt"}
+                       if origin.parent.name == "checkpoints" else set())
+    if out.resolve() in {origin, *run_checkpoints}:
         raise ConfigError(f"--out {out} is the checkpoint being exported or one of its run's checkpoints; "
                           f"write the export elsewhere")
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; name the .pt file to write")
-    data = dict(ckpt.get("data") or {})
-    atomic_save({"format": FORMAT, "model": new_record, "student": state, "config": ckpt.get("config"),
-                 "data": ckpt.get("data"), "state": ckpt.get("state"),
-                 "exported_from": {"checkpoint": origin, "which": which, "subnet": subnet}}, out)
-
-    in_channels = int(data.get("in_channels") or record["in_channels"])
-    image_size = int(data.get("image_size") or getattr(net, "input_size", 32))
-    try:
-        exported, _ = load_model(out)
-        exported.eval()
-        x = torch.randn(CHECK_BATCH, in_channels, image_size, image_size,
-                        generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            want, got = reference(x).float(), exported(x).float()
-        diff = (want - got).abs().max().item() if want.shape == got.shape else float("inf")
-        close = tolerance > 0 and diff <= tolerance * max(1.0, want.abs().max().item())
-        if want.shape != got.shape or not (torch.equal(want, got) or close):
-            raise CheckpointError(f"the export of {subnet or name} from {origin} does not reproduce its logits "
-                                  f"(max |difference| {diff:.3g}), so the file was removed. This is a bug: "
-                                  f"please report it")
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    full = subnet is not None and subnet == getattr(net, "full_name", None)
-    return {"path": str(out), "model": name, "subnet": subnet, "full_net": full, "checkpoint": origin, "which": which,
-            "params": count_parameters(exported), "macs": count_macs(exported, image_size, in_channels),
-            "image_size": image_size, "max_abs_diff": diff}
+        raise ConfigError(f"--out {out} is a folder; name the file to write")
 
 
 def _check_subnet(net, subnet: str | None, origin: str) -> str:
@@ -149,6 +233,6 @@ def _describe_paths(net) -> str:
     return ", ".join(parts)
 
 
-def _default_out(source: Path, checkpoint: Path, name: str) -> Path:
-    """<run>/export/<name>.pt: next to a run folder's checkpoints/, or in a lone checkpoint's folder."""
-    return run_folder(source if source.is_dir() else checkpoint) / "export" / f"{name}.pt"
+def _default_out(source: Path, checkpoint: Path, file_name: str) -> Path:
+    """<run>/export/<file_name>: next to a run folder's checkpoints/, or in a lone checkpoint's folder."""
+    return run_folder(source if source.is_dir() else checkpoint) / "export" / file_name
