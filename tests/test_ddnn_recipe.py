@@ -12,6 +12,7 @@ from kdforge.config import load_config
 from kdforge.errors import ConfigError
 from kdforge.methods import LossComposer
 from kdforge.models import build_model, model_names
+from kdforge.models.complexity import format_macs
 from kdforge.recipes.ddnn import plan_ddnn
 from kdforge.recipes.quickstart import BASE
 
@@ -45,7 +46,7 @@ def test_pipeline_table_reuse_and_refusal(tmp_path, capsys):
         assert path["params"] == alone["params"]  # the DDNN path is exactly the plain model
         ekd_top1, alone_top1 = path["top1_last"], alone["top1_last"]
         assert rows[label] == [label, {"resnet14": "2-2-2", "resnet8": "1-1-1"}[model], f"{alone['params']:,}",
-                               f"{path['macs'] / 1e6:,.1f}M", f"{ekd_top1:.2f} ± 0.00", f"{alone_top1:.2f} ± 0.00",
+                               format_macs(path["macs"]), f"{ekd_top1:.2f} ± 0.00", f"{alone_top1:.2f} ± 0.00",
                                f"{ekd_top1 - alone_top1:+.2f} ± 0.00"]
     s_per_epoch = ekd["train_time_s"] / ekd["epochs"]
     both = sum(read[f"alone-{m}-seed0"]["train_time_s"] / read[f"alone-{m}-seed0"]["epochs"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
+from kdforge.models.complexity import format_macs
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.runs import check_folder, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
@@ -160,10 +161,6 @@ def _rows(plan: dict[str, Any], ekd_runs: list[dict], alone: dict[str, list[dict
     return rows, time
 
 
-def _millions(value: int) -> str:
-    return f"{value / 1e6:,.1f}M"
-
-
 def _markdown(rows: list[dict], time: dict[str, Any], plan: dict[str, Any], n_seeds: int) -> str:
     independent = bool(plan["independent"])
     head = (f"top-1 % (last epoch, mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}); DDNN {plan['full']} "
@@ -177,7 +174,7 @@ def _markdown(rows: list[dict], time: dict[str, Any], plan: dict[str, Any], n_se
         label = row["model"] or row["path"]
         if row["full"]:
             label += " (full)"
-        cells = [label, "-".join(map(str, row["depths"])), f"{row['params']:,}", _millions(row["macs"]), row["ekd"]]
+        cells = [label, "-".join(map(str, row["depths"])), f"{row['params']:,}", format_macs(row["macs"]), row["ekd"]]
         if independent:
             cells += [row.get("independent", "-"), row.get("difference_mean_std", "-")]
         lines.append("| " + " | ".join(cells) + " |")
