@@ -81,3 +81,17 @@ def test_ddp_benchmark_data_is_a_cifar10_folder_the_loader_reads(tmp_path):
     train, test = load_dataset("cifar10", str(tmp_path), "train"), load_dataset("cifar10", str(tmp_path), "test")
     assert tuple(train.images.shape) == (65, 3, 32, 32) and len(test) == 100  # 5 batches of ceil(64 / 5)
     assert train.classes[0] == "airplane" and 0 <= int(train.labels.min()) <= int(train.labels.max()) < 10
+
+
+def test_export_speed_script_checks_every_runtime_against_pytorch(tmp_path):
+    """The inference benchmark's files reproduce eager PyTorch, and its timer reports every runtime."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_speed", ROOT / "benchmarks" / "export_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = bench.runners("resnet8", 16, 10, tmp_path)
+    assert set(run) == {"pytorch eager", "torchscript", "onnxruntime"}
+    assert bench.check(run, 16) <= bench.TOLERANCE
+    rates = bench.time_rounds(run, 16, batch=2, rounds=1, seconds=0.01)
+    assert set(rates) == set(run) and all(rate > 0 for rate in rates.values())
