@@ -17,7 +17,8 @@ from kdforge.engine import train_from_config
 from kdforge.models.complexity import format_macs
 from kdforge.report import write_report
 from kdforge.report.figures import CURVES_PX, SCATTER_PX
-from kdforge.report.grouping import strip_seed
+from kdforge.report.collect import Run
+from kdforge.report.grouping import checkpoint_run_name, group_runs, strip_seed
 
 SEEDS = (0, 1)
 BASE = {"data": {"name": "digits", "batch_size": 20, "few_shot": {"shots": 6, "labels": True}},
@@ -66,9 +67,34 @@ def test_runs_that_differ_by_seed_form_one_group(runs, tmp_path):
     kd = groups["kd"]
     teachers = [s["teacher"] for s in summaries(kd["runs"])]
     assert len(set(teachers)) == 2  # one teacher per seed ...
-    assert kd["key"]["teacher"]["checkpoint"] == "resnet14"  # ... of one architecture: one group
+    assert kd["key"]["teacher"]["checkpoint"] == {"run": "wide", "model": "resnet14"}  # ... one teacher run: one group
     assert kd["fields"] == {"method": "ce+kd", "student": "resnet8", "teacher": "resnet14", "dataset": "digits"}
     assert groups["small"]["fields"]["teacher"] == "—"
+
+
+def _run(name: str, teacher: str | None = None, few_shot_seed: int = 0, max_steps=None, steps: int = 10) -> Run:
+    """A run as read from disk, made by hand: only what grouping looks at."""
+    config = {"seed": int(name[-1]), "data": {"name": "digits", "few_shot": {"shots": 5, "seed": few_shot_seed}},
+              "student": {"model": "resnet8", "checkpoint": None}, "losses": {"ce": 0.5, "kd": 0.5},
+              "train": {"max_steps": max_steps}}
+    if teacher:
+        config["teacher"] = {"model": None, "checkpoint": teacher}
+    run = Run(Path("runs") / name, {"name": name, "steps": steps}, config, [])
+    run.teacher_model = "resnet14" if teacher else None
+    return run
+
+
+def test_grouping_keeps_apart_what_differs_besides_seeds():
+    """Per-seed teachers, few-shot draws and checkpoint paths group; another teacher run, max_steps or
+    a different number of steps does not."""
+    runs = [_run("kd-seed0", "runs/t-seed0"), _run("kd-seed1", "runs/t-seed1/checkpoints/best.pt", few_shot_seed=1),
+            _run("kdsftn-seed0", "runs/sftn-t-seed0"), _run("kdsftn-seed1", "runs/sftn-t-seed1"),
+            _run("short-seed0", "runs/t-seed0", max_steps=3), _run("stopped-seed0", "runs/t-seed0", steps=4)]
+    groups = group_runs(runs)
+    assert [[r.name for r in g.runs] for g in groups] == [
+        ["kd-seed0", "kd-seed1"], ["kdsftn-seed0", "kdsftn-seed1"], ["short-seed0"], ["stopped-seed0"]]
+    assert groups[0].key["data"]["few_shot"] == {"shots": 5}  # every seed is out of the key
+    assert checkpoint_run_name("models/r8.pt") == "r8" and checkpoint_run_name("runs/t-seed2/") == "t-seed2"
 
 
 def test_numbers_equal_the_summaries(runs, tmp_path):

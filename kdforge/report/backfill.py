@@ -69,7 +69,7 @@ def _count_from_checkpoint(run: Run) -> int | None:
     from kdforge.models.complexity import count_macs
 
     try:
-        ckpt: dict[str, Any] = load_checkpoint(run.path, "best")
+        ckpt: dict[str, Any] = load_checkpoint(run.path, "last")  # any checkpoint has the architecture
         record, data = ckpt.get("model"), ckpt.get("data") or {}
         if not record:
             return None

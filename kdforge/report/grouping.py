@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kdforge.errors import ConfigError, suggest
@@ -60,17 +61,40 @@ def field_value(run: Run, field: str) -> Any:
 
 
 def trajectory_key(run: Run) -> dict[str, Any]:
-    """The run's config restricted to the settings that shape training, except the seed; the teacher
-    checkpoint replaced by the teacher's architecture (so one teacher per seed still groups)."""
+    """What must agree for runs to differ only by seed: the config's settings that shape training
+    (`Trainer.TRAJECTORY_KEYS`, `train.max_steps`) without any `seed` (the run's, few-shot draws', ...),
+    and the steps the run took. A checkpoint it starts from (teacher, student) counts by its run's
+    name without the seed and by its architecture, so "KD from the teacher of its seed" groups
+    over seeds while KD from a differently trained teacher of the same architecture does not."""
     from kdforge.engine.trainer import Trainer
 
     if not run.config:  # no config.yaml: what the summary tells
         return {field: field_value(run, field) for field in NAMED} | {"losses": run.summary.get("losses")}
-    key = {dotted: value_at(run.config, dotted) for dotted in Trainer.TRAJECTORY_KEYS if dotted != "seed"}
-    if isinstance(key.get("teacher"), dict):
-        teacher = {k: v for k, v in key["teacher"].items() if k != "model"}
-        key["teacher"] = teacher | {"checkpoint": run.teacher_model}
+    key = {dotted: _without_seeds(value_at(run.config, dotted))
+           for dotted in (*Trainer.TRAJECTORY_KEYS, "train.max_steps") if dotted != "seed"}
+    for role in ("teacher", "student"):
+        section = key.get(role)
+        if isinstance(section, dict) and section.get("checkpoint"):
+            model = run.teacher_model if role == "teacher" else section.get("model")
+            section["checkpoint"] = {"run": strip_seed(checkpoint_run_name(section["checkpoint"])), "model": model}
+    key["steps"] = run.summary.get("steps")
     return key
+
+
+def checkpoint_run_name(checkpoint: str) -> str:
+    """The name of the run a checkpoint path belongs to: 'runs/t-seed1' and 'runs/t-seed1/checkpoints/best.pt'
+    give 't-seed1'; a lone 'models/r8.pt' gives 'r8'. Pure path logic: the folder need not exist here."""
+    path = Path(str(checkpoint).rstrip("/"))
+    if path.suffix != ".pt":
+        return path.name
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
+def _without_seeds(value: Any) -> Any:
+    """`value` (a config section) with every key named 'seed' removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_seeds(v) for k, v in value.items() if k != "seed"}
+    return value
 
 
 def parse_fields(by: str | list[str] | None, runs: list[Run]) -> list[str] | None:
