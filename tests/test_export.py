@@ -1,6 +1,7 @@
 """`kdforge export`: a ddnn run's sub-nets and a plain run's model as stand-alone zoo checkpoints."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,17 @@ BN_MODES = DepthDynamicNet.BN_MODES
 SUBNETS = ["resnet14", "resnet8"]
 
 
-def tiny_run(root: Path, name: str, student: dict, losses: dict, **train) -> tuple[Path, dict]:
+#: 20 training images per class, evaluated (and best.pt chosen) on 10 more per class: an evaluation per epoch, fast
+FEW_SHOT = {"few_shot": {"shots": 20, "holdout": 10, "labels": True}}
+
+
+def tiny_run(root: Path, name: str, student: dict, losses: dict, *, seed: int = 0, lr: float = 0.1,
+             epochs: int = 1, data: dict | None = None, **train) -> tuple[Path, dict]:
     """A few steps of a digits run through the real engine, on the CPU in fp32; (run folder, summary)."""
     cfg = config_from_dict({
-        "name": name, "seed": 0, "output_dir": str(root), "student": student, "losses": losses,
-        "data": {"batch_size": 32, "eval_batch_size": 128},
-        "optim": {"lr": 0.1}, "schedule": {"name": "constant", "epochs": 1},
+        "name": name, "seed": seed, "output_dir": str(root), "student": student, "losses": losses,
+        "data": {"batch_size": 32, "eval_batch_size": 128, **(data or {})},
+        "optim": {"lr": lr}, "schedule": {"name": "constant", "epochs": epochs},
         "train": {"progress": False, "tensorboard": False, "precision": "fp32", "device": "cpu", **train},
     })
     return root / name, train_from_config(cfg)
@@ -47,6 +53,19 @@ def runs(tmp_path_factory):
         out[bn] = tiny_run(root, f"ddnn-{bn}", {"model": "ddnn", "options": options}, {"ekd": 1}, **train)
     out["plain"] = tiny_run(root, "plain", {"model": "resnet8"}, {"ce": 1}, max_steps=6)
     return out
+
+
+@pytest.fixture(scope="module")
+def ddnn_epochs(tmp_path_factory):
+    """A 3-epoch few-shot ddnn run (resnet14 with resnet8) whose paths score differently: (folder, summary)."""
+    options = {"full": "resnet14", "subnets": ["resnet8"], "bn": "switchable"}
+    return tiny_run(tmp_path_factory.mktemp("ddnn_epochs"), "ddnn", {"model": "ddnn", "options": options},
+                    {"ekd": 1}, seed=1, lr=0.05, epochs=3, data=FEW_SHOT)
+
+
+def logged_epochs(run: Path) -> list[dict]:
+    """The run's epoch records, as its log.jsonl has them."""
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +221,64 @@ def test_an_export_that_does_not_reproduce_the_logits_is_deleted(runs, tmp_path,
     with pytest.raises(CheckpointError, match="does not reproduce its logits"):
         export_model(run, subnet="resnet8", out=tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_subnet_export_keeps_the_paths_accuracy_when_exported_again(ddnn_epochs, tmp_path):
+    run, summary = ddnn_epochs
+    epochs = logged_epochs(run)
+    full_top1 = [r["eval_top1"] for r in epochs]
+    path_top1 = [r["eval_top1/ekd/resnet8"] for r in epochs]
+    assert len(epochs) == 3 and path_top1[-1] == summary["paths"]["resnet8"]["top1_last"]
+    # the paths really differ, at the end and at their best: else the checks below could not fail
+    assert path_top1[-1] != full_top1[-1] and max(path_top1) != max(full_top1)
+
+    direct = export_model(run, subnet="resnet8", out=tmp_path / "resnet8.pt")
+    again = export_model(tmp_path / "resnet8.pt", format="onnx", out=tmp_path / "resnet8.onnx")
+    for result in (direct, again):
+        meta = json.loads(Path(result["metadata"]).read_text())
+        assert meta["accuracy"]["top1"] == summary["paths"]["resnet8"]["top1_last"], result["path"]
+        assert meta["accuracy"]["which"] == "last" and meta["accuracy"]["split"].startswith("few-shot hold-out")
+
+    # the slim checkpoint's state is the path's own: its top-1 per evaluation, its best, no heads
+    state = torch.load(tmp_path / "resnet8.pt", weights_only=True)["state"]
+    assert [r["eval_top1"] for r in state["history"]] == path_top1
+    assert [r["epoch"] for r in state["history"]] == [r["epoch"] for r in epochs]
+    assert not any(key.startswith("eval_") and key != "eval_top1" for r in state["history"] for key in r)
+    assert state["best_top1"] == max(path_top1) and state["best_epoch"] == 1 + path_top1.index(max(path_top1))
+    assert state["best_top1"] != summary["top1_best"]
+
+    # the full net's export keeps the full net's evaluation and best
+    full = export_model(run, subnet="resnet14", out=tmp_path / "resnet14.pt")
+    state = torch.load(full["path"], weights_only=True)["state"]
+    assert [r["eval_top1"] for r in state["history"]] == full_top1
+    assert [r["eval_top5"] for r in state["history"]] == [r["eval_top5"] for r in epochs]
+    assert not any(key.startswith("eval_top1/") for r in state["history"] for key in r)
+    assert state["best_top1"] == summary["top1_best"] == max(full_top1)
+    again = export_model(full["path"], format="onnx", out=tmp_path / "resnet14.onnx")
+    assert json.loads(Path(again["metadata"]).read_text())["accuracy"]["top1"] == summary["top1_last"]
+
+
+def test_metadata_which_is_the_checkpoint_really_loaded(runs, tmp_path):
+    plain, summary = runs["plain"]
+    # a run folder without best.pt, asked for best: its last.pt is loaded, and said
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(plain / "checkpoints" / "last.pt", folder / "checkpoints" / "last.pt")
+    result = export_model(folder, which="best", out=tmp_path / "a.pt")
+    meta = json.loads(Path(result["metadata"]).read_text())
+    assert result["which"] == meta["source"]["which"] == meta["accuracy"]["which"] == "last"
+    assert meta["accuracy"]["top1"] == summary["top1_last"]
+    assert torch.load(result["path"], weights_only=True)["exported_from"]["which"] == "last"
+    # a lone exported file: whatever `which` asks, it is the checkpoint it was exported from
+    best = export_model(plain, which="best", out=tmp_path / "best.pt")
+    assert best["which"] == "best"
+    for which in ("last", "best"):
+        result = export_model(tmp_path / "best.pt", which=which, format="onnx", out=tmp_path / f"{which}.onnx")
+        meta = json.loads(Path(result["metadata"]).read_text())
+        assert result["which"] == meta["source"]["which"] == meta["accuracy"]["which"] == "best", which
+    # a lone training checkpoint, not in a run's checkpoints/: unknown
+    shutil.copy(plain / "checkpoints" / "last.pt", tmp_path / "copy.pt")
+    result = export_model(tmp_path / "copy.pt", which="best", out=tmp_path / "c.pt")
+    meta = json.loads(Path(result["metadata"]).read_text())
+    assert result["which"] is None and meta["source"]["which"] is None and meta["accuracy"]["which"] is None
+    assert meta["accuracy"]["top1"] == summary["top1_last"]

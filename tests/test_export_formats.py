@@ -1,6 +1,7 @@
 """`kdforge export --format torchscript|onnx`: the files reproduce the student, and their metadata describes it."""
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -8,7 +9,7 @@ import onnxruntime
 import pytest
 import torch
 from test_ddnn import randomise_paths
-from test_export import run_cli, tiny_run
+from test_export import FEW_SHOT, logged_epochs, run_cli, tiny_run
 
 from kdforge.data import load_dataset, normalize
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_model
@@ -111,12 +112,19 @@ def test_metadata_describes_the_export(run, exports):
     assert embedded == {k: v for k, v in sidecar.items() if k not in ("max_abs_diff", "checked_with")}
 
 
-def test_best_checkpoint_metadata_has_the_best_top1(run, tmp_path):
-    folder, _ = run
-    meta = json.loads(metadata_path(export_model(folder, which="best", format="torchscript",
-                                                 out=tmp_path / "b.torchscript.pt")["path"]).read_text())
-    assert meta["accuracy"]["top1"] == load_checkpoint(folder, "best")["state"]["best_top1"]
-    assert meta["accuracy"]["which"] == "best"
+def test_best_checkpoint_metadata_has_the_best_top1(tmp_path):
+    # three evaluations of which the best is not the last (seed and lr chosen so): best.pt is not last.pt
+    folder, summary = tiny_run(tmp_path, "plain", {"model": "resnet8"}, {"ce": 1}, seed=2, lr=0.1, epochs=3,
+                               data=FEW_SHOT)
+    top1 = [r["eval_top1"] for r in logged_epochs(folder)]
+    assert len(top1) == 3 and max(top1) != top1[-1]  # else the test could not fail
+    best = load_checkpoint(folder, "best")
+    assert best["path"].endswith("best.pt") and best["state"]["best_top1"] == max(top1) == summary["top1_best"]
+    for which, want in (("best", max(top1)), ("last", top1[-1])):
+        meta = json.loads(metadata_path(export_model(folder, which=which, format="torchscript",
+                                                     out=tmp_path / f"{which}.torchscript.pt")["path"]).read_text())
+        assert meta["accuracy"]["top1"] == want and meta["accuracy"]["which"] == which, which
+        assert meta["source"]["which"] == which
 
 
 def test_ddnn_subnet_exports_to_torchscript_and_onnx(tmp_path, images):
@@ -139,6 +147,7 @@ def test_ddnn_subnet_exports_to_torchscript_and_onnx(tmp_path, images):
     assert meta["architecture"] == "resnet8" and meta["source"]["subnet"] == "resnet8"
     assert meta["params"] == count_parameters(build_model("resnet8", num_classes=10, in_channels=1))
     assert meta["accuracy"] is None and meta["classes"] is None  # the hand-made checkpoint records neither
+    assert meta["source"]["which"] is None  # nor which checkpoint of a run it is
 
 
 def test_netgraft_student_exports_folded(tmp_path, images):
@@ -222,3 +231,106 @@ def test_numpy_input_of_the_documented_shape(exports):
     session = onnxruntime.InferenceSession(exports["onnx"]["path"], providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"images": np.zeros((2, 1, 32, 32), np.float32)})[0]
     assert logits.shape == (2, 10) and logits.dtype == np.float32
+
+
+def folder_bytes(folder) -> dict:
+    """{file name: bytes} of every file in `folder`, hidden ones included."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])
+def test_a_failed_export_keeps_the_earlier_one(run, tmp_path, monkeypatch, fmt):
+    import kdforge.engine.export as export
+
+    out = tmp_path / f"m{'.onnx' if fmt == 'onnx' else '.pt'}"
+    export_model(run[0], format=fmt, out=out)
+    good = folder_bytes(tmp_path)
+    assert set(good) == {out.name, out.name + ".json"}
+    writer = {"state_dict": "atomic_save", "torchscript": "write_torchscript", "onnx": "write_onnx"}[fmt]
+
+    def half_written(obj, example_or_path, path=None, *args, **kwargs):  # Ctrl-C after part of the file
+        (path or example_or_path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, writer, half_written)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(run[0], format=fmt, out=out)
+    assert folder_bytes(tmp_path) == good
+    monkeypatch.undo()
+
+    original = export.load_runner  # a check that fails, after the whole file was written
+
+    def off(path, fmt, need_runtime=True):
+        runner, name = original(path, fmt, need_runtime=need_runtime)
+        return (lambda x: runner(x) + 1e-2), name
+
+    monkeypatch.setattr(export, "load_runner", off)
+    with pytest.raises(CheckpointError, match="does not reproduce its logits"):
+        export_model(run[0], format=fmt, out=out)
+    assert folder_bytes(tmp_path) == good
+    monkeypatch.undo()  # the staging file's name (with the process id) is in neither file
+    export_model(run[0], format=fmt, out=out)
+    again = folder_bytes(tmp_path)
+    assert set(again) == set(good) and not any(b"staging" in data for data in again.values())
+    if fmt != "torchscript":  # tracing again in one process renames TorchScript's classes (__torch_mangle_N)
+        assert again == good
+
+
+def test_a_failed_export_leaves_no_folder_behind(run, tmp_path, monkeypatch):
+    import kdforge.engine.export as export
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(run[0] / "checkpoints" / "last.pt", lone / "m.pt")
+    def interrupted(model, example, path, metadata):  # Ctrl-C while tracing, after the writer made the folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_torchscript", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(lone / "m.pt", format="torchscript")  # to lone/export/resnet8.torchscript.pt
+    with pytest.raises(KeyboardInterrupt):
+        export_model(lone / "m.pt", format="torchscript", out=tmp_path / "a" / "b" / "m.ts")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["lone", "m.pt"]
+    (tmp_path / "a").mkdir()  # a folder that was there before stays
+    with pytest.raises(KeyboardInterrupt):
+        export_model(lone / "m.pt", format="torchscript", out=tmp_path / "a" / "b" / "m.ts")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "lone", "m.pt"]
+    monkeypatch.undo()
+    result = export_model(lone / "m.pt", format="torchscript")
+    assert result["path"] == str(lone / "export" / "resnet8.torchscript.pt")
+    assert sorted(p.name for p in (lone / "export").iterdir()) == ["resnet8.torchscript.pt",
+                                                                  "resnet8.torchscript.pt.json"]
+
+
+def test_first_line():
+    from kdforge.engine.checkpoint import first_line
+
+    assert first_line(ValueError("  first line \nsecond line"), 100) == "first line"
+    assert first_line(ValueError("abcdef\nxyz"), 4) == "abcd"
+    assert first_line(ValueError(""), 10) == first_line(ValueError("  \n "), 10) == ""
+
+
+def test_error_messages_keep_the_first_line_of_the_cause(run, tmp_path, monkeypatch):
+    import kdforge.engine.checkpoint as checkpoint
+    import kdforge.engine.export_formats as formats
+
+    long = "x" * 400
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"  {long}\nthe second line")
+
+    with pytest.raises(CheckpointError) as caught:  # a file that does not load
+        formats._read(tmp_path / "f", "an ONNX model", fail)
+    assert str(caught.value).endswith(f"RuntimeError: {'x' * 200}")
+    monkeypatch.setattr(torch.onnx, "export", fail)  # an exporter error: the destination is named, not the staging file
+    with pytest.raises(CheckpointError) as caught:
+        export_model(run[0], format="onnx", out=tmp_path / "m.onnx")
+    assert str(caught.value).startswith(f"{tmp_path / 'm.onnx'}: the model cannot be exported to ONNX: "
+                                        f"RuntimeError: {'x' * 300} (--debug")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: (_ for _ in ()).throw(
+        ValueError("Weights only load failed. In PyTorch 2.6, ...\nmore")))
+    (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"code objects\): ValueError: Weights only load failed$"):
+        load_checkpoint(tmp_path / "c.pt")

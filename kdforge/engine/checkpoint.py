@@ -18,6 +18,11 @@ from kdforge.errors import CheckpointError
 FORMAT = "kdforge-checkpoint/1"
 
 
+def first_line(exc: BaseException, limit: int) -> str:
+    """The first line of `exc`'s message, stripped and cut to `limit` characters ('' for an empty message)."""
+    return (str(exc).strip().splitlines() or [""])[0].strip()[:limit]
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,7 @@ def load_checkpoint(path: str | Path, which: str = "best", map_location: str | t
         # weights_only: a checkpoint is data; loading one never runs code from the file
         ckpt = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a foreign file (KeyError, UnpicklingError, ...)
-        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's advice would mislead
+        first = first_line(exc, 200).split(". ")[0]  # torch's advice would mislead
         raise CheckpointError(f"checkpoint {file} cannot be read (truncated, not a PyTorch file, or holding "
                               f"code objects): {type(exc).__name__}{': ' + first if first else ''}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

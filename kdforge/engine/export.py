@@ -5,13 +5,14 @@ writes the resnet8 path as an ordinary resnet8 (its exact weights, with that pat
 BatchNorm). NetGraft's grafted network is written as its student alone, adapter pairs folded.
 In every format the model is the student in eval mode, fp32, on the CPU; a metadata JSON
 (`export_metadata`) goes next to the file. The written file is run on a fixed random batch and
-its logits compared with the source's before the function returns (a ``state_dict`` export:
-bit for bit).
+its logits compared with the source's before it replaces anything at the destination (a
+``state_dict`` export: bit for bit).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ import torch
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, run_folder
 from kdforge.engine.export_formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
                                            write_torchscript)
-from kdforge.engine.export_metadata import VERSION, accuracy, metadata_path, preprocessing, write_metadata
+from kdforge.engine.export_metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
+                                            subnet_state, write_metadata)
 from kdforge.errors import CheckpointError, ConfigError, suggest
 
 #: batch sizes that check an export against its source (two: an ONNX graph's batch size is dynamic)
@@ -60,14 +62,23 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     `which` is the checkpoint of a run folder and defaults to ``last``: ``best.pt`` is chosen by
     the top-1 on the run's evaluation split, which is the test split by default, so picking it
     selects on test data; ``last.pt`` is the model at the end of training, the one the run's
-    summary (``top1_last``, ``paths[...]['top1_last']``) reports.
+    summary (``top1_last``, ``paths[...]['top1_last']``) reports. A run folder without best.pt
+    gives its last.pt, and a .pt file is itself whatever `which` says: the metadata's and the
+    result's ``which`` is what was really loaded (`export_metadata.loaded_which`; None if unknown).
+
+    A sub-net's ``state_dict`` export carries the run's training state rewritten for that path
+    (`export_metadata.subnet_state`: its own top-1 as ``eval_top1``, its own best), so that
+    exporting the file again reports the path's accuracy.
 
     `out` defaults to ``<run folder>/export/<model name><suffix>`` (suffix ``.pt``,
     ``.torchscript.pt`` or ``.onnx``; for a checkpoint file: the run folder it belongs to, or its
-    own folder); the metadata goes to `out` + ``.json``. The written file is run (reloaded with
-    `load_model`, ``torch.jit.load`` or onnxruntime) on fixed random batches (`CHECK_BATCHES`) and
-    its logits compared with the source path's: equal for ``state_dict``, within `FORMAT_TOLERANCE`
-    (relative) otherwise. If they differ, the files are deleted and a `CheckpointError` raised.
+    own folder); the metadata goes to `out` + ``.json``. The model is written to a staging file in
+    `out`'s folder (``.<name>.staging-<pid>``), which is run (reloaded with `load_model`,
+    ``torch.jit.load`` or onnxruntime) on fixed random batches (`CHECK_BATCHES`) and its logits
+    compared with the source path's: equal for ``state_dict``, within `FORMAT_TOLERANCE` (relative)
+    otherwise. Only a file that passes is renamed over `out`, its metadata next; if they differ a
+    `CheckpointError` is raised. On any failure (an exporter error, Ctrl-C) only the staging files
+    go, with the folders this export created: an earlier export at `out` stays as it was.
     Without onnxruntime an ONNX file is only validated by ``onnx.checker`` (``max_abs_diff`` None).
 
     Returns {path, format, model, params, macs, max_abs_diff, checked_with, metadata, subnet,
@@ -93,42 +104,72 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
                         **record.get("options", {}))
     load_weights(model, student.state, origin)
     model.eval()
-    metadata = _describe(model, student, net, ckpt, subnet, which, format, out)
+    metadata = _describe(model, student, net, ckpt, subnet, format, out)
     in_channels, size = metadata["in_channels"], metadata["image_size"]
     batches = [torch.randn(n, in_channels, size, size, generator=torch.Generator().manual_seed(k))
                for k, n in enumerate(CHECK_BATCHES)]
     meta_file = metadata_path(out)
+    staged, staged_meta = _staging(out), _staging(meta_file)
+    created = _make_folders(out.parent)
     try:
         if format == "state_dict":
+            state = ckpt.get("state") if subnet is None else subnet_state(ckpt.get("state"), subnet, net.full_name)
             atomic_save({"format": FORMAT, "model": record, "student": student.state, "config": ckpt.get("config"),
-                         "data": ckpt.get("data"), "state": ckpt.get("state"),
-                         "exported_from": metadata["source"]}, out)
+                         "data": ckpt.get("data"), "state": state, "exported_from": metadata["source"]}, staged)
         elif format == "torchscript":
-            write_torchscript(model, batches[0], out, json.dumps(metadata))
+            write_torchscript(model, batches[0], staged, json.dumps(metadata))
         else:
-            write_onnx(model, batches[0], out)
-        diff, checked_with = _check_file(out, format, student, batches, f"{subnet or student.name} from {origin}")
+            write_onnx(model, batches[0], staged, shown=out)
+        diff, checked_with = _check_file(staged, format, student, batches, f"{subnet or student.name} from {origin}")
         metadata.update(max_abs_diff=diff, checked_with=checked_with)
-        write_metadata(meta_file, metadata)
+        write_metadata(staged_meta, metadata)
+        os.replace(staged, out)  # only now is an earlier export at `out` replaced
+        os.replace(staged_meta, meta_file)
     except BaseException:
-        out.unlink(missing_ok=True)
-        meta_file.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
+        staged_meta.unlink(missing_ok=True)
+        for folder in created:  # deepest first; a folder that something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     full = subnet is not None and subnet == getattr(net, "full_name", None)
     return {"path": str(out), "format": format, "model": student.name, "subnet": subnet, "full_net": full,
-            "checkpoint": origin, "which": which, "params": metadata["params"], "macs": metadata["macs"],
-            "image_size": size, "max_abs_diff": diff, "checked_with": checked_with, "metadata": str(meta_file)}
+            "checkpoint": origin, "which": metadata["source"]["which"], "params": metadata["params"],
+            "macs": metadata["macs"], "image_size": size, "max_abs_diff": diff, "checked_with": checked_with,
+            "metadata": str(meta_file)}
 
 
-def _describe(model, student: _Student, net, ckpt: dict, subnet: str | None, which: str, format: str,
+def _staging(path: Path) -> Path:
+    """Where `path` is written and checked before it is renamed over `path`: a hidden file in its folder."""
+    return path.with_name(f".{path.name}.staging-{os.getpid()}")
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; the folders created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def _describe(model, student: _Student, net, ckpt: dict, subnet: str | None, format: str,
               out: Path) -> dict[str, Any]:
     """The export's metadata, but for the check's result (see `export_metadata`).
 
     A checkpoint that does not record its image size is exported at the model's own input size.
+    ``which`` (in ``source`` and ``accuracy``) is the checkpoint really loaded (`loaded_which`).
     """
     from kdforge.models import count_macs, count_parameters
 
     record = student.record
+    which = loaded_which(ckpt)
     described = preprocessing(ckpt)
     in_channels = described["in_channels"] = described["in_channels"] or int(record["in_channels"])
     size = described["image_size"] = described["image_size"] or int(getattr(net, "input_size", 32))
@@ -150,7 +191,7 @@ def _check_file(out: Path, format: str, student: _Student, batches: list[torch.T
     diff = max(d for d, _ in checks)
     if not all(ok for _, ok in checks):
         raise CheckpointError(f"the {format} export of {what} does not reproduce its logits (max |difference| "
-                              f"{diff:.3g}), so the file was removed. This is a bug: please report it")
+                              f"{diff:.3g}), so it was not written. This is a bug: please report it")
     return diff, checked_with
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdforge.engine.checkpoint import first_line
 from kdforge.errors import CheckpointError, ConfigError
 
 #: format -> default file suffix
@@ -73,13 +74,20 @@ def _quiet():
 
 def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     """`model` traced on `example` and saved to `path`, with `metadata` as the extra file kdforge.json."""
+    def save(tmp: Path) -> None:  # to a handle: the archive's folder is "archive", whatever the (staging) file's name
+        with open(tmp, "wb") as handle:
+            torch.jit.save(traced, handle, _extra_files={EMBEDDED_METADATA: metadata})
+
     with _quiet(), torch.no_grad():  # torch.jit warns that it is deprecated
         traced = torch.jit.trace(model, example, check_trace=False)  # the written file is checked
-        atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={EMBEDDED_METADATA: metadata}))
+        atomic_write(path, save)
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """`model` exported with the dynamo exporter to one self-contained .onnx file, the batch size dynamic."""
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, shown: Path | None = None) -> None:
+    """`model` exported with the dynamo exporter to one self-contained .onnx file, the batch size dynamic.
+
+    `shown`: the file an error names (default `path`; the export's destination when `path` is its staging file).
+    """
     require_onnx()
 
     def export(tmp: Path) -> None:
@@ -89,8 +97,8 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as exc:  # an operator the exporter does not support, ...
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise CheckpointError(f"{path}: the model cannot be exported to ONNX: {type(exc).__name__}: {first} "
+            first = first_line(exc, 300)
+            raise CheckpointError(f"{shown or path}: the model cannot be exported to ONNX: {type(exc).__name__}: {first} "
                                   f"(--debug shows the exporter's traceback)") from exc
 
     atomic_write(path, export)
@@ -124,7 +132,7 @@ def _read(path: Path, what: str, load: Callable, *args, **kwargs):
     try:
         return load(*args, **kwargs)
     except Exception as exc:  # each runtime fails in its own way on a damaged or foreign file
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise CheckpointError(f"{path} cannot be read as {what} (truncated, or another kind of file): "
                               f"{type(exc).__name__}: {first}") from None
 

@@ -9,6 +9,7 @@ checkpoint's ``data`` entry, so a training checkpoint serves as well.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +53,77 @@ def check_input(metadata: dict[str, Any], where: str | Path) -> None:
                           f"export the model from a kdforge run")
 
 
+def loaded_which(ckpt: dict) -> str | None:
+    """Which checkpoint `ckpt` (from `load_checkpoint`) really is: ``last`` or ``best``, or None if unknown.
+
+    A run's ``checkpoints/last.pt`` or ``checkpoints/best.pt`` by its file name (a run folder asked
+    for ``best`` that has no best.pt loads last.pt); an export by the ``which`` it was exported
+    from (its ``exported_from``); any other file: None.
+    """
+    file = Path(ckpt["path"])
+    if file.parent.name == "checkpoints" and file.stem in ("last", "best"):
+        return file.stem
+    exported = ckpt.get("exported_from")
+    which = exported.get("which") if isinstance(exported, dict) else None
+    return which if which in ("last", "best") else None
+
+
 def accuracy(ckpt: dict, subnet: str | None = None, full_name: str | None = None,
-             which: str = "last") -> dict[str, Any] | None:
+             which: str | None = None) -> dict[str, Any] | None:
     """{top1, which, split, dataset}: the evaluation recorded with the checkpoint's weights, or None.
 
     The top-1 is the last evaluation in the checkpoint's history (the run's ``top1_last`` for
-    last.pt, its best for best.pt); for a sub-net of a depth-dynamic net, that path's own head.
-    None when the checkpoint was saved inside an epoch (its weights were not evaluated).
+    last.pt, its best for best.pt); for a sub-net of a depth-dynamic net, that path's own head
+    (`path_top1`). None when the checkpoint was saved inside an epoch (its weights were not
+    evaluated). `which`: the checkpoint that was loaded (see `loaded_which`).
     """
     state = ckpt.get("state") or {}
     history = state.get("history") or []
     if not history or state.get("epoch_partial") is not None:
         return None
-    record = history[-1]
-    if subnet is None or subnet == full_name:
-        top1 = record.get("eval_top1")
-    else:  # the heads are logged as eval_top1/<method>/<path>
-        top1 = next((value for key, value in record.items()
-                     if key.startswith("eval_top1/") and key.rsplit("/", 1)[-1] == subnet), None)
+    top1 = path_top1(history[-1], subnet, full_name)
     if top1 is None:
         return None
     return {"top1": top1, "which": which, "split": _selection_split(ckpt),
             "dataset": (ckpt.get("data") or {}).get("name")}
+
+
+def path_top1(record: dict[str, Any], subnet: str | None, full_name: str | None) -> float | None:
+    """The top-1 of one history record for `subnet` (None or the full net's name: the net's own ``eval_top1``).
+
+    A depth-dynamic net's other paths are heads, logged as ``eval_top1/<method>/<path>``.
+    """
+    if subnet is None or subnet == full_name:
+        return record.get("eval_top1")
+    return next((value for key, value in record.items()
+                 if key.startswith("eval_top1/") and key.rsplit("/", 1)[-1] == subnet), None)
+
+
+def subnet_state(state: dict[str, Any] | None, subnet: str, full_name: str | None) -> dict[str, Any] | None:
+    """A depth-dynamic run's training state as it reads for the plain model of path `subnet` alone.
+
+    Every history record's ``eval_top1`` becomes that path's own top-1 (`path_top1`; dropped where
+    the path was not evaluated), and the per-path heads (``eval_top1/...``) go. For a path other
+    than the full net, the full net's other evaluation metrics (``eval_top5``, ``eval_loss``, ...)
+    go too: they are not the path's. ``best_top1`` and ``best_epoch`` are recomputed as the path's
+    best over the history (the first record with the highest top-1; ``-inf`` and 0, the trainer's
+    "none yet", where the path was never evaluated), so the slim checkpoint never claims the full
+    net's best. Re-exporting the slim checkpoint then reports the path's accuracy, not the full net's.
+    """
+    if state is None:
+        return None
+    own = subnet == full_name
+    history = []
+    for record in state.get("history") or []:
+        top1 = path_top1(record, subnet, full_name)
+        kept = {key: value for key, value in record.items()
+                if not key.startswith("eval_top1") and (own or not key.startswith("eval_"))}
+        history.append(kept if top1 is None else {**kept, "eval_top1": top1})
+    evaluated = [record for record in history if record.get("eval_top1") is not None]
+    best = max(evaluated, key=lambda record: record["eval_top1"], default=None)  # max keeps the first
+    return {**state, "history": history,
+            "best_top1": -math.inf if best is None else best["eval_top1"],
+            "best_epoch": 0 if best is None else int(best.get("epoch", 0))}
 
 
 def _selection_split(ckpt: dict) -> str | None:
