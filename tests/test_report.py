@@ -231,3 +231,23 @@ def test_cli_bad_input_is_one_line(runs, tmp_path, capsys, case, words):
     assert case == "by" or str(path) in err
     assert all(word in err for word in words), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_depth_dynamic_run_gives_a_row_per_path(tmp_path):
+    """A ddnn run's sub-nets each get a row: the summary's per-path top-1, params and MACs, and that
+    path's logged top-1 curve; the full net keeps the run's best top-1, the others have none."""
+    data = {**BASE, "name": "ekd-seed0", "seed": 0, "output_dir": str(tmp_path / "runs"),
+            "student": {"model": "ddnn", "options": {"full": "resnet14", "subnets": ["resnet8"]}},
+            "losses": {"ekd": 1.0}}
+    summary = train_from_config(config_from_dict(data))
+    result = write_report([tmp_path / "runs"], out=tmp_path / "report")
+    rows = {g["label"]: g for g in result["groups"]}
+    assert sorted(rows) == ["ekd [resnet14]", "ekd [resnet8]"]
+    for name, row in (("resnet14", rows["ekd [resnet14]"]), ("resnet8", rows["ekd [resnet8]"])):
+        path = summary["paths"][name]
+        assert row["fields"]["student"] == name
+        assert [row["metrics"][m]["values"][0] for m in ("top1_last", "params", "macs")] == \
+            [path["top1_last"], path["params"], path["macs"]]
+    assert rows["ekd [resnet14]"]["metrics"]["top1_best"]["values"] == [summary["top1_best"]]
+    assert rows["ekd [resnet8]"]["metrics"]["top1_best"]["values"] == [None]
+    assert "1 run in 2 groups" in result["markdown"]

@@ -21,10 +21,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from kdforge.report import write_report
+    from kdforge.report.table import count_phrase
 
     result = write_report(args.runs, out=args.out, by=args.by)
-    n_runs = sum(len(group["runs"]) for group in result["groups"])
-    print(f"{n_runs} runs in {len(result['groups'])} groups\n")
+    print(f"{count_phrase(result['groups'])}\n")
     print(result["table"])
     for note in result["notes"]:
         print(f"note: {note}")

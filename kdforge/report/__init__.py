@@ -32,12 +32,13 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
     from kdforge.report.grouping import group_runs, parse_fields
     from kdforge.report.html_page import render_html
     from kdforge.report.metrics import group_record
+    from kdforge.report.paths import split_paths
     from kdforge.report.table import markdown_report, markdown_table
 
     folders, notes = find_runs(list(runs))
     if not folders:
         raise ConfigError("no runs given: name run folders (with summary.json) or folders of runs")
-    loaded, macs_cache = [read_run(folder) for folder in folders], {}
+    loaded, macs_cache = [part for folder in folders for part in split_paths(read_run(folder))], {}
     for run in loaded:
         run.teacher_model = teacher_architecture(run)
         run.macs = student_macs(run, macs_cache)

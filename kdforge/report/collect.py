@@ -23,6 +23,7 @@ class Run:
     epochs: list[dict[str, Any]]
     macs: int | None = None  # the student's MACs (summary, or counted from its checkpoint)
     teacher_model: str | None = None  # the teacher's architecture, '—' if unknown, None without a teacher
+    path_name: str | None = None  # one path of a depth-dynamic run (report/paths.py), None for a plain run
     notes: list[str] = field(default_factory=list)
 
     @property

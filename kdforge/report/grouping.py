@@ -78,6 +78,8 @@ def trajectory_key(run: Run) -> dict[str, Any]:
             model = run.teacher_model if role == "teacher" else section.get("model")
             section["checkpoint"] = {"run": strip_seed(checkpoint_run_name(section["checkpoint"])), "model": model}
     key["steps"] = run.summary.get("steps")
+    if run.path_name is not None:  # a depth-dynamic run's path: one group per path
+        key["path"] = run.path_name
     return key
 
 
@@ -144,7 +146,7 @@ def _label(groups: list[Group]) -> None:
     """The runs' common name without the seed marker, else '<method> <student>'; repeats get ' (2)', ' (3)', ..."""
     taken: set[str] = set()
     for group in groups:
-        names = {strip_seed(run.name) for run in group.runs}
+        names = {strip_seed(run.name) + (f" [{run.path_name}]" if run.path_name else "") for run in group.runs}
         base = names.pop() if len(names) == 1 and "" not in names else \
             f"{group.distinct('method')} {group.distinct('student')}"
         label, n = base, 1

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kdforge.report.table import HEADERS, row_cells
+from kdforge.report.table import HEADERS, count_phrase, row_cells
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
@@ -43,7 +43,6 @@ def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped
     """The page: header, table, figures (embedded), each group's run folders, notes."""
     e = html.escape
     when = when or datetime.now()
-    n_runs = sum(len(r["runs"]) for r in records)
     images = "\n".join(f'<h3>{e(name)}</h3>\n<img alt="{e(name)}" src="{data_uri(path)}">'
                        for name, path in figures.items())
     runs = "\n".join(f"<li><b>{e(r['label'])}</b>: " + ", ".join(f"<code>{e(p)}</code>" for p in r["runs"])
@@ -59,7 +58,7 @@ def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped
 </head>
 <body>
 <h1>kdforge report</h1>
-<p class="meta">{e(when.strftime("%Y-%m-%d %H:%M"))} · {n_runs} runs in {len(records)} groups,
+<p class="meta">{e(when.strftime("%Y-%m-%d %H:%M"))} · {count_phrase(records)},
 grouped by {e(grouped_by)} · <a href="#table">table</a> · <a href="#figures">figures</a> · <a href="#runs">runs</a></p>
 <h2 id="table">Results</h2>
 {_table(records)}

@@ -49,10 +49,15 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def count_phrase(records: list[dict[str, Any]]) -> str:
+    """'6 runs in 4 groups': run folders behind the rows (a depth-dynamic run fills one row per path)."""
+    runs = len({path for record in records for path in record["runs"]})
+    return f"{runs} run{'' if runs == 1 else 's'} in {len(records)} group{'' if len(records) == 1 else 's'}"
+
+
 def markdown_report(records: list[dict[str, Any]], grouped_by: str, notes: list[str]) -> str:
     """report.md: the table, then each group's run folders, then the notes."""
-    n_runs = sum(len(r["runs"]) for r in records)
-    parts = [f"# Run report\n\n{n_runs} runs in {len(records)} groups, grouped by {grouped_by}.\n",
+    parts = [f"# Run report\n\n{count_phrase(records)}, grouped by {grouped_by}.\n",
              markdown_table(records), "\n## Runs per group\n"]
     parts += [f"- **{_md_cell(r['label'])}**: " + ", ".join(f"`{path}`" for path in r["runs"]) for r in records]
     if notes:
