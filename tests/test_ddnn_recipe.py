@@ -32,7 +32,7 @@ def test_pipeline_table_reuse_and_refusal(tmp_path, capsys):
     args = ["ddnn", "--full", "resnet14", "--subnets", "resnet8", *TINY, "--out", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    runs = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").is_file())
     assert runs == ["alone-resnet14-seed0", "alone-resnet8-seed0", "ekd-seed0"]
     read = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in runs}
     ekd = read["ekd-seed0"]
@@ -57,7 +57,15 @@ def test_pipeline_table_reuse_and_refusal(tmp_path, capsys):
     assert [r["model"] for r in saved["rows"]] == ["resnet14", "resnet8"]
     assert saved["rows"][1]["ekd_top1"] == [ekd["paths"]["resnet8"]["top1_last"]]
 
-    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_dir()}
+    # the report: each EKD path a row beside the same depth trained alone, with the summaries' numbers
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    by_label = {g["label"]: g for g in report["groups"]}
+    assert sorted(by_label) == ["alone-resnet14", "alone-resnet8", "ekd [resnet14]", "ekd [resnet8]"]
+    for model in ("resnet14", "resnet8"):
+        assert by_label[f"ekd [{model}]"]["metrics"]["top1_last"]["values"] == [ekd["paths"][model]["top1_last"]]
+        assert by_label[f"alone-{model}"]["metrics"]["top1_last"]["values"] == [read[f"alone-{model}-seed0"]["top1_last"]]
+    assert str(tmp_path / "report" / "report.html") in out
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.iterdir() if p.name in runs}
     assert main(args) == 0  # again: every run is finished, nothing retrains
     assert stamps == {p: (p / "summary.json").stat().st_mtime_ns for p in stamps}
     assert "| resnet8 |" in capsys.readouterr().out

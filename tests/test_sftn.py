@@ -168,12 +168,15 @@ def test_pipeline_command_trains_both_teachers_and_reuses_finished_runs(tmp_path
     for row in ("| standard |", "| SFTN |"):
         assert row in table
     assert "student kd" in table and "student at" in table and "branch 0" in table
-    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    runs = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").is_file())
     assert runs == ["sftn-at-seed0", "sftn-kd-seed0", "sftn-teacher-seed0",
                     "standard-at-seed0", "standard-kd-seed0", "standard-teacher-seed0"]
+    # the report has a row per run: KD from the SFTN teacher and from the standard one stay apart
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sorted(g["label"] for g in report["groups"]) == [name[:-len("-seed0")] for name in runs]
     kd_summary = json.loads((tmp_path / "sftn-kd-seed0" / "summary.json").read_text())
     assert kd_summary["teacher"] == str(tmp_path / "sftn-teacher-seed0")
-    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_dir()}
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.iterdir() if p.name in runs}
     assert main(args) == 0  # again: every run is finished, nothing retrains
     assert stamps == {p: (p / "summary.json").stat().st_mtime_ns for p in stamps}
     assert "| SFTN |" in capsys.readouterr().out

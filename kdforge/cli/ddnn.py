@@ -57,5 +57,6 @@ def run(args) -> int:
                                bn=args.bn, ekd=ekd, independent=args.independent, progress=not args.no_progress)
     print()
     print(result["table"])
-    print(f"\nrun folders, results.md and results.json: {args.out}/")
+    print(f"\nrun folders, results.md and results.json: {args.out}/\n"
+          f"report on the runs (kdforge report): {result['report']['html']}")
     return 0

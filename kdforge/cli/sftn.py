@@ -54,7 +54,8 @@ def run(args) -> int:
                                progress=not args.no_progress)
     print()
     print(result["table"])
-    print(f"\nrun folders and results.md: {args.out}/")
+    print(f"\nrun folders and results.md: {args.out}/\n"
+          f"report on the runs (kdforge report): {result['report']['html']}")
     return 0
 
 

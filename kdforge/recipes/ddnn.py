@@ -24,6 +24,7 @@ from kdforge.models.complexity import format_macs
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.runs import check_folder, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
+from kdforge.report import write_report
 
 
 
@@ -31,7 +32,8 @@ def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base
                       seeds: tuple[int, ...] = (0, 1, 2), output_dir: str | Path = "runs/ddnn",
                       bn: str = "switchable", ekd: dict[str, Any] | None = None, independent: bool = True,
                       progress: bool = True) -> dict[str, Any]:
-    """Train everything; return {'rows', 'table'} and write results.md / results.json to `output_dir`.
+    """Train everything; return {'rows', 'table', 'report'} and write results.md / results.json, and
+    `kdforge report` on the runs (report/), to `output_dir`.
 
     `full`: a zoo ResNet; `subnets`: zoo names or per-stage depth lists (a depth list is trained
     independently only if it is a zoo model's layout); `bn`: shared | switchable | recalibrate;
@@ -56,7 +58,9 @@ def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base
     results = {"full": full, "subnets": plan["subnets"], "bn": bn, "ekd": plan["ekd"], "seeds": list(seeds),
                "independent": independent, "rows": rows, "s_per_epoch": time}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return {"rows": rows, "table": table}
+    runs = [Path(r["run_dir"]) for r in ekd_runs] + [Path(r["run_dir"]) for runs in alone.values() for r in runs]
+    report = write_report(runs, out=output_dir / "report")  # a row and a scatter point per depth, both ways
+    return {"rows": rows, "table": table, "report": report["files"]}
 
 
 def plan_ddnn(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[str, Any], seeds: Sequence[int],

@@ -18,6 +18,7 @@ from kdforge.methods import method_class
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.runs import SAME, run_once  # noqa: F401  (shared with the other recipes; SAME re-exported)
 from kdforge.recipes.stats import format_mean_std
+from kdforge.report import write_report
 
 KINDS = ("standard", "SFTN")
 
@@ -36,7 +37,8 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
                       seeds: tuple[int, ...] = (0, 1, 2), output_dir: str | Path = "runs/sftn",
                       sftn: dict[str, Any] | None = None, student_overrides: dict[str, Any] | None = None,
                       progress: bool = True) -> dict[str, Any]:
-    """Train everything; return {'rows', 'table'} and write results.md / results.json to `output_dir`.
+    """Train everything; return {'rows', 'table', 'report'} and write results.md / results.json, and
+    `kdforge report` on the runs (report/), to `output_dir`.
 
     `student_overrides` (a config mapping) applies to the students' runs only, e.g. the lower
     learning rate of ShuffleNet/MobileNet students: {"optim": {"lr": 0.01}}.
@@ -48,11 +50,13 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
     student_base = merge_configs(copy.deepcopy(base), student_overrides or {})
     teacher_losses = {"standard": {"ce": 1.0}, "SFTN": {"sftn": {"weight": 1.0, "student": student, **(sftn or {})}}}
     results: dict[str, dict[str, list]] = {kind: {} for kind in KINDS}
+    run_dirs: list[Path] = []
     for seed in seeds:
         for kind in KINDS:
             t = run_once(base, output_dir, f"{kind.lower()}-teacher-seed{seed}", seed=seed,
                          student={"model": teacher}, losses=teacher_losses[kind])
             row = results[kind]
+            run_dirs.append(Path(t["run_dir"]))
             row.setdefault("teacher", []).append(t["top1_last"])
             row.setdefault("s/epoch", []).append(t.get("train_time_s", t["wall_time_s"]) / max(t["epochs"], 1e-9))
             for name, value in _branch_top1(Path(t["run_dir"])).items():
@@ -61,10 +65,12 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
                 s = run_once(student_base, output_dir, f"{kind.lower()}-{method}-seed{seed}", seed=seed,
                              student={"model": student}, teacher={"checkpoint": t["run_dir"]}, losses=losses)
                 row.setdefault(f"student {method}", []).append(s["top1_last"])
+                run_dirs.append(Path(s["run_dir"]))
     table = _markdown(results, teacher, student, methods, len(seeds))
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return {"rows": results, "table": table}
+    report = write_report(run_dirs, out=output_dir / "report")
+    return {"rows": results, "table": table, "report": report["files"]}
 
 
 def _branch_top1(run_dir: Path) -> dict[str, float]:
