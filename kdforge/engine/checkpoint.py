@@ -7,6 +7,7 @@ renamed over the old one, so a crash mid-write never replaces a good checkpoint.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +24,40 @@ def first_line(exc: BaseException, limit: int) -> str:
     return (str(exc).strip().splitlines() or [""])[0].strip()[:limit]
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary path)` in `path`'s folder, flushed to disk, then renamed over `path`: a crash
+    leaves either the old file or the new one, never half of one (and a temporary that
+    `remove_stale_temporaries` clears)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path.parent)
     except OSError:
         pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj)` to `path` through `atomic_write`."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    atomic_write(path, save)
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:
@@ -114,14 +128,19 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
 
 def load_model(path: str | Path, which: str = "best", map_location: str | torch.device = "cpu"):
     """Rebuild the zoo model stored in a checkpoint; returns (model, checkpoint dict)."""
-    from kdforge.models import build_model
-
     ckpt = load_checkpoint(path, which, map_location)
     record = ckpt["model"]
     if not record:
         raise CheckpointError(f"{ckpt['path']} holds a custom model that is not in the zoo: build it "
                               f"yourself and load_state_dict(checkpoint['student'])")
-    model = build_model(record["name"], num_classes=record["num_classes"],
-                        in_channels=record["in_channels"], **record.get("options", {}))
+    model = model_from_record(record)
     load_weights(model, ckpt["student"], ckpt["path"])
     return model, ckpt
+
+
+def model_from_record(record: dict[str, Any]) -> nn.Module:
+    """A fresh zoo model as a checkpoint's model record ({name, num_classes, in_channels, options}) describes it."""
+    from kdforge.models import build_model
+
+    return build_model(record["name"], num_classes=record["num_classes"], in_channels=record["in_channels"],
+                       **(record.get("options") or {}))

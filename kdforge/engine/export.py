@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, run_folder
+from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, model_from_record, run_folder
 from kdforge.engine.export_formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
                                            write_torchscript)
 from kdforge.engine.export_metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
@@ -84,8 +84,6 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     Returns {path, format, model, params, macs, max_abs_diff, checked_with, metadata, subnet,
     full_net, checkpoint, which, image_size}; `macs` of one image of the checkpoint's data size.
     """
-    from kdforge.models import build_model
-
     if which not in ("last", "best"):
         raise ConfigError(f"which: 'last' or 'best', got {which!r}")
     if format not in FORMATS:
@@ -100,8 +98,7 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     _check_out(out, Path(origin))
 
     record = student.record
-    model = build_model(record["name"], num_classes=record["num_classes"], in_channels=record["in_channels"],
-                        **record.get("options", {}))
+    model = model_from_record(record)
     load_weights(model, student.state, origin)
     model.eval()
     metadata = _describe(model, student, net, ckpt, subnet, format, out)

@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import io
 import logging
-import os
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdforge.engine.checkpoint import first_line
+from kdforge.engine.checkpoint import atomic_write, first_line
 from kdforge.errors import CheckpointError, ConfigError
 
 #: format -> default file suffix
@@ -44,17 +43,6 @@ def require_onnx() -> None:
         except ImportError:
             raise ConfigError(f"--format onnx needs the optional onnx extra ({module} is not installed): "
                               f"{ONNX_EXTRA}") from None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary path)` in `path`'s folder, then rename it over `path`: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

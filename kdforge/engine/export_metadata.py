@@ -138,7 +138,7 @@ def _selection_split(ckpt: dict) -> str | None:
 
 def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     """Write `metadata` as indented JSON, atomically."""
-    from kdforge.engine.export_formats import atomic_write
+    from kdforge.engine.checkpoint import atomic_write
 
     text = json.dumps(metadata, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))

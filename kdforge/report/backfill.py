@@ -64,8 +64,8 @@ def student_macs(run: Run, cache: dict[str, int | None]) -> int | None:
 
 def _count_from_checkpoint(run: Run) -> int | None:
     from kdforge.errors import KDForgeError
-    from kdforge.engine.checkpoint import load_checkpoint
-    from kdforge.models import build_model, model_info
+    from kdforge.engine.checkpoint import load_checkpoint, model_from_record
+    from kdforge.models import model_info
     from kdforge.models.complexity import count_macs
 
     try:
@@ -73,8 +73,7 @@ def _count_from_checkpoint(run: Run) -> int | None:
         record, data = ckpt.get("model"), ckpt.get("data") or {}
         if not record:
             return None
-        model = build_model(record["name"], num_classes=record["num_classes"], in_channels=record["in_channels"],
-                            **record.get("options", {}))
+        model = model_from_record(record)
         size = data.get("image_size") or model_info(record["name"]).input_size
         return count_macs(model, size, data.get("in_channels") or record["in_channels"])
     except (KDForgeError, KeyError, TypeError, ValueError, RuntimeError):
