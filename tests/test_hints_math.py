@@ -10,6 +10,7 @@ from kdforge.hints import (
     METRICS, LayerClusters, cca_r2, cka_linear, cka_rbf, cluster_layers, distance_matrix, initial_centres,
     progress_total,
 )
+from kdforge.hints.similarity import squared_distances
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,6 +208,21 @@ def test_cka_rbf_zero_median_falls_back_to_mean_of_nonzero_distances(n, same):
     x[:same] = x[0]  # 28 of 45 (21 of 36) pairs are at distance 0: the median is 0
     expected = direct_cka(rbf_gram(x), rbf_gram(y))
     assert cka_rbf(x, y) == pytest.approx(expected, abs=1e-12)
+
+
+def test_squared_distances_are_exact_for_identical_and_near_identical_rows():
+    # large offsets: the Gram trick |a|^2 + |b|^2 - 2ab loses every digit of these distances, and on
+    # some BLAS builds gives identical rows a tiny non-zero distance (then a zero median goes unseen)
+    x = torch.randn(12, 5, dtype=torch.float64) * 1e3 + 5e3
+    x[1:6] = x[0]
+    x[7] = x[6] * (1 + 1e-9)
+    x[8] = x[6] * (1 - 3e-9)
+    direct = (x[:, None, :] - x[None, :, :]).square().sum(-1)
+    d2 = squared_distances(x)
+    assert bool((d2[:6, :6] == 0).all())  # exactly, whatever the BLAS rounds
+    assert bool((d2.diagonal() == 0).all())
+    assert d2[6, 7] > 0 and d2[6, 8] > 0
+    torch.testing.assert_close(d2, direct, rtol=1e-9, atol=0.0)
 
 
 def test_cka_rbf_median_with_tied_middle_values():

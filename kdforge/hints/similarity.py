@@ -30,6 +30,7 @@ from torch import Tensor
 METRICS = ("cca", "cka_linear", "cka_rbf")
 COMBINED = "combined"
 RANK_RTOL = 1e-6  # singular values <= RANK_RTOL * the largest count as zero (CCA basis)
+GRAM_RTOL = 1e-9  # squared distances the Gram trick gives below this share of the squared norms are recomputed
 
 Progress = Callable[[int], None] | None
 
@@ -147,13 +148,30 @@ def _rbf_bandwidth(sq_dists: Tensor, strict_upper: Tensor, sigma_frac: float) ->
     return sigma_frac * scale
 
 
+def squared_distances(x: Tensor) -> Tensor:
+    """(N, N) squared Euclidean distances between the rows of float64 `x`, the same on any BLAS.
+
+    The Gram trick |a|^2 + |b|^2 - 2 a.b is fast but rounds: identical rows may come out at a tiny
+    non-zero distance, and rows closer than its rounding error cannot be told apart. So identical
+    rows get exactly 0, and every other pair the trick cannot resolve (at most GRAM_RTOL of the
+    squared norms) is recomputed from the differences of the rows."""
+    sq = x.square().sum(1)
+    d2 = x @ x.T
+    d2.mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0.0)
+    _, group = torch.unique(x, dim=0, return_inverse=True)
+    same = group[:, None] == group[None, :]
+    unresolved = (d2 <= GRAM_RTOL * (sq[:, None] + sq[None, :])) & ~same
+    rows, cols = unresolved.nonzero(as_tuple=True)
+    for start in range(0, rows.numel(), 1 << 14):  # chunks bound the memory of the differences
+        i, j = rows[start:start + (1 << 14)], cols[start:start + (1 << 14)]
+        d2[i, j] = (x[i] - x[j]).square().sum(1)
+    return d2.masked_fill_(same, 0.0)
+
+
 def _rbf_centred_kernel(x: Tensor, sigma_frac: float, strict_upper: Tensor) -> Tensor | None:
     """H K H for the Gaussian kernel exp(-d^2 / (2 sigma^2)) of the rows of float64 `x`, with the
     median bandwidth; None when the kernel is constant (all rows equal)."""
-    xc = _centre(x)  # translation does not change distances; centring limits cancellation
-    sq = xc.square().sum(1)
-    d2 = xc @ xc.T
-    d2.mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0.0).fill_diagonal_(0.0)
+    d2 = squared_distances(_centre(x))  # translation does not change distances; centring limits cancellation
     sigma = _rbf_bandwidth(d2, strict_upper, sigma_frac)
     if sigma == 0.0:
         return None
