@@ -56,11 +56,13 @@ def test_stage_lists_of_different_lengths_pair_from_the_deepest():
     assert method.branch_from == [0, 1, 2]  # mobilenetv2 stage_names layer2, layer3, layer5 (of 4)
 
 
-def direct_loss(z_t, branch_logits, y, lambdas, T):
-    """The spec's formula written out: CE, KL(p_T || p_i) with p = softmax(z / T), summed over branches."""
+def direct_loss(z_t, branch_logits, y, lambdas, T, reduction):
+    """The formula written out: lambda_T CE(z_T, y) + lambda_KL R_i T^2 KL(p_T || p_i) + lambda_CE R_i CE(z_i, y),
+    p = softmax(z / T), R_i the mean or the sum over the branches (kimyuji/SFTN_kd: (kl1 + kl2) / 2, KL times T^2)."""
+    n = len(branch_logits) if reduction == "mean" else 1
     p_t = torch.softmax(z_t / T, 1)
-    kl = sum((p_t * (torch.log(p_t) - torch.log_softmax(z / T, 1))).sum(1).mean() for z in branch_logits)
-    ce = sum(F.cross_entropy(z, y) for z in branch_logits)
+    kl = sum((p_t * (torch.log(p_t) - torch.log_softmax(z / T, 1))).sum(1).mean() for z in branch_logits) * T * T / n
+    ce = sum(F.cross_entropy(z, y) for z in branch_logits) / n
     return {"teacher_ce": lambdas[0] * F.cross_entropy(z_t, y), "kl": lambdas[1] * kl, "branch_ce": lambdas[2] * ce}
 
 
@@ -70,10 +72,90 @@ def test_loss_equals_the_formula():
     y = torch.randint(0, 10, (6,))
     params = {"student": "resnet8", "lambda_t": 0.7, "lambda_kl": 3.0, "lambda_ce": 1.5, "T": 2.0}
     method, out = bound(trained, params, torch.randn(6, 3, 32, 32), y)
-    got = method(out)
-    want = direct_loss(out.student_logits, method.branch_logits(out), y, (0.7, 3.0, 1.5), 2.0)
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    assert len(method.branches) == 2 and method.branch_reduction == "mean"  # the default
+    branch_logits = method.branch_logits(out)
+    for reduction in ("mean", "sum"):
+        method.branch_reduction = reduction
+        got = method(out)
+        want = direct_loss(out.student_logits, branch_logits, y, (0.7, 3.0, 1.5), 2.0, reduction)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    assert build_method("sftn", {"student": "resnet8", "branch_reduction": "sum"}).branch_reduction == "sum"
+
+
+def test_branch_reduction_is_checked():
+    with pytest.raises(ConfigError, match="sftn.branch_reduction"):
+        build_method("sftn", {"student": "resnet8", "branch_reduction": "avg"})
+    from kdforge.methods.sftn import SFTN
+
+    with pytest.raises(ConfigError, match="sftn.branch_reduction"):
+        SFTN("resnet8", branch_reduction="avg")
+
+
+@pytest.mark.parametrize("teacher, student, points", [("resnet14", "resnet8", [0, 1]),
+                                                     ("resnet14", "mobilenetv2", [1, 2])])  # paired from the deepest
+def test_branch_is_the_students_stages_after_its_point(teacher, student, points):
+    """Given the student's weights and its own stage-i feature (no transform), branch i gives the student's logits."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    method, _ = bound(build_model(teacher, num_classes=10), {"student": student}, images)
+    reference = build_model(student, num_classes=10).eval()
+    names = reference.stage_names
+    with torch.no_grad(), FeatureTaps(reference, names) as taps:
+        want, feats = taps(images)
+    assert method.branch_from == points and len(method.branches) == 2
+    for branch, i in zip(method.branches, method.branch_from):
+        branch.student.load_state_dict(reference.state_dict())
+        branch.transform = torch.nn.Identity()
+        branch.eval()
+        with torch.no_grad():
+            got = branch(feats[names[i]])
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            for name in names[:i + 1]:  # the stages up to the branch point are not run ...
+                for p in branch.student.get_submodule(name).parameters():
+                    p.add_(1.0)
+            assert torch.equal(branch(feats[names[i]]), got)
+            for p in branch.student.get_submodule(names[i + 1]).parameters():  # ... the next one is
+                p.add_(1.0)
+            assert not torch.allclose(branch(feats[names[i]]), got)
+
+
+def test_transforms_follow_the_public_code():
+    """As kimyuji/SFTN_kd's FeatTrans: 1x1 conv at equal size, 3x3/2 conv to halve, 4x4/2 transposed to double."""
+    from torch import nn
+
+    from kdforge.methods.adapters import ConvRegressor
+    from kdforge.methods.sftn import branch_transform
+
+    x = {side: torch.randn(2, 16, side, side) for side in (4, 8, 12, 16)}
+    for (size_in, size_out), kind, kernel in [((8, 8), nn.Conv2d, 1), ((16, 8), nn.Conv2d, 3),
+                                              ((4, 8), nn.ConvTranspose2d, 4)]:
+        transform = branch_transform(16, 32, (size_in, size_in), (size_out, size_out))
+        conv, bn, relu = transform
+        assert type(conv) is kind and conv.kernel_size == (kernel, kernel)
+        assert conv.stride == ((1, 1) if size_in == size_out else (2, 2)) and conv.bias is None
+        assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 32 and isinstance(relu, nn.ReLU)
+        y = transform(x[size_in])
+        assert y.shape == (2, 32, size_out, size_out) and (y >= 0).all()
+    other = branch_transform(16, 32, (12, 12), (8, 8))  # a ratio that code does not handle
+    assert isinstance(other, ConvRegressor) and other(x[12]).shape == (2, 32, 8, 8)
+    method, _ = bound(build_model("resnet14", num_classes=10), {"student": "resnet8"}, torch.randn(2, 3, 32, 32))
+    assert [b.transform[0].kernel_size for b in method.branches] == [(1, 1), (1, 1)]  # equal sizes at both points
+
+
+def test_cli_takes_branch_reduction(tmp_path, capsys):
+    from kdforge.cli.args import method_overrides
+    from kdforge.cli.sftn import _check_before_training
+
+    sftn = method_overrides("sftn", ["branch_reduction=sum"], "--sftn", exclude=("student",))
+    assert sftn == {"branch_reduction": "sum"}
+    _check_before_training("resnet14", "resnet8", sftn)
+    assert build_method("sftn", {"student": "resnet8", **sftn}).branch_reduction == "sum"
+    args = ["sftn", "--teacher", "resnet14", "--student", "resnet8", "--methods", "kd", "--seeds", "0",
+            "--out", str(tmp_path / "out"), "--no-progress", "--sftn", "branch_reduction=avg"]
+    assert main(args) == 2
+    assert "branch_reduction" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before training
 
 
 def grads_after(trained, method, out, part):

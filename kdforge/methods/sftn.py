@@ -3,7 +3,7 @@ Distillation", NeurIPS 2021 (arXiv:2102.07650)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,32 @@ from kdforge.methods.kd import kd_loss
 from kdforge.methods.registry import register_method
 
 
+def branch_transform(in_channels: int, out_channels: int, in_size: tuple[int, int],
+                     out_size: tuple[int, int]) -> nn.Module:
+    """Transform T_i: the trained network's stage-i map -> the student's stage-i shape, conv + BN + ReLU.
+
+    As the public re-implementation (kimyuji/SFTN_kd, ``models/util.py: FeatTrans``) builds it:
+    1x1 conv at equal spatial size; 3x3 conv, stride 2, padding 1 when the teacher's map is
+    twice the student's; 4x4 transposed conv, stride 2, padding 1 when it is half. BN over the
+    student's channels (that code sizes it by the teacher's, which only runs when the channel
+    counts agree). The conv has no bias (BN cancels it). *Interpretation* for any other size
+    ratio, which that code does not handle: FitNet's `ConvRegressor` (resampling + 3x3 conv).
+    """
+    (hs, ws), (ht, wt) = tuple(in_size), tuple(out_size)
+    if (hs, ws) == (ht, wt):
+        conv: nn.Module = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+    elif (hs, ws) == (2 * ht, 2 * wt):
+        conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False)
+    elif (2 * hs, 2 * ws) == (ht, wt):
+        conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+    else:
+        return ConvRegressor(in_channels, out_channels, (hs, ws), (ht, wt), bn=True, relu=True)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
 class StudentBranch(nn.Module):
-    """Teacher feature at stage i -> transform (conv + BN + ReLU to the student's stage-i shape) ->
-    the student's stages after i and its classifier (weights of its own, dropped after training)."""
+    """Teacher feature at stage i -> transform T_i (`branch_transform`) -> the student's stages
+    after i and its classifier (weights of its own, dropped after training)."""
 
     def __init__(self, transform: nn.Module, student: nn.Module, stage: int):
         super().__init__()
@@ -43,16 +66,20 @@ class SFTN(Method):
     trained network; a custom branch architecture is registered with `register_model` and
     has `stage_names` and `forward_from`). Lists of different lengths are paired from the
     deepest stage. For every paired stage i but the last (or those in `branches`), a branch =
-    transform T_i (conv + BN + ReLU to the student's stage-i output shape, resampling the
-    spatial size) + the student's stages after i + its classifier (the branch's copy of the
-    student keeps its unused earlier stages: a little memory, no compute). The loss, for teacher
-    logits z_T and branch logits z_i:
+    transform T_i (`branch_transform`: 1x1 conv + BN + ReLU at equal spatial size) + the
+    student's stages after i + its classifier (the branch's copy of the student keeps its
+    unused earlier stages: a little memory, no compute). The loss, for teacher logits z_T and
+    the logits z_i of the n branches:
 
-        lambda_T CE(z_T, y) + lambda_KL sum_i KL(softmax(z_T / T) || softmax(z_i / T)) + lambda_CE sum_i CE(z_i, y)
+        lambda_T CE(z_T, y) + lambda_KL R_i T^2 KL(softmax(z_T / T) || softmax(z_i / T)) + lambda_CE R_i CE(z_i, y)
 
-    (the KL is not multiplied by T^2). By default z_T is not detached in the KL term, so the
-    teacher adapts to its branches (`detach_teacher: true` stops that); the branch terms
-    reach the teacher's blocks up to their branch point through the transforms. Use it
+    R = `branch_reduction`: ``mean`` (default; (1/n) sum_i, as kimyuji/SFTN_kd does) or ``sum``.
+    The T^2 factor is that code's too (no effect at its T = 1); the paper's own equation could
+    not be read here, so both are taken from that re-implementation, not from the paper.
+    By default z_T is not detached in the KL term, so the teacher adapts to its branches
+    (`detach_teacher: true` stops that), as in that code; the branch terms also reach the
+    teacher's blocks up to their branch point through the transforms (*interpretation*, from
+    the paper's joint training of teacher and branches; that code detaches the features). Use it
     alone: `losses: {sftn: 1.0}`. Branch weights live in this method (the checkpoint's
     `losses` part); the run's model, saved as usual, is a plain zoo teacher for any method.
     The top-1 of every branch is logged at each evaluation.
@@ -69,7 +96,8 @@ class SFTN(Method):
 
     def __init__(self, student: str, student_options: dict[str, Any] | None = None, lambda_t: float = 1.0,
                  lambda_kl: float = 3.0, lambda_ce: float = 1.0, T: float = 1.0, detach_teacher: bool = False,
-                 branches: list[int] | None = None, teacher_stages: list[str] | None = None):
+                 branches: list[int] | None = None, teacher_stages: list[str] | None = None,
+                 branch_reduction: Literal["mean", "sum"] = "mean"):
         super().__init__()
         if not student:
             raise ValueError("sftn: name the student architecture of the branches, e.g. {student: resnet8x4}")
@@ -77,6 +105,9 @@ class SFTN(Method):
             raise ValueError("sftn: temperature T must be positive")
         if min(lambda_t, lambda_kl, lambda_ce) < 0:
             raise ValueError("sftn: lambda_t, lambda_kl and lambda_ce must be >= 0")
+        if branch_reduction not in ("mean", "sum"):
+            raise ConfigError(f"sftn.branch_reduction: 'mean' or 'sum', got {branch_reduction!r}")
+        self.branch_reduction = branch_reduction
         self.student_name, self.student_options = student, dict(student_options or {})
         self.lambda_t, self.lambda_kl, self.lambda_ce, self.T = lambda_t, lambda_kl, lambda_ce, T
         self.detach_teacher = detach_teacher
@@ -138,8 +169,8 @@ class SFTN(Method):
             if source.dim() != 4 or target.dim() != 4:
                 raise LayerError(f"sftn: stage {i} gives {tuple(source.shape[1:])} (trained network) and "
                                  f"{tuple(target.shape[1:])} ({self.student_name}); a transform needs feature maps")
-            transform = ConvRegressor(source.shape[1], target.shape[1], tuple(source.shape[2:]),
-                                      tuple(target.shape[2:]), bn=True, relu=True)
+            transform = branch_transform(source.shape[1], target.shape[1], tuple(source.shape[2:]),
+                                         tuple(target.shape[2:]))
             branches.append(StudentBranch(transform, branch_student, i).to(images.device))
         self.branches = nn.ModuleList(branches)
 
@@ -153,8 +184,9 @@ class SFTN(Method):
         z_t = out.student_logits.float()
         target = z_t.detach() if self.detach_teacher else z_t
         branch = [z.float() for z in self.branch_logits(out)]
-        kl = torch.stack([kd_loss(z, target, self.T) / (self.T * self.T) for z in branch]).sum()
-        ce = torch.stack([F.cross_entropy(z, out.labels) for z in branch]).sum()
+        reduce = torch.mean if self.branch_reduction == "mean" else torch.sum
+        kl = reduce(torch.stack([kd_loss(z, target, self.T) for z in branch]))  # T^2 KL(p_T || p_i)
+        ce = reduce(torch.stack([F.cross_entropy(z, out.labels) for z in branch]))
         return {"teacher_ce": self.lambda_t * F.cross_entropy(z_t, out.labels),
                 "kl": self.lambda_kl * kl, "branch_ce": self.lambda_ce * ce}
 
