@@ -1,10 +1,11 @@
-"""AFD (Ji et al., AAAI 2021) and RTK (our interpretation, ../shared/specs/rtk.md).
+"""AFD (Ji et al., AAAI 2021) and RTK (our interpretation, docs/rtk.md).
 
 Checked against independent computations written out here: the LayerAttention logits rebuilt
 from the module's parameters (GAP, Linear, BatchNorm with running statistics, ReLU, bilinear,
 positional terms, / sqrt(dim), / temperature), the value maps with our own pooling, the
-representative-key mask with plain Python loops; plus exact identities (masked keys get 0.0 and no
-gradient, full attention when top_k >= n_t), a short engine run and the errors.
+representative-key mask with plain Python loops, RTK's n_t / n_s scale against AFD's; plus exact
+identities (masked keys get 0.0 and no gradient, full attention when top_k >= n_t), the default
+layers per family (the official AFD code's), a short engine run and the errors.
 """
 
 import json
@@ -23,6 +24,7 @@ from kdforge.features import FeatureTaps, expand_patterns
 from kdforge.methods import LossComposer, StepOutputs, build_method
 from kdforge.methods.adapters import resample_to
 from kdforge.methods.afd import LayerAttention, attention_value, value_distances
+from kdforge.methods.layers import default_layers
 from kdforge.methods.rtk import representative_keys
 from kdforge.models import build_model
 
@@ -270,9 +272,9 @@ def test_rtk_masked_pairs_get_zero_weight_and_no_gradient(train_mode, monkeypatc
     assert (alpha[:, :, 1] == 0.0).all()
     loss.backward()
     d_grad, l_grad = captured["D"].grad, captured["logits"].grad
-    # d loss / d D[b, s, t] = alpha[b, s, t] / N on kept pairs, exactly 0 on masked ones
+    # d loss / d D[b, s, t] = (n_t / n_s) alpha[b, s, t] / N on kept pairs, exactly 0 on masked ones
     assert (d_grad[~keep] == 0.0).all()
-    assert torch.allclose(d_grad[keep], alpha.detach()[keep] / 4, atol=1e-7)
+    assert torch.allclose(d_grad[keep], alpha.detach()[keep] / 4 * (3 / 2), atol=1e-7)
     assert (l_grad[~keep] == 0.0).all() and (l_grad[keep] != 0).any()
     # the teacher never gets a gradient; the student and the kept key heads do
     assert all(f.grad is None for f in t.values())
@@ -313,7 +315,7 @@ def test_rtk_loss_and_gradients_equal_a_version_without_masked_pairs(threshold):
             idx = torch.tensor(row)
             w = F.softmax(logits[b, i, idx], dim=0)
             ref = ref + (w * dist[b, i, idx]).sum()
-    ref = ref / 4
+    ref = ref / 4 * (len(t_list) / len(s_list))
     ref_grads = torch.autograd.grad(ref, [*s.values(), *params], allow_unused=True)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     for g, r in zip(grads, ref_grads):
@@ -336,10 +338,11 @@ def test_rtk_with_all_keys_is_full_attention(top_k):
     logits = m.attention(s_list, t_list) / 1.5
     assert keep.all()
     assert torch.equal(alpha, F.softmax(logits, dim=2))
-    full = (F.softmax(logits, dim=2) * value_distances(s_list, t_list)).sum(dim=(1, 2)).mean()
+    scale = len(t_list) / len(s_list)
+    full = (F.softmax(logits, dim=2) * value_distances(s_list, t_list)).sum(dim=(1, 2)).mean() * scale
     assert m(out).item() == pytest.approx(full.item(), rel=1e-6)
     manual = F.softmax(manual_logits(m.attention, s_list, t_list) / 1.5, dim=2)
-    expected = (manual * own_distances(s_list, t_list)).sum(dim=(1, 2)).mean()
+    expected = (manual * own_distances(s_list, t_list)).sum(dim=(1, 2)).mean() * scale
     assert m(out).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -426,13 +429,126 @@ def test_rtk_loss_matches_direct_computation(top_k, threshold, temperature):
             z = sum(math.exp(logits[b, i, j].item()) for j in row)
             total += sum(math.exp(logits[b, i, j].item()) / z * dist[b, i, j].item() for j in row)
     out = step(t, s, 4)
-    assert m(out).item() == pytest.approx(total / 4, rel=1e-5)
+    assert m(out).item() == pytest.approx(total / 4 * len(t_list) / len(s_list), rel=1e-5)
     _, keep = m.layer_weights(out)
     assert torch.equal(keep, mask_of(kept, len(t_list)))
 
 
+# ----------------------------------------------------------------------------- 5b. equal weights, same scale
+def uniform_attention(m) -> None:
+    """Every logit 0 (eval mode, zero bilinear BatchNorm affine, zero positional terms): uniform weights."""
+    randomize_bn(m.attention)
+    with torch.no_grad():
+        m.attention.bilinear[1].weight.zero_()
+        m.attention.bilinear[1].bias.zero_()
+        m.attention.pos_query.zero_()
+        m.attention.pos_key.zero_()
+
+
+SIX_T = {f"t{i}": (4 + i, 8 // 2 ** (i // 2), 8 // 2 ** (i // 2)) for i in range(6)}
+
+
+@pytest.mark.parametrize("t_shapes, s_shapes", [(T_SHAPES, S_SHAPES), (S_SHAPES, T_SHAPES), (SIX_T, S_SHAPES)])
+def test_afd_and_rtk_at_equal_weight_have_the_same_scale(t_shapes, s_shapes):
+    """With uniform weights AFD = sum_t mean_s D and RTK = (n_t / n_s) sum_s mean_t D: both (1 / n_s) sum D."""
+    torch.manual_seed(len(t_shapes))
+    t, s = random_feats(t_shapes, 4), random_feats(s_shapes, 4)
+    n_t, n_s = len(t), len(s)
+    afd, rtk = make("afd", t, s), make("rtk", t, s, top_k=n_t)
+    uniform_attention(afd)
+    uniform_attention(rtk)
+    out = step(t, s, 4)
+    assert torch.allclose(afd.layer_weights(out)[0], torch.full((4, n_t, n_s), 1 / n_s))
+    assert torch.allclose(rtk.layer_weights(out)[0], torch.full((4, n_s, n_t), 1 / n_t))
+    d = own_distances(list(s.values()), list(t.values())).tolist()  # [b][s][t]
+    afd_direct = sum(d[b][i][j] / n_s for b in range(4) for j in range(n_t) for i in range(n_s)) / 4
+    rtk_direct = n_t / n_s * sum(d[b][i][j] / n_t for b in range(4) for i in range(n_s) for j in range(n_t)) / 4
+    assert afd(out).item() == pytest.approx(afd_direct, rel=1e-5)
+    assert rtk(out).item() == pytest.approx(rtk_direct, rel=1e-5)
+    assert rtk(out).item() == pytest.approx(afd(out).item(), rel=1e-5)
+    unscaled = sum(d[b][i][j] / n_t for b in range(4) for i in range(n_s) for j in range(n_t)) / 4
+    assert rtk(out).item() == pytest.approx(unscaled * n_t / n_s, rel=1e-5)  # not the unscaled sum (n_s != n_t)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_afd_and_rtk_lie_in_n_t_times_the_distance_range(seed):
+    """Any weights: both losses are n_t times a convex combination of the distances of an image."""
+    torch.manual_seed(seed)
+    t, s = random_feats(SIX_T, 1), random_feats(S_SHAPES, 1)
+    afd, rtk = make("afd", t, s), make("rtk", t, s, top_k=2, threshold=0.1)
+    randomize_bn(afd.attention)
+    randomize_bn(rtk.attention)
+    d = own_distances(list(s.values()), list(t.values()))
+    lo, hi = len(t) * d.min().item(), len(t) * d.max().item()
+    out = step(t, s, 1)
+    for loss in (afd(out).item(), rtk(out).item()):
+        assert lo * (1 - 1e-5) <= loss <= hi * (1 + 1e-5)
+
+
 # ----------------------------------------------------------------------------- real models, layers
-def test_default_layers_are_every_block_and_globs_expand():
+WRN_16_2_TAPS = ["layer1.1.relu1", "layer2.0.relu1", "layer2.1.relu1", "layer3.0.relu1", "layer3.1.relu1", "relu"]
+
+
+@pytest.mark.parametrize("name", ["afd", "rtk"])
+def test_wrn_default_layers_are_the_bn_relu_features(name):
+    """Official AFD code, WRN: its features 1..(d-4)/2 are relu(bn1(x)) of blocks 2.. and the final relu(bn1(out))."""
+    student, teacher = build_model("wrn_16_2"), build_model("wrn_40_2")
+    m = build_method(name, {})
+    m.bind(student, teacher)
+    assert m.student_layers == WRN_16_2_TAPS
+    expected = [f"layer{i}.{j}.relu1" for i in (1, 2, 3) for j in range(6)][1:] + ["relu"]
+    assert m.teacher_layers == expected and len(expected) == 18
+
+
+def test_wrn_default_taps_hold_bn_relu_of_each_block_output():
+    torch.manual_seed(0)
+    model = build_model("wrn_16_2", num_classes=10)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.normal_()
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.normal_()
+                bn.bias.normal_()
+    model.eval()
+    taps, blocks = default_layers(model, "attention"), model.block_names
+    assert taps == WRN_16_2_TAPS
+    with FeatureTaps(model, taps + blocks) as tapper, torch.no_grad():
+        _, feats = tapper(torch.randn(2, 3, 32, 32))
+    bns = [model.get_submodule(b).bn1 for b in blocks[1:]] + [model.bn1]
+    for tap, block, bn in zip(taps, blocks, bns):
+        x = feats[block].double()
+        c = lambda t: t.detach().double()[None, :, None, None]  # noqa: E731
+        expected = ((x - c(bn.running_mean)) / torch.sqrt(c(bn.running_var) + bn.eps) * c(bn.weight)
+                    + c(bn.bias)).clamp(min=0.0)
+        assert torch.allclose(feats[tap].double(), expected, rtol=1e-4, atol=1e-5), tap
+        assert (feats[block] < 0).any() and not torch.allclose(feats[tap], feats[block])  # not the raw sum
+
+
+@pytest.mark.parametrize("model_name, expected", [
+    ("resnet110", [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(1, 18, 2)]),  # official: every second block
+    ("resnet56", [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(9)]),
+    ("resnet20", [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]),
+    ("resnet32", [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(5)]),
+    ("resnet8x4", ["layer1.0", "layer2.0", "layer3.0"]),
+    ("resnet32x4", [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(5)]),
+])
+def test_resnet_default_layers_follow_the_official_code(model_name, expected):
+    model = build_model(model_name)
+    assert default_layers(model, "attention") == expected
+    for name in ("afd", "rtk"):
+        m = build_method(name, {})
+        m.bind(model, model)
+        assert m.teacher_layers == m.student_layers == expected
+
+
+@pytest.mark.parametrize("model_name", ["resnet50", "vgg8", "mobilenetv2", "shufflenetv2", "resnet18_imagenet"])
+def test_other_families_default_to_every_block_output(model_name):
+    model = build_model(model_name)
+    assert default_layers(model, "attention") == model.block_names and len(model.block_names) <= 27
+
+
+def test_default_layers_of_small_resnets_are_every_block_and_globs_expand():
     student, teacher = build_model("resnet8", num_classes=10, in_channels=1), build_model("resnet14", num_classes=10,
                                                                                           in_channels=1)
     for name in ("afd", "rtk"):

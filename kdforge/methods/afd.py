@@ -80,16 +80,21 @@ class AFD(Method):
     For teacher layer t, alpha[t, :] = softmax over student layers of `LayerAttention` logits
     (teacher layers ask, student layers answer); loss = mean over the batch of
     sum_t sum_s alpha[t, s] * mean_positions (v(F_s) - v(F_t))^2, with v the L2-normalised
-    channel mean of F^2 and the student's map resampled to the teacher's size. The usual
-    setting is CE + 0.9 KD (T = 4) + 200 AFD. Default layers: every block output of both models.
+    channel mean of F^2 and the student's map resampled to the teacher's size: a sum over the
+    n_t teacher layers of one convex combination each, as the official code (so its scale is
+    n_t times a typical distance; `rtk` is scaled to match). The usual setting is
+    CE + 0.9 KD (T = 4) + 200 AFD. Default layers, per family as in the official code
+    (`layers.attention_taps`): WRN the BN-ReLU'd features, ResNets their block outputs
+    (ResNet-110 every second block).
     """
 
     name = "afd"
     paper = ("Ji, Heo & Park, Show, Attend and Distill: Knowledge Distillation via Attention-based "
              "Feature Matching, AAAI 2021")
-    default_taps = "every block output of both models, all pairs weighted by attention"
+    default_taps = ("the official AFD code's layers (WRN: BN-ReLU'd block features; ResNet: block outputs, "
+                    "ResNet-110 every second), all pairs weighted by attention")
     typical_weight = 200.0
-    layer_kind = "blocks"
+    layer_kind = "attention"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  dim: int = 128):

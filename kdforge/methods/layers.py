@@ -15,7 +15,10 @@ from kdforge.errors import LayerError
 from kdforge.features import expand_patterns
 
 #: what a method can ask for by default
-KINDS = ("stages", "stages_preact", "blocks", "embedding", "logits")
+KINDS = ("stages", "stages_preact", "blocks", "attention", "embedding", "logits")
+
+#: a ResNet with more blocks than this taps every second block for AFD (the official code's ResNet-110 rule)
+AFD_MAX_BLOCKS = 27
 
 
 def _attribute(model: nn.Module, name: str):
@@ -51,6 +54,36 @@ def block_outputs(model: nn.Module) -> list[str]:
     return list(_attribute(model, "block_names"))
 
 
+def attention_taps(model: nn.Module) -> list[str]:
+    """AFD's and RTK's candidate layers, per family, as in the official AFD code
+    (Ji, Heo & Park, AAAI 2021; github.com/clovaai/attention-feature-distillation, `LAYER` in utils.py):
+
+    * pre-activation WRN (`WideResNet`): the BN-ReLU'd features, not the raw residual sums: the
+      ``relu1`` output (relu(bn1(x))) of every block but the first (so each block's output after the
+      BN-ReLU that follows it), then the final ``relu`` (relu(bn1(out))); WRN-40-2 18, WRN-16-2 6;
+    * `ResNet`: every block output (post-ReLU), as the official code for resnet20/56 and ResNet-18/34;
+      with more than `AFD_MAX_BLOCKS` blocks, every second block ending with the last, as the official
+      code for ResNet-110 (27 of its 54 blocks). Applying that rule by block count is our generalisation;
+      of the zoo only resnet110 has so many blocks;
+    * every other family (the official code has none of them; our choice): every block output.
+    """
+    from kdforge.models.resnet import ResNet
+    from kdforge.models.wrn import WideResNet
+
+    blocks = block_outputs(model)
+    if isinstance(model, WideResNet):
+        taps = [f"{b}.relu1" for b in blocks[1:]] + ["relu"]
+        modules = dict(model.named_modules())
+        missing = [t for t in taps if t not in modules]
+        if missing:
+            raise LayerError(f"{type(model).__name__} has no module {missing[0]!r} to tap its BN-ReLU'd "
+                             f"features; give the layers by name")
+        return taps
+    if isinstance(model, ResNet) and len(blocks) > AFD_MAX_BLOCKS:
+        return blocks[(len(blocks) - 1) % 2::2]
+    return blocks
+
+
 def embedding(model: nn.Module) -> list[str]:
     """The pooled feature vector: the classifier's input."""
     return [_attribute(model, "classifier_name") + ":input"]
@@ -63,6 +96,8 @@ def default_layers(model: nn.Module, kind: str) -> list[str]:
         return stage_ends_preact(model)
     if kind == "blocks":
         return block_outputs(model)
+    if kind == "attention":
+        return attention_taps(model)
     if kind == "embedding":
         return embedding(model)
     if kind == "logits":

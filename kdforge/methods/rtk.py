@@ -1,9 +1,10 @@
 """Yang, Kao & Huang, "Representative Teacher Keys for Knowledge Distillation Model Compression
 Based on Attention Mechanism for Image Classification" (arXiv:2206.12788, 2022).
 
-Only the abstract is public: RTK weighs teacher and student feature maps by their similarity
-and filters out useless teacher information. The mechanism below is our interpretation
-(../shared/specs/rtk.md), built on AFD (`afd.py`).
+The paper is public; this implementation is our reading of its abstract and introduction only:
+RTK weighs teacher and student feature maps by their similarity and filters out useless teacher
+information. Every mechanism below (roles, top-k / threshold masking, temperature, the loss and
+its n_t / n_s scale) is our interpretation, built on AFD (`afd.py`); docs/rtk.md lists them.
 """
 
 from __future__ import annotations
@@ -38,14 +39,20 @@ class RTK(AFD):
     only the `top_k` most similar teacher keys are kept, and with `threshold` > 0 only those among
     them whose full-softmax weight reaches it; the others are masked out before the softmax, so they
     get exactly zero weight and no gradient. Loss: mean over the batch of
-    sum_s sum_{t kept} alpha[s, t] * mean_positions (v(F_s) - v(F_t))^2 (v as in AFD). With
-    top_k >= the number of teacher layers and threshold 0 it is full attention.
+    (n_t / n_s) * sum_s sum_{t kept} alpha[s, t] * mean_positions (v(F_s) - v(F_t))^2 (v as in AFD).
+    With top_k >= the number of teacher layers and threshold 0 it is full attention.
+
+    Scale (our choice): RTK's weights sum to 1 per student layer, AFD's per teacher layer, so the
+    unscaled sum would be n_s / n_t of AFD's at equal weight (1/3 for WRN-40-2 -> WRN-16-2). The
+    factor n_t / n_s makes it n_t times the mean over student layers, as AFD is n_t times the mean
+    over teacher layers: with uniform weights both equal (1 / n_s) sum_{s,t} D[s, t], so the same
+    `weight` (AFD's 200) means the same loss scale.
     """
 
     name = "rtk"
     paper = ("Yang, Kao & Huang, Representative Teacher Keys for Knowledge Distillation Model Compression "
              "Based on Attention Mechanism for Image Classification, arXiv:2206.12788 (2022)")
-    default_taps = "every block output of both models; each student layer keeps its top-k teacher keys"
+    default_taps = "AFD's layers (per family, as the official AFD code); each student layer keeps its top-k keys"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,
                  dim: int = 128, top_k: int = 2, threshold: float = 0.0, temperature: float = 1.0):
@@ -75,4 +82,4 @@ class RTK(AFD):
         s_feats, t_feats = self._features(out)
         alpha, keep = self.layer_weights(out)
         weighted = (alpha * value_distances(s_feats, t_feats)).masked_fill(~keep, 0.0)
-        return weighted.sum(dim=(1, 2)).mean()
+        return weighted.sum(dim=(1, 2)).mean() * (len(t_feats) / len(s_feats))  # AFD's scale, see the class doc
