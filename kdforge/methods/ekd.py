@@ -1,7 +1,11 @@
 """Zhao, Lyu, Zhang, Xu & Cheng, "Embedded Knowledge Distillation in Depth-Level Dynamic Neural
 Network" (arXiv:2103.00793, 2021).
 
-Only the abstract is public; the loss below is our reading (../shared/specs/ddnn_ekd.md).
+The paper is public. This implementation is our reading of its abstract and introduction: the
+full net teaches its sub-nets online, with a KL term between their class posteriors and a
+self-attention distillation term on features of the same resolution. Everything those do not
+fix (the weights, T and its T^2 factor, which targets are detached, the attention map) is ours
+and marked *interpretation* below and in docs/ddnn.md.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ class EKD(Method):
               + lambda_kl * T^2 * KL(softmax(z_full / T) || softmax(z_k / T))
               + lambda_at * sum_s mean_batch || A(F_full,s) - A(F_k,s) ||^2 ]
 
-    with the full net's logits and stage outputs detached, A = `self_attention` of a stage
-    output (same resolution for every path). Sub-nets start from the full net's output of
+    The KL and attention terms are the paper's; their form here is an *interpretation*: the
+    sub-nets' CE, the weights, the T^2 factor (as in Hinton et al.), the full net's logits and
+    stage outputs detached in both terms (they teach, only their own CE trains them), and
+    A = `self_attention` of a stage output (same resolution for every path; 'at' by default,
+    'softmax' as in SAD), summed over the stages. Sub-nets start from the full net's output of
     their last first-stage block (`DepthDynamicNet.branch_tap`), so the stem and that part of
     the first stage run once per step. Every evaluation reports each sub-net's top-1.
     `subnets` picks the sub-nets to train (default: all of the network's). T defaults to 1: the

@@ -2,7 +2,7 @@
 
 Zhao, Lyu, Zhang, Xu & Cheng, "Embedded Knowledge Distillation in Depth-Level Dynamic
 Neural Network" (arXiv:2103.00793). A sub-net keeps the stage structure of the full net
-and, in each stage, its first n_s blocks (our reading: only the abstract is public), so a
+and, in each stage, its first n_s blocks (our reading of the paper's abstract and introduction: an interpretation), so a
 CIFAR resnet56 [9, 9, 9] holds resnet44 [7, 7, 7], resnet32 and resnet20, and the ImageNet
 resnet34 [3, 4, 6, 3] holds resnet18 [2, 2, 2, 2]. Because a sub-net is the plain
 architecture's exact layout, `export_subnet` gives a state dict that the plain zoo model
