@@ -7,6 +7,7 @@ lists the same entries with the messages.
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -77,6 +78,16 @@ def paths(tmp_path_factory) -> dict[str, str]:
                                                  b"coarse_labels": [0, 20]}))
     _svhn(tmp / "svhn_truncated", np.ones((50, 1), np.uint8), truncate=True)
     _svhn(tmp / "svhn_label11", np.array([[1], [11]], np.uint8))
+    # 12-13. non-finite numbers, files where folders belong (and back), text that is not UTF-8
+    (tmp / "afile").write_text("not a folder\n")
+    (tmp / "runs" / "afile").write_text("not a run folder\n")
+    (tmp / "nan.yaml").write_text("optim:\n  lr: .nan\n")
+    (tmp / "latin1.yaml").write_bytes("name: café\n".encode("latin-1"))
+    (tmp / "utf16.json").write_bytes('{"format": "x"}'.encode("utf-16"))
+    (tmp / "imgf").mkdir()
+    (tmp / "imgf" / "test").write_text("a split folder written as a file\n")
+    _cifar10(tmp / "batch_dir" / "cifar-10-batches-py", test_batch=None)
+    (tmp / "batch_dir" / "cifar-10-batches-py" / "test_batch").mkdir()
     return out
 
 
@@ -169,6 +180,56 @@ CATALOGUE = [
         "num_classes=10", "has 100", id="teacher-num-classes"),
     row(["eval", "{teacher}", "--data", "cifar100", "--root", "{tmp}/c100"], "for 10 classes", "100 classes",
         id="eval-num-classes"),
+    # 12. non-finite numbers: .nan/.inf, or nan/inf as text, in any float field
+    row(train("optim.lr=.nan"), "optim.lr", "finite", id="lr-nan"),
+    row(train("optim.lr=inf"), "optim.lr", "finite", id="lr-inf-as-text"),
+    row(train("optim.lr='nan'"), "optim.lr", "finite", id="lr-nan-quoted"),
+    row(train("schedule.gamma=-.inf"), "schedule.gamma", "finite", id="gamma-minus-inf"),
+    row(train("schedule.warmup_epochs=.inf"), "schedule.warmup_epochs", "finite", id="warmup-inf"),
+    row(train("optim.betas=[0.9,.nan]"), "optim.betas[1]", "finite", id="betas-nan"),
+    row(train("optim.lr_groups.fc=.inf"), "optim.lr_groups.fc", "finite", id="lr-group-inf"),
+    row(train("train.teacher_cache_max_gb=.nan"), "train.teacher_cache_max_gb", "finite", id="cache-size-nan"),
+    row(train("losses.ce=.nan"), "losses.ce", "finite", id="loss-weight-nan"),
+    row(train("teacher.checkpoint={teacher}", "losses.kd.T=.nan"), "losses.kd.T", "finite",
+        id="method-parameter-nan"),
+    row(["train", "{tmp}/nan.yaml"], "optim.lr", "finite", id="config-file-nan"),
+    row(train("data.name=imagefolder", "data.root={tmp}/empty", "data.options.mean=[.nan,0,0]",
+              "data.options.std=[1,1,1]"), "imagefolder", "mean", "finite", id="data-option-mean-nan"),
+    row(train("data.name=imagefolder", "data.root={tmp}/empty", "data.options.image_size=.nan"), "imagefolder",
+        "image_size", "positive integer", id="data-option-size-nan"),
+    # 13. a file where a folder belongs, a folder where a file belongs, text that is not UTF-8
+    row(["train", "{tmp}/latin1.yaml"], "config file {tmp}/latin1.yaml", "not UTF-8 text", id="config-not-utf8"),
+    row(["train", "{tmp}/empty"], "config file {tmp}/empty", "folder", id="config-file-is-a-folder"),
+    row(train("output_dir={tmp}/afile"), "output_dir", "{tmp}/afile is a file", id="output-dir-is-a-file"),
+    row(train("name=afile"), "name", "{tmp}/runs/afile is a file", id="run-folder-is-a-file"),
+    row(train("name=''"), "name", "''", "not a folder name inside output_dir", id="run-name-empty"),
+    row(train("name=../escape"), "name", "'../escape'", "not a folder name inside output_dir",
+        id="run-name-outside-output-dir"),
+    row(train("data.name=cifar10", "data.root={tmp}/afile"), "'{tmp}/afile' is not a folder",
+        id="data-root-is-a-file"),
+    row(train("data.name=imagefolder", "data.root={tmp}/afile"), "'{tmp}/afile' is a file, not a folder",
+        id="imagefolder-root-is-a-file"),
+    row(train("data.name=imagefolder", "data.root={tmp}/imgf", "data.train_split=test"),
+        "split folder '{tmp}/imgf/test' is a file, not a folder", id="imagefolder-split-is-a-file"),
+    row(train("data.name=cifar10", "data.root={tmp}/batch_dir"), "cifar-10-batches-py/test_batch' is a folder",
+        id="data-file-is-a-folder"),
+    row(train("teacher.checkpoint={tmp}/empty", "losses.kd=0.9"), "run folder {tmp}/empty has no checkpoints",
+        "train it first", id="teacher-checkpoint-folder-without-checkpoints"),
+    row(train("teacher.checkpoint={tmp}/afile", "losses.kd=0.9"), "{tmp}/afile cannot be read",
+        id="teacher-checkpoint-text-file"),
+    row(["ddnn", "--full", "resnet14", "--subnets", "resnet8", "--out", "{tmp}/afile/ddnn"], "--out {tmp}/afile/ddnn",
+        "{tmp}/afile is a file", id="recipe-out-under-a-file"),
+    row(["sftn", "--out", "{tmp}/afile"], "--out {tmp}/afile", "is a file, not a folder", id="recipe-out-is-a-file"),
+    row(["export", "{tmp}/empty"], "run folder {tmp}/empty has no checkpoints", "checkpoints/last.pt is missing",
+        "train it first", id="export-without-checkpoints"),
+    row(["eval", "{tmp}/empty"], "run folder {tmp}/empty has no checkpoints", "train it first",
+        id="eval-without-checkpoints"),
+    row(train("teacher.checkpoint={teacher}", "losses.fitnet=1", "hints.select={tmp}/nothere.json"),
+        "hint selection {tmp}/nothere.json does not exist", "kdforge hints", id="hints-file-missing"),
+    row(train("teacher.checkpoint={teacher}", "losses.fitnet=1", "hints.select={tmp}/utf16.json"),
+        "hint selection {tmp}/utf16.json cannot be read", "utf-8", id="hints-file-not-utf8"),
+    row(train("teacher.checkpoint={teacher}", "losses.fitnet=1", "hints.select={tmp}/empty"),
+        "hint selection {tmp}/empty is a folder", id="hints-file-is-a-folder"),
 ]
 
 
@@ -190,3 +251,28 @@ def test_debug_shows_the_traceback(before, paths, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("Traceback") and "ConfigError" in err
     assert err.splitlines()[-1].startswith("kdforge train: error: unknown config key 'optim.lrr'")
+
+
+@pytest.mark.parametrize("argv", [["export", "{tmp}/empty"], ["eval", "{tmp}/empty"],
+                                  train("teacher.checkpoint={tmp}/empty", "losses.kd=0.9")],
+                         ids=["export", "eval", "teacher"])
+def test_missing_checkpoint_is_named_once(argv, paths, capsys):
+    """A run folder without checkpoints: each file name once (it was 'checkpoints/last.pt or checkpoints/last.pt')."""
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("last.pt") == 1 and err.count("best.pt") <= 1, err
+
+
+def test_class_folder_name_not_utf8(paths, tmp_path, capsys):
+    """An imagefolder class folder whose name is not UTF-8 (it would become a class name in the checkpoint)."""
+    split = tmp_path / "latin" / "train"
+    split.mkdir(parents=True)
+    try:
+        os.mkdir(os.fsencode(split) + b"/caf\xe9")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not keep names that are not UTF-8")
+    argv = [a.format(**paths) for a in train("data.name=imagefolder", f"data.root={tmp_path / 'latin'}")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"class folder '{split}/caf" in err and "not UTF-8" in err and "b'caf\\xe9'" in err, err

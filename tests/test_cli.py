@@ -81,3 +81,53 @@ def test_train_then_eval(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "eval", str(tmp_path / "tiny"), "--json")
     assert code == 0
     assert json.loads(out)["top1"] == pytest.approx(summary["top1_last"])
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_methods_listing_fits_the_terminal(columns, capsys, monkeypatch):
+    """No line wider than COLUMNS; papers are wrapped, not cut; left-out columns are named."""
+    from kdforge.methods import method_class, method_names
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0
+    assert max(map(len, out.splitlines())) <= columns
+    starts = {line.split()[0] for line in out.splitlines() if line.strip()}
+    for name in method_names():
+        assert name in starts and _flat(method_class(name).paper) in _flat(out)
+    assert "taps by default" in _flat(out) and "kdforge methods NAME" in out
+
+
+def test_methods_wide_listing_has_every_column(capsys, monkeypatch):
+    """Wide enough, nothing is left out: sftn's required `student` reads 'required'."""
+    monkeypatch.setenv("COLUMNS", "600")
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0
+    header = out.splitlines()[0].split("  ")
+    assert [h.strip() for h in header if h.strip()] == ["method", "teacher", "hints", "weight", "taps by default",
+                                                         "defaults", "paper"]
+    assert "student=required" in out and "inspect" not in out and "Left out" not in out
+
+
+def test_methods_detail_shows_everything(capsys, monkeypatch):
+    """`kdforge methods NAME`: the whole description, every parameter with its default, the paper,
+    and a config example in which a required parameter is marked as such."""
+    import inspect
+
+    from kdforge.methods import method_class, method_params
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for name in ("ekd", "sftn"):
+        code, out, _ = run_cli(capsys, "methods", name)
+        assert code == 0
+        cls = method_class(name)
+        assert _flat(inspect.getdoc(cls)) in _flat(out) and _flat(cls.paper) in _flat(out)
+        rows = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line[:1].isalpha()}
+        for p in method_params(name):
+            wanted = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+            assert rows[p.name] == wanted
+    assert "      student: <required str>" in out.splitlines() and "inspect" not in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -25,13 +26,25 @@ def add_recipe_arguments(p: argparse.ArgumentParser, out: str, out_help: str) ->
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_out_folder(path: str | Path, flag: str = "--out") -> None:
+    """A one-line ConfigError when `path`, or a folder above it, is a file: the command could not make
+    its output folder there (and would fail with a traceback after its first run)."""
+    from kdforge.errors import ConfigError
+
+    path = Path(path)
+    for folder in [*reversed(path.parents), path]:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder; give a folder for the results")
+
+
 def recipe_base(args, default: dict) -> dict:
     """A recipe's shared settings: `default` without config files, else the files merged in order;
-    then `--set` overrides (`args.overrides`) and `--epochs`."""
+    then `--set` overrides (`args.overrides`) and `--epochs`. Checks `--out` first."""
     import copy
 
     from kdforge.config import merge_configs, parse_override, read_yaml, set_by_path
 
+    check_out_folder(args.out)
     base: dict = copy.deepcopy(default) if not args.config else {}
     for path in args.config:
         base = merge_configs(base, read_yaml(path))

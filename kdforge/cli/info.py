@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import shutil
+import textwrap
 from types import SimpleNamespace
 
 from kdforge.cli.args import positive_int
@@ -69,10 +71,16 @@ models_command = SimpleNamespace(add_parser=_add_models)
 # ----------------------------------------------------------------------------- methods
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list the distillation methods, or show one method's parameters",
-                       description="List every method with its paper, the layers it taps and its defaults; "
-                                   "with NAME, show that method's parameters and how to use it in a config.")
+                       description="List every method with its paper, the layers it taps and its defaults, "
+                                   "fitted to the terminal's width (COLUMNS); with NAME, show that method's "
+                                   "description, parameters and defaults in full and how to use it in a config.")
     p.add_argument("name", nargs="?", help="a method name")
     p.set_defaults(func=_run_methods)
+
+
+def _terminal_width() -> int:
+    """Columns of the terminal (or $COLUMNS); 80 when the output is not a terminal."""
+    return max(shutil.get_terminal_size((80, 24)).columns, 20)
 
 
 def _format_default(value) -> str:
@@ -80,45 +88,117 @@ def _format_default(value) -> str:
     return "required" if value is inspect.Parameter.empty else repr(value)
 
 
+def _is_required(param) -> bool:
+    return _format_default(param.default) == "required"
+
+
 def _yaml_value(value) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _share(natural: dict[int, int], room: int) -> dict[int, int]:
+    """Widths of the wrapping columns: `room` shared out, none wider than it needs (`natural`)."""
+    widths, left = {}, room
+    for k, i in enumerate(sorted(natural, key=natural.get)):
+        widths[i] = min(natural[i], left // (len(natural) - k))
+        left -= widths[i]
+    return widths
+
+
+def _fit_table(headers: list[str], rows: list[list[str]], width: int, wrap: tuple[str, ...],
+               drop: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """`_table` no wider than `width`: the columns named in `wrap` share the room the others leave
+    and wrap onto continuation lines; while one would get under 24 characters (and less than it
+    needs), the columns in `drop` are left out, in that order. Returns (text, the dropped headers)."""
+    keep, dropped = list(range(len(headers))), []
+    while True:
+        natural = {i: max(len(headers[i]), *(len(r[i]) for r in rows)) for i in keep}
+        fixed = sum(natural[i] for i in keep if headers[i] not in wrap) + 2 * (len(keep) - 1)
+        room = _share({i: n for i, n in natural.items() if headers[i] in wrap}, max(width - fixed, 0))
+        if all(w >= min(natural[i], 24) for i, w in room.items()) or len(dropped) == len(drop):
+            break
+        dropped.append(drop[len(dropped)])
+        keep.remove(headers.index(dropped[-1]))
+    lines = []
+    for r in rows:
+        parts = [textwrap.wrap(r[i], max(room[i], 8), break_on_hyphens=False) or [""] if i in room else [r[i]]
+                 for i in keep]
+        lines += [[cell[k] if k < len(cell) else "" for cell in parts] for k in range(max(map(len, parts)))]
+    text = _table([headers[i] for i in keep], lines)
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in text.splitlines()), dropped
+
+
+def _reflow(text: str, width: int) -> str:
+    """A docstring's prose paragraphs wrapped to `width`; indented blocks (formulas) and lists as written."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        verbatim = any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ")) for line in lines)
+        out.append(block if verbatim else textwrap.fill(" ".join(lines), width, break_on_hyphens=False))
+    return "\n\n".join(out)
+
+
+def _show_method(name: str, width: int) -> None:
+    """Everything about one method: its whole docstring, paper, taps, every parameter and a config example."""
+    import inspect
+
+    from kdforge.methods import method_class, method_params
+
+    cls = method_class(name)
+    params = method_params(name)
+
+    def say(text: str) -> None:
+        print(textwrap.fill(text, width, subsequent_indent="  ", break_on_hyphens=False))
+
+    print(f"{cls.name}: {_reflow(inspect.getdoc(cls) or '', width)}")
+    print()
+    say(f"paper: {cls.paper}")
+    say(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: {'yes' if cls.needs_labels else 'no'}")
+    say(f"taps by default: {cls.default_taps}")
+    if cls.uses_hints:
+        say("takes PURSUhInT hint layers from a run's `hints:` section when its own layers are not given "
+            "(docs/hints.md)")
+    if cls.pretrain_epochs:
+        say(f"runs a stage before training: {cls.pretrain_epochs} epochs (parameter pretrain_epochs)")
+    if params:
+        print()
+        print(_table(["parameter", "type", "default"], [[p.name, p.type_name, _format_default(p.default)]
+                                                        for p in params]))
+    required = [p for p in params if _is_required(p)]
+    if required:
+        say(f"required: {', '.join(f'{p.name} ({p.type_name})' for p in required)}: a config must give "
+            f"{'it' if len(required) == 1 else 'them'}")
+    say(f"usual weight on CIFAR-100: {cls.typical_weight:g}")
+    print(f"\nin a config:\n  losses:\n    {cls.name}:\n      weight: {cls.typical_weight:g}")
+    for p in params:
+        value = f"<required {p.type_name}>" if _is_required(p) else _yaml_value(p.default)
+        print(f"      {p.name}: {value}")
 
 
 def _run_methods(args) -> int:
     from kdforge.methods import method_class, method_names, method_params
 
+    width = _terminal_width()
     if args.name:
-        cls = method_class(args.name)
-        print(f"{cls.name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
-        print(f"paper: {cls.paper}")
-        print(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: "
-              f"{'yes' if cls.needs_labels else 'no'}; taps by default: {cls.default_taps}")
-        if cls.uses_hints:
-            print("takes PURSUhInT hint layers from a run's `hints:` section when its own layers are not given "
-                  "(docs/hints.md)")
-        if cls.pretrain_epochs:
-            print(f"runs a stage before training: {cls.pretrain_epochs} epochs (parameter pretrain_epochs)")
-        params = method_params(args.name)
-        if params:
-            print()
-            print(_table(["parameter", "type", "default"],
-                         [[p.name, p.type_name, _format_default(p.default)] for p in params]))
-        example = ", ".join(f"{p.name}: {_yaml_value(p.default)}" for p in params
-                            if _format_default(p.default) != "required")
-        print(f"usual weight on CIFAR-100: {cls.typical_weight:g}")
-        print(f"\nin a config:\n  losses:\n    {cls.name}: {{weight: {cls.typical_weight:g}"
-              f"{', ' + example if example else ''}}}")
+        _show_method(args.name, width)
         return 0
     rows = []
     for name in method_names():
         cls = method_class(name)
-        defaults = ", ".join(f"{p.name}={p.default!r}" for p in method_params(name)
+        defaults = ", ".join(f"{p.name}={_format_default(p.default)}" for p in method_params(name)
                              if not p.name.endswith("_layers"))  # layers: see the taps column
-        rows.append([name, "yes" if cls.needs_teacher else "no", cls.default_taps,
-                     "yes" if cls.uses_hints else "-", f"{cls.typical_weight:g}", defaults or "-", cls.paper])
-    print(_table(["method", "teacher", "taps by default", "hints", "weight", "defaults", "paper"], rows))
-    print("\n`kdforge methods NAME` shows one method's parameters. hints: takes the layers a run's `hints:` "
-          "selects (`kdforge hints --help`).")
+        rows.append([name, "yes" if cls.needs_teacher else "no", "yes" if cls.uses_hints else "-",
+                     f"{cls.typical_weight:g}", cls.default_taps, defaults or "-", cls.paper])
+    table, dropped = _fit_table(["method", "teacher", "hints", "weight", "taps by default", "defaults", "paper"],
+                                rows, width, wrap=("taps by default", "defaults", "paper"),
+                                drop=("taps by default", "defaults"))
+    print(table)
+    left_out = (f" Left out to fit {width} columns: {' and '.join(dropped)} (set COLUMNS for a wider listing)."
+                if dropped else "")
+    print()
+    print(textwrap.fill("`kdforge methods NAME` shows one method in full: its description, parameters, defaults "
+                        f"and paper.{left_out} hints: takes the layers a run's `hints:` selects "
+                        "(`kdforge hints --help`).", width, break_on_hyphens=False))
     return 0
 
 

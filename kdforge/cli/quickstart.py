@@ -22,8 +22,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from kdforge.cli.args import check_out_folder
     from kdforge.recipes.quickstart import run_quickstart
 
+    check_out_folder(args.out)
     result = run_quickstart(args.out, teacher=args.teacher, student=args.student, seeds=tuple(args.seeds),
                             epochs=args.epochs, progress=not args.no_progress)
     print()

@@ -23,6 +23,10 @@ def run(args) -> int:
     from kdforge.report import write_report
     from kdforge.report.table import count_phrase
 
+    if args.out:
+        from kdforge.cli.args import check_out_folder
+
+        check_out_folder(args.out)
     result = write_report(args.runs, out=args.out, by=args.by)
     print(f"{count_phrase(result['groups'])}\n")
     print(result["table"])

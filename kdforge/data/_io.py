@@ -60,6 +60,9 @@ def find_dataset_dir(
 
 
 def require_file(path: Path, *, what: str, expected: str, how_to: str) -> Path:
+    """``path`` if it is a file; a :class:`DataError` saying it is missing, or a folder."""
+    if path.is_dir():
+        raise DataError(f"{what}: {str(path)!r} is a folder, not a file; expected {expected}. {how_to}", path)
     if not path.is_file():
         raise DataError(
             f"{what}: missing file {str(path)!r}; expected {expected}. {how_to}", path

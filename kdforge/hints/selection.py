@@ -79,6 +79,9 @@ class HintSelection:
     @classmethod
     def load(cls, path: str | Path) -> "HintSelection":
         path = Path(path)
+        if path.is_dir():
+            raise HintFileError(f"hint selection {path} is a folder: give the .json or .yaml file that "
+                                f"`kdforge hints` saved")
         if not path.is_file():
             raise HintFileError(f"hint selection {path} does not exist (make one with `kdforge hints`)")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ def _weight(value: Any, path: str) -> float:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{path}: expected a weight (a number), got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
     return float(value)
 
 

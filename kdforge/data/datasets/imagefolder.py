@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -31,8 +32,11 @@ def scan_split(
     missing one when ``require_all``. An empty class folder is an error.
     """
     if not split_dir.is_dir():
-        raise DataError(f"{what}: folder {str(split_dir)!r} does not exist; expected {_LAYOUT}. {how_to}", split_dir)
+        problem = "is a file, not a folder" if split_dir.exists() else "does not exist"
+        raise DataError(f"{what}: folder {str(split_dir)!r} {problem}; expected {_LAYOUT}. {how_to}", split_dir)
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in found:
+        _check_utf8_name(split_dir / name, what=what)
     if classes is None:
         classes = found
         if not classes:
@@ -73,6 +77,33 @@ def scan_split(
     return classes, paths, labels
 
 
+def _check_utf8_name(folder: Path, *, what: str) -> None:
+    """A class folder's name is the class name (saved in checkpoints, printed by `predict`): it must be UTF-8."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 come back from the file system as surrogates
+        raise DataError(f"{what}: class folder {str(folder)!r} has a name that is not UTF-8 text "
+                        f"({os.fsencode(folder.name)!r}); rename it (class names come from the folder names)",
+                        folder) from None
+
+
+def _check_statistics(mean, std, channels: int) -> None:
+    """Given mean/std options: both or neither, one finite number per channel, std positive (checked
+    before any image is decoded: a NaN here would make every input NaN)."""
+    if (mean is None) != (std is None):
+        raise ValueError("imagefolder: give both mean and std, or neither")
+    for key, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        numbers = isinstance(values, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not numbers or len(values) != channels:
+            raise ValueError(f"imagefolder: {key} must be {channels} finite number(s), one per channel, "
+                             f"got {values!r}")
+    if std is not None and min(std) <= 0:
+        raise ValueError(f"imagefolder: std must be positive, got {std!r}")
+
+
 _STATS_CACHE: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
 _STATS_LOCK = threading.Lock()
 
@@ -106,21 +137,24 @@ def load_imagefolder(
     """
     what = "imagefolder"
     how_to = f"Arrange the images as {_LAYOUT}."
-    if image_size < 1:
-        raise ValueError(f"imagefolder: image_size must be positive, got {image_size}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"imagefolder: image_size must be a positive integer, got {image_size!r}")
     if channels not in (1, 3):
         raise ValueError(f"imagefolder: channels must be 1 or 3, got {channels}")
     if resize not in ("stretch", "center_crop"):
         raise ValueError(f"imagefolder: resize must be 'stretch' or 'center_crop', got {resize!r}")
+    _check_statistics(mean, std, channels)
     base = default_root(root)
     if not base.is_dir():
-        raise DataError(f"{what}: data folder {str(base)!r} does not exist. {how_to}", base)
+        problem = "is a file, not a folder" if base.exists() else "does not exist"
+        raise DataError(f"{what}: data folder {str(base)!r} {problem}. {how_to}", base)
     train_dir = base / "train"
     split_dir = base / split
     if not split_dir.is_dir():
         have = sorted(p.name for p in base.iterdir() if p.is_dir())
+        problem = "is a file, not a folder" if split_dir.exists() else "does not exist"
         raise DataError(
-            f"{what}: split folder {str(split_dir)!r} does not exist (sub-folders of {str(base)!r}: {have}). {how_to}",
+            f"{what}: split folder {str(split_dir)!r} {problem} (sub-folders of {str(base)!r}: {have}). {how_to}",
             split_dir,
         )
     if split != "train" and train_dir.is_dir():
@@ -142,8 +176,6 @@ def load_imagefolder(
     )
     images = decode_images(paths, desc=f"{what} {split}", **kw)
 
-    if (mean is None) != (std is None):
-        raise ValueError("imagefolder: give both mean and std, or neither")
     if mean is None:
         stats_dir = train_dir if train_paths is not None else split_dir
         stats_paths = train_paths if train_paths is not None else paths
