@@ -8,6 +8,7 @@ any work starts with an error naming the key path and the allowed keys or values
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,24 @@ class FewShotConfig:
 
 
 @dataclass
+class ValSplitConfig:
+    """A seeded, class-balanced validation hold-out carved from the training split (`data/val_split.py`):
+    the run trains on the rest; best.pt and every recipe's selection are chosen on it, never on the test split."""
+
+    fraction: float = 0.1  # of every class's training images
+    seed: int = 0  # seed of the draw (independent of the run's seed)
+
+    @staticmethod
+    def shorthand(value: Any) -> Any:
+        """`val_split: 0.1` -> {fraction: 0.1}."""
+        return {"fraction": value} if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+
+    def check(self, path: str) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"{path}.fraction: must be between 0 and 1 (exclusive), got {self.fraction}")
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"
     root: str | None = None
@@ -53,25 +72,43 @@ class DataConfig:
     eval_batch_size: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     few_shot: FewShotConfig | None = None  # n images per class of the training split (NetGraft, few-shot KD)
+    #: a validation hold-out of the training split (`val_split: 0.1` or {fraction, seed}); None: off
+    val_split: ValSplitConfig | None = None
+    #: drop the last, partial training batch of every epoch (None: drop it, except in few-shot runs, where
+    #: every shot counts and a partial batch is a large share of the data)
+    drop_last: bool | None = None
 
     @property
     def selection_split(self) -> str:
-        """What evaluations (and best.pt) use: the eval split, or the few-shot hold-out."""
-        f = self.few_shot
+        """What chooses best.pt: the validation hold-out, the few-shot hold-out, or (neither set) the eval split."""
+        f, v = self.few_shot, self.val_split
+        if v is not None:
+            return f"val ({v.fraction:g} of each class of {self.train_split}, seed {v.seed})"
         if f is not None and f.holdout:
             return (f"few-shot hold-out ({f.holdout} per class of {self.train_split}, disjoint from the "
                     f"{f.shots} training shots)")
         return self.eval_split
 
+    @property
+    def drops_last_batch(self) -> bool:
+        """Whether every training epoch leaves out its last, partial batch (see `drop_last`)."""
+        return self.few_shot is None if self.drop_last is None else self.drop_last
+
     def check(self, path: str) -> None:
         _positive(path, "batch_size", self.batch_size)
         _positive(path, "eval_batch_size", self.eval_batch_size)
+        if self.val_split is not None and self.few_shot is not None and self.few_shot.holdout:
+            raise ConfigError(f"{path}.val_split and {path}.few_shot.holdout both set a selection split: "
+                              f"choose one")
 
 
 @dataclass
 class ModelConfig:
     model: str | None = None  # zoo name; a teacher's may come from its checkpoint
     checkpoint: str | None = None  # a kdforge checkpoint or run folder to load weights from
+    #: which checkpoint of a run folder: its last epoch, or best.pt (chosen on the run's selection split; on the
+    #: test split unless that run set data.val_split or a few-shot hold-out)
+    which: Literal["last", "best"] = "last"
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
 
     def check(self, path: str) -> None:
@@ -280,14 +317,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 5e-4 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 5e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # YAML's .nan/.inf, or 'nan'/'inf' as text: a run would train to NaN
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -380,10 +422,17 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          f"is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:

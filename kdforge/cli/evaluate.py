@@ -10,11 +10,12 @@ import json
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a run folder or checkpoint (top-1, top-5, loss)",
-        description="Evaluate the model in a run folder (its best checkpoint) or a .pt file on the "
-                    "dataset it was trained on, or on another one given by --data/--root.",
+        description="Evaluate the model in a run folder (its last checkpoint, or --which best) or a .pt file on "
+                    "the dataset it was trained on, or on another one given by --data/--root.",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint of a run folder")
+    p.add_argument("--which", choices=["last", "best"], default="last",
+                   help="checkpoint of a run folder: last epoch, or best.pt (chosen on the run's selection split)")
     p.add_argument("--data", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--root", help="dataset folder (default: the training run's)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")

@@ -68,7 +68,9 @@ def _from_config(args):
     from kdforge.hints.for_run import student_hint_layers
 
     k = settings.k or len(student_hint_layers(student, settings.student_layers))
-    return teacher, cfg.teacher.checkpoint, train, settings, cfg.train.device, k
+    from kdforge.engine.checkpoint import resolve_checkpoint
+
+    return teacher, resolve_checkpoint(cfg.teacher.checkpoint, cfg.teacher.which), train, settings, cfg.train.device, k
 
 
 def _from_teacher(args):
@@ -89,16 +91,19 @@ def _from_teacher(args):
     options = data.get("options", {}) if not args.data else {}
     train = load_dataset(name, root, data.get("train_split", "train") if not args.data else "train", **options)
     k = len(getattr(teacher, "stage_names", None) or []) or None
-    return teacher, args.sources[0], train, HintsConfig(), "auto", k
+    return teacher, Path(ckpt["path"]), train, HintsConfig(), "auto", k
 
 
 def run(args) -> int:
-    from kdforge.engine.checkpoint import resolve_checkpoint
     from kdforge.engine.precision import resolve_device
     from kdforge.errors import ConfigError
     from kdforge.hints.cache import cached_select
     from kdforge.hints.plot import plot_selection
 
+    if args.out:
+        from kdforge.cli.args import check_out_folder
+
+        check_out_folder(Path(args.out).parent)
     if args.out and Path(args.out).suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"--out {args.out}: name a .json or .yaml file (the heat-map goes next to it as .png)")
     is_config = all(Path(source).suffix in (".yaml", ".yml") for source in args.sources)
@@ -107,7 +112,7 @@ def run(args) -> int:
     if k is None:
         raise ConfigError("--k: the number of hint layers cannot be read from the models; give --k")
     selection, cache, cached = cached_select(
-        teacher, resolve_checkpoint(checkpoint, "best"), train, k=k,
+        teacher, checkpoint, train, k=k,
         metric=args.metric or settings.metric, candidates=args.layers or settings.candidates,
         probe=args.probe or settings.probe, seed=settings.probe_seed if args.seed is None else args.seed,
         rbf_samples=args.rbf_samples or settings.rbf_samples, use_cache=settings.cache and not args.no_cache,

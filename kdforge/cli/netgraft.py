@@ -30,8 +30,9 @@ def add_parser(sub) -> None:
                    help="teacher stage names at which blocks end (default: every stage)")
     p.add_argument("--student-blocks", nargs="+", default=None, metavar="STAGE",
                    help="student stage names at which blocks end (default: every stage)")
-    p.add_argument("--schedule", choices=["cifar10", "cifar100"], default="cifar10",
-                   help="the paper's epochs and rates (for 10 images per class, scaled by shots/10)")
+    p.add_argument("--schedule", choices=["cifar10", "cifar100"], default=None,
+                   help="the paper's epochs and rates (for 10 images per class, scaled by shots/10); default: "
+                        "cifar100 for a teacher of 100 or more classes, else cifar10")
     p.add_argument("--stage1-epochs", type=positive_int, nargs="+", default=None, help="per unit, or one for all")
     p.add_argument("--stage2-epochs", type=positive_int, nargs="+", default=None, help="per chain, or one for all")
     p.add_argument("--lr-blocks", type=float, nargs="+", default=None, help="stage-1 rate of student blocks")
@@ -52,15 +53,19 @@ def run(args) -> int:
     import dataclasses
 
     from kdforge.cli.args import recipe_base
-    from kdforge.recipes.netgraft import DIGITS_BASE, SCHEDULES, run_netgraft_pipeline, train_teacher
+    from kdforge.recipes.netgraft import (DIGITS_BASE, SCHEDULES, run_netgraft_pipeline, schedule_for_teacher,
+                                          train_teacher)
 
     base = recipe_base(args, DIGITS_BASE)
-    schedule = dataclasses.replace(SCHEDULES[args.schedule])
+    width = {} if args.width is None else {"width": args.width}
+    teacher = args.teacher or train_teacher(base, args.teacher_model, width, args.out, progress=not args.no_progress)
+    name = args.schedule or schedule_for_teacher(teacher, base)
+    if args.schedule is None and not args.no_progress:
+        print(f"schedule: {name} (the teacher's number of classes; --schedule to choose)", flush=True)
+    schedule = dataclasses.replace(SCHEDULES[name])
     for key in ("stage1_epochs", "stage2_epochs", "lr_blocks", "lr_adapters", "lr_stage2"):
         if getattr(args, key) is not None:
             setattr(schedule, key, getattr(args, key))
-    width = {} if args.width is None else {"width": args.width}
-    teacher = args.teacher or train_teacher(base, args.teacher_model, width, args.out, progress=not args.no_progress)
     result = run_netgraft_pipeline(
         teacher, base=base, shots=args.shots, seeds=args.seeds, output_dir=args.out, student=args.student,
         student_options=width, shared=args.shared, teacher_blocks=args.teacher_blocks,

@@ -2,8 +2,8 @@
 
 from kdforge.engine.checkpoint import load_checkpoint, load_model
 from kdforge.engine.evaluate import evaluate
-from kdforge.engine.run import build_zoo_model, load_datasets, train_from_config
+from kdforge.engine.run import build_zoo_model, load_datasets, load_run_data, train_from_config
 from kdforge.engine.trainer import NonFiniteLossError, Trainer
 
 __all__ = ["Trainer", "NonFiniteLossError", "evaluate", "load_checkpoint", "load_model",
-           "build_zoo_model", "load_datasets", "train_from_config"]
+           "build_zoo_model", "load_datasets", "load_run_data", "train_from_config"]

@@ -68,19 +68,51 @@ def remove_stale_temporaries(folder: str | Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint file, or the `which` checkpoint of a run folder."""
+CHOICES = ("last", "best")
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A checkpoint file, or the `which` checkpoint of a run folder: `last` (the last epoch, the default)
+    or `best` (chosen on the run's selection split; its last.pt if the run never evaluated)."""
+    if which not in CHOICES:
+        raise CheckpointError(f"which checkpoint: 'last' or 'best', got {which!r}")
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / f"{which}.pt"
+        folder = path / "checkpoints"
+        candidate = folder / f"{which}.pt"
+        if which == "best" and not candidate.is_file():
+            candidate = folder / "last.pt"
         if not candidate.is_file():
-            candidate = path / "checkpoints" / "last.pt"
-        if not candidate.is_file():
-            raise CheckpointError(f"run folder {path} has no checkpoints/{which}.pt or checkpoints/last.pt")
+            missing = "checkpoints/last.pt is missing" if which == "last" else "neither best.pt nor last.pt"
+            raise CheckpointError(f"run folder {path} has no checkpoints ({missing}): train it first, or give "
+                                  f"a .pt file")
         return candidate
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a run folder)")
     return path
+
+
+def checkpoint_source(ckpt: dict) -> dict[str, Any]:
+    """How a loaded checkpoint was chosen, for a run's summary: {file, which, selected_on}.
+
+    `which` is 'last'/'best' for a run folder's files (None for another file); `selected_on` is the
+    split that chose a best.pt (None for a last epoch: nothing was selected)."""
+    file = Path(ckpt["path"])
+    which = file.stem if file.parent.name == "checkpoints" and file.stem in CHOICES else None
+    selected_on = None
+    if which == "best":
+        selected_on = (ckpt.get("selection") or {}).get("split") or _eval_split_of(ckpt)
+    return {"file": str(file), "which": which, "selected_on": selected_on,
+            "epoch": (ckpt.get("state") or {}).get("epoch")}
+
+
+def _eval_split_of(ckpt: dict) -> str | None:
+    """The split that chose a best.pt written before checkpoints recorded it: the run's eval split,
+    or its few-shot hold-out."""
+    data = (ckpt.get("config") or {}).get("data") or {}
+    if (data.get("few_shot") or {}).get("holdout"):
+        return "few-shot hold-out"
+    return data.get("eval_split")
 
 
 def run_folder(path: str | Path) -> Path:
@@ -91,7 +123,7 @@ def run_folder(path: str | Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
-def load_checkpoint(path: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, which: str = "last", map_location: str | torch.device = "cpu") -> dict:
     """Read a kdforge checkpoint; a clear error for a missing, truncated or foreign file."""
     file = resolve_checkpoint(path, which)
     try:
@@ -126,7 +158,7 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
                               f"model, or with other options?") from None
 
 
-def load_model(path: str | Path, which: str = "best", map_location: str | torch.device = "cpu"):
+def load_model(path: str | Path, which: str = "last", map_location: str | torch.device = "cpu"):
     """Rebuild the zoo model stored in a checkpoint; returns (model, checkpoint dict)."""
     ckpt = load_checkpoint(path, which, map_location)
     record = ckpt["model"]

@@ -8,7 +8,7 @@ from typing import Any
 from kdforge.errors import CheckpointError
 
 
-def evaluate_checkpoint(source: str | Path, which: str = "best", *, data: str | None = None,
+def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | None = None,
                         root: str | None = None, split: str | None = None, batch_size: int = 256,
                         device: str = "auto", precision: str = "fp32") -> dict[str, Any]:
     """{top1, top5, loss, n, checkpoint, model, dataset, split} of the model in `source`.

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdforge.config import ModelConfig, RunConfig
-from kdforge.engine.checkpoint import load_checkpoint, load_weights
+from kdforge.engine.checkpoint import checkpoint_source, load_checkpoint, load_weights
 from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 
 
+class RunData(NamedTuple):
+    """A run's datasets: what it trains on, what it reports on, and the hold-out that chooses best.pt."""
+
+    train: Any
+    evaluation: Any | None
+    validation: Any | None = None
+
+
 def load_datasets(cfg: RunConfig):
-    """(train, eval) datasets named by `cfg.data`."""
+    """(train, eval) datasets named by `cfg.data` (train without its validation hold-out, if one is set)."""
+    data = load_run_data(cfg)
+    return data.train, data.evaluation
+
+
+def load_run_data(cfg: RunConfig) -> RunData:
+    """The datasets of `cfg.data`: the training split less its `val_split` hold-out (when set), the eval
+    split, and the hold-out; a few-shot run draws its shots from what is left for training."""
     from kdforge.data import load_dataset
 
     d = cfg.data
@@ -26,6 +41,11 @@ def load_datasets(cfg: RunConfig):
         if isinstance(exc, KDForgeError):
             raise
         raise ConfigError(f"data ({d.name}): {exc}") from None
+    validation = None
+    if d.val_split is not None:
+        from kdforge.data.val_split import split_validation
+
+        train, validation = split_validation(train, d.val_split.fraction, d.val_split.seed)
     if d.few_shot is not None:
         from kdforge.data import few_shot_dataset
 
@@ -33,19 +53,23 @@ def load_datasets(cfg: RunConfig):
         train, held = few_shot_dataset(train, f.shots, f.seed, f.holdout, keep_labels=f.labels)
         if f.holdout:
             evaluation = held  # model selection on the few-shot hold-out, never on the test split
-    return train, evaluation
+    return RunData(train, evaluation, validation)
 
 
-
-def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role: str):
-    """A zoo model for `role` ('student' / 'teacher'), with weights from `mcfg.checkpoint` if given."""
+def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role: str,
+                    sources: dict[str, dict[str, Any]] | None = None):
+    """A zoo model for `role` ('student' / 'teacher'), with weights from `mcfg.checkpoint` if given
+    (a run folder's `mcfg.which` checkpoint: its last epoch by default). `sources[role]` receives
+    `checkpoint_source` of the file loaded: which file, and the split that selected it."""
     from kdforge.models import build_model
 
     ckpt = None
     name = mcfg.model
     options = dict(mcfg.options)
     if mcfg.checkpoint:
-        ckpt = load_checkpoint(mcfg.checkpoint, "best")
+        ckpt = load_checkpoint(mcfg.checkpoint, mcfg.which)
+        if sources is not None:
+            sources[role] = checkpoint_source(ckpt)
         stored = ckpt.get("model") or {}
         if name is None:
             name, options = stored.get("name"), {**stored.get("options", {}), **options}
@@ -81,8 +105,21 @@ def _plain_full_of_ddnn(name: str, options: dict, stored: dict) -> bool:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
-    """Check the run folder: `resume` needs a checkpoint, a fresh run needs an empty folder."""
+    """Check the run folder: `resume` needs a checkpoint, a fresh run needs an empty folder.
+
+    `name` must be a folder inside `output_dir` (`--overwrite` deletes it), and no part of
+    `output_dir/name` may be a file: both fail here, before any data or model is loaded."""
+    parts = Path(cfg.name).parts
+    if not parts or Path(cfg.name).is_absolute() or any(part in (".", "..") for part in parts):
+        raise ConfigError(f"name: {cfg.name!r} is not a folder name inside output_dir; give a name such as "
+                          f"'kd-resnet8' (output_dir says where the run folders go)")
     run_dir = Path(cfg.output_dir) / cfg.name
+    for folder in [*reversed(run_dir.parents), run_dir]:
+        if folder.exists() and not folder.is_dir():
+            if len(folder.parts) > len(Path(cfg.output_dir).parts):
+                raise ConfigError(f"name: {folder} is a file, not a folder; choose another name for the run")
+            raise ConfigError(f"output_dir: {folder} is a file, not a folder; give the folder that holds the "
+                              f"run folders")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     has_run = (run_dir / "checkpoints").exists() or (run_dir / "log.jsonl").exists()
@@ -115,18 +152,19 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
 
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     seed_everything(cfg.seed, cfg.train.deterministic)
-    train, evaluation = load_datasets(cfg)
+    train, evaluation, validation = load_run_data(cfg)
     losses = LossComposer.from_config(cfg.losses)
     if losses.needs_labels and not train.has_labels:
         needing = [k for k, m in losses.methods.items() if m.needs_labels and m in losses.active()]
         raise ConfigError(f"losses {needing} need labels, but the few-shot training set is label-free: drop them "
                           f"or set data.few_shot.labels: true")
-    student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student")
+    sources: dict[str, dict[str, Any]] = {}
+    student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student", sources)
     teacher = None
     if cfg.teacher is not None and losses.needs_teacher:
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
-        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher", sources)
     if hasattr(student, "adopt_teacher"):  # NetGraft's grafted network holds the frozen teacher
         if teacher is None:
             raise ConfigError("student.model grafted runs inside the teacher: set teacher.checkpoint and a loss "
@@ -134,8 +172,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
         student.adopt_teacher(teacher)
     with dist.main_first():  # rank 0 selects hint layers (and caches them); the others read its cache
         hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
-    trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg, run_dir=run_dir,
-                      distributed=dist)
+    trainer = Trainer(student, losses, train, evaluation, val_data=validation, teacher=teacher, config=cfg,
+                      run_dir=run_dir, distributed=dist, checkpoint_sources=sources)
     if overwrite and run_dir.exists():
         trainer.prepare()  # binds layers and builds adapters: a layer mismatch must not cost the old run
         dist.barrier()  # every rank has checked the old folder before rank 0 removes it

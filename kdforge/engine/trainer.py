@@ -55,7 +55,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # batches done in the current, unfinished epoch (stopped by max_steps)
     step: int = 0  # optimizer steps taken
-    best_top1: float = -math.inf
+    best_top1: float = -math.inf  # of the selection split: the validation hold-out if there is one
     best_epoch: int = 0
     elapsed_s: float = 0.0  # wall time spent in fit(), summed over resumes
     train_images: int = 0
@@ -68,20 +68,26 @@ class TrainState:
 class Trainer:
     """Train `student` with the weighted `losses` on `train_data`, evaluating on `eval_data`.
 
-    `teacher` (optional) is frozen: eval mode, no gradients. The run folder receives the
-    resolved config, `log.jsonl`, TensorBoard logs, `checkpoints/{last,best}.pt`,
-    `curves.png` and `summary.json`. `distributed` defaults to the running process group.
+    `val_data` (optional), a hold-out of the training split, is evaluated alongside and chooses
+    `best.pt`; without it `eval_data` does. `teacher` (optional) is frozen: eval mode, no
+    gradients. The run folder receives the resolved config, `log.jsonl`, TensorBoard logs,
+    `checkpoints/{last,best}.pt`, `curves.png` and `summary.json`. `distributed` defaults to the
+    running process group; `checkpoint_sources` ({role: `checkpoint_source(...)`}) says which
+    checkpoint files the teacher and student started from, for the summary.
     """
 
     def __init__(self, student: nn.Module, losses: LossComposer, train_data, eval_data=None, *,
-                 teacher: nn.Module | None = None, config: RunConfig | None = None,
-                 run_dir: str | Path | None = None, distributed: Distributed | None = None):
+                 val_data=None, teacher: nn.Module | None = None, config: RunConfig | None = None,
+                 run_dir: str | Path | None = None, distributed: Distributed | None = None,
+                 checkpoint_sources: dict[str, dict[str, Any]] | None = None):
         self.cfg = config_from_dict(config_to_dict(config)) if config is not None else RunConfig()  # validated
         self.student = student
         self.teacher = teacher
         self.losses = losses
         self.train_data = train_data
         self.eval_data = eval_data
+        self.val_data = val_data
+        self.checkpoint_sources = dict(checkpoint_sources or {})
         self.run_dir = Path(run_dir) if run_dir is not None else Path(self.cfg.output_dir) / self.cfg.name
         if losses.needs_teacher and teacher is None:
             names = [k for k, m in losses.methods.items() if m.needs_teacher]
@@ -123,19 +129,20 @@ class Trainer:
         augment = Augment(crop_padding=aug.crop_padding, hflip=aug.hflip)
         d = self.dist  # each rank takes its share of every global batch, and of the evaluation set
         self.train_loader = TensorLoader(
-            self.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True, drop_last=True, device=device,
+            self.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True,
+            drop_last=cfg.data.drops_last_batch, device=device,
             augment=augment, seed=cfg.seed, channels_last=self.precision.channels_last, with_indices=True,
             rank=d.rank, world_size=d.world_size)
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                               f"({len(self.train_data)} images)")
-        eval_share = None if self.eval_data is None else (
-            self.eval_data.subset(torch.arange(d.rank, len(self.eval_data), d.world_size)) if d.enabled
-            else self.eval_data)
-        self.eval_loader = None if eval_share is None or len(eval_share) == 0 else TensorLoader(
-            eval_share, cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
-            augment=None, seed=cfg.seed, channels_last=self.precision.channels_last)
-        self._has_eval = self.eval_data is not None and len(self.eval_data) > 0
+        #: (record prefix, this rank's loader) of each evaluation set; a rank with an empty share still takes
+        #: part in the sums over ranks (with no batches)
+        self.eval_sets = [(prefix, self._eval_loader(data, device) or ())
+                          for prefix, data in (("eval", self.eval_data), ("val", self.val_data))
+                          if data is not None and len(data) > 0]
+        self.eval_loader = dict(self.eval_sets).get("eval") or None
+        self._has_eval = bool(self.eval_sets)
 
         self.losses.bind(self.student, self.teacher if self.use_teacher else None)
         runner = torch.compile(self.student) if tcfg.compile else None
@@ -161,6 +168,18 @@ class Trainer:
         self._lr_used = self.optimizer.param_groups[0]["lr"]
         self.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, self.dist)
         self._prepared = True
+
+    def _eval_loader(self, data, device: torch.device):
+        """A loader over this rank's share of an evaluation set (None for no or an empty set)."""
+        from kdforge.data import TensorLoader
+
+        d = self.dist
+        share = None if data is None else (
+            data.subset(torch.arange(d.rank, len(data), d.world_size)) if d.enabled else data)
+        if share is None or len(share) == 0:
+            return None
+        return TensorLoader(share, self.cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+                            augment=None, seed=self.cfg.seed, channels_last=self.precision.channels_last)
 
     def _convert_sync_bn(self, device: torch.device) -> None:
         """train.sync_bn: BatchNorm over the global batch (GPUs only: PyTorch has no CPU SyncBatchNorm)."""
@@ -213,6 +232,8 @@ class Trainer:
             "losses": self.losses.state_dict(),
             "state": vars(self.state).copy(),
             "config": config_to_dict(self.cfg),
+            # how best.pt is chosen: the metric, on which split (read by `checkpoint_source`)
+            "selection": {"split": self.cfg.data.selection_split, "metric": self._selection_key},
             "data": {"name": data.name, "classes": list(data.classes), "mean": list(data.mean),
                      "std": list(data.std), "image_size": data.image_size, "in_channels": data.in_channels},
         }
@@ -244,6 +265,10 @@ class Trainer:
 
     def _check_same_config(self, saved: dict[str, Any], path: str) -> None:
         now = config_to_dict(self.cfg)
+        try:  # keys added to kdforge since that run was saved take their defaults
+            saved = config_to_dict(config_from_dict(saved))
+        except ConfigError:
+            pass
         changed = []
         for key in self.TRAJECTORY_KEYS:
             a, b = saved, now
@@ -309,8 +334,9 @@ class Trainer:
         if finished and self.state.epoch == epochs:
             self._recalibrate_bn()
         if self._has_eval and (due or stopping):
-            metrics = self._evaluate()
-            record.update({f"eval_{k}": v for k, v in metrics.items() if k != "n"})
+            for prefix, loader in self.eval_sets:
+                metrics = self._evaluate(loader)
+                record.update({f"{prefix}_{k}": v for k, v in metrics.items() if k != "n"})
             self._eval_postfix = self._postfix(record)
             bar.set_postfix_str(self._eval_postfix.removeprefix(" | "), refresh=False)
         self.state.elapsed_s = self._elapsed()
@@ -324,12 +350,12 @@ class Trainer:
     def _elapsed(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._fit_start
 
-    def _evaluate(self) -> dict[str, Any]:
-        """The trained network's metrics, and the top-1 of methods' own heads (e.g. SFTN's branches)."""
+    def _evaluate(self, loader) -> dict[str, Any]:
+        """The trained network's metrics on `loader`, and the top-1 of methods' own heads (e.g. SFTN's branches)."""
         with_heads = {key: m for key, m in self.losses.methods.items()
                       if m.has_eval_heads and m in self.losses.active()}
         self.dist.broadcast_buffers(self.student)  # every rank evaluates rank 0's model (BN statistics)
-        loader, reduce = self.eval_loader or (), self.dist.all_reduce_sum
+        reduce = self.dist.all_reduce_sum
         if not with_heads:
             return evaluate(self.student, loader, self.precision, reduce=reduce)
 
@@ -484,7 +510,7 @@ class Trainer:
     def _save_checkpoints(self, record: dict[str, Any]) -> None:
         in_epoch = self.state.epoch - 1 if self.state.batch_in_epoch == 0 else self.state.epoch  # 0-based
         self.nonfinite.check(in_epoch)  # a NaN since the last check: stop before saving anything
-        top1 = record.get("eval_top1")
+        top1 = record.get(self._selection_key)
         improved = top1 is not None and top1 > self.state.best_top1
         if improved:
             self.state.best_top1, self.state.best_epoch = top1, self.state.epoch
@@ -493,6 +519,11 @@ class Trainer:
             atomic_save(self._checkpoint(with_optimizer=True), ckpt_dir / "last.pt")
             if improved:
                 atomic_save(self._checkpoint(with_optimizer=False), ckpt_dir / "best.pt")
+
+    @property
+    def _selection_key(self) -> str:
+        """The epoch record's metric that chooses best.pt: the validation hold-out's top-1 if there is one."""
+        return "val_top1" if self.val_data is not None and len(self.val_data) > 0 else "eval_top1"
 
     def _save_mid_epoch(self, tally: EpochTally) -> None:
         """last.pt inside an epoch, with the epoch's running metrics so a resume continues them."""
@@ -557,10 +588,16 @@ class Trainer:
             "top1_last": last.get("eval_top1"),
             "top5_last": last.get("eval_top5"),
             "eval_loss_last": last.get("eval_loss"),
-            "top1_best": self.state.best_top1 if self.state.best_epoch else None,
+            # the eval split's top-1 of best.pt, the epoch the selection split chose
+            "top1_best": self._eval_top1_at(self.state.best_epoch),
             "best_epoch": self.state.best_epoch or None,
             "selection_split": self.cfg.data.selection_split,
+            "teacher_checkpoint": self.checkpoint_sources.get("teacher") if self.teacher is not None else None,
+            "student_init": self.checkpoint_sources.get("student"),
             "train_images": len(self.train_data),
+            # training images the updates saw, over all epochs (a dropped partial batch is not seen)
+            "images_seen": self.state.train_images,
+            "drop_last": self.cfg.data.drops_last_batch,
             "wall_time_s": round(self.state.elapsed_s, 3),
             "train_time_s": round(self.state.train_time_s, 3),  # training steps only (no evaluation, saving)
             "train_img_per_s": self.state.train_images / max(self.state.train_time_s, 1e-9),
@@ -572,6 +609,9 @@ class Trainer:
             "processes": self.dist.world_size,
             "run_dir": str(self.run_dir),
         }
+        if self.val_data is not None:
+            summary.update(val_top1_last=last.get("val_top1"), val_images=len(self.val_data),
+                           val_top1_best=self.state.best_top1 if self.state.best_epoch else None)
         heads = {key[len("eval_top1/"):]: value for key, value in last.items() if key.startswith("eval_top1/")}
         if heads:
             summary["heads_top1_last"] = heads
@@ -584,6 +624,14 @@ class Trainer:
             plot_curves([(self.cfg.name, self.state.history)], self.run_dir / "curves.png", title=self.cfg.name)
         return summary
 
+
+    def _eval_top1_at(self, epoch: int) -> float | None:
+        """The eval split's top-1 at the end of `epoch` (None before any evaluation)."""
+        if not epoch:
+            return None
+        if self._selection_key == "eval_top1":
+            return self.state.best_top1
+        return next((r.get("eval_top1") for r in self.state.history if r.get("epoch") == epoch), None)
 
     def _path_summary(self, heads: dict[str, float], full_top1: float | None) -> dict[str, dict[str, Any]]:
         """{path: {top1_last, params, macs}} of a multi-path student; a path's top-1 is the head of that name."""

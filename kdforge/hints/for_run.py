@@ -90,7 +90,7 @@ def plan_hints(cfg: RunConfig, teacher: nn.Module | None, student: nn.Module, tr
     from kdforge.engine.checkpoint import resolve_checkpoint
     from kdforge.engine.precision import resolve_device
 
-    checkpoint = str(resolve_checkpoint(cfg.teacher.checkpoint, "best"))
+    checkpoint = str(resolve_checkpoint(cfg.teacher.checkpoint, cfg.teacher.which))
     student_layers = student_hint_layers(student, h.student_layers)
     k = h.k or len(student_layers)
     saved_in_run = Path(run_dir) / RUN_FILE

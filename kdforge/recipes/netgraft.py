@@ -29,7 +29,8 @@ from typing import Any
 
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
-from kdforge.recipes.runs import check_folder, is_finished, plan_run, refuse_decided, run_planned
+from kdforge.recipes.runs import (check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_phrase,
+                                  teacher_section, teacher_which)
 from kdforge.recipes.stats import format_mean_std, mean_std
 
 #: the default shared settings on the built-in digits: plain VGGs (no BatchNorm in the convs) diverge with the
@@ -81,6 +82,14 @@ SCHEDULES = {
     "cifar100": GraftSchedule(stage1_epochs=[1000, 200, 200], stage2_epochs=[150, 150],
                               lr_blocks=[2.5e-4, 1e-3, 1e-3], lr_adapters=1e-3),
 }
+
+
+def schedule_for_teacher(teacher: str | Path, base: dict[str, Any]) -> str:
+    """The paper's schedule for the teacher's label space: 'cifar100' for 100 or more classes, else 'cifar10'."""
+    from kdforge.engine.checkpoint import load_checkpoint
+
+    classes = (load_checkpoint(teacher, teacher_which(base))["model"] or {}).get("num_classes") or 0
+    return "cifar100" if classes >= 100 else "cifar10"
 
 
 def run_netgraft_pipeline(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[int] = (1, 5, 10),
@@ -144,7 +153,7 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
         raise ConfigError(f"--holdout: selecting on a hold-out needs at least 1 image per class, got {holdout}")
     if any(n < 1 for n in shots):
         raise ConfigError(f"--shots: positive numbers of images per class, got {list(shots)}")
-    record = load_checkpoint(teacher, "best")["model"] or {}
+    record = load_checkpoint(teacher, teacher_which(base))["model"] or {}
     if not record.get("name"):
         raise ConfigError(f"--teacher {teacher}: the checkpoint does not record its model")
     options = {"teacher": record["name"], "teacher_options": dict(record.get("options") or {}),
@@ -184,7 +193,8 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
                 group["kd-shots"] = plan_run(base, folder, "kd-shots", seed=seed, data=data,
                                              train=_train_section(base, kd_epochs),
                                              student={"model": student, "options": dict(student_options or {})},
-                                             teacher={"checkpoint": teacher}, losses={"kd": {"weight": 1.0, "T": 4.0}},
+                                             teacher=teacher_section(base, teacher),
+                                             losses={"kd": {"weight": 1.0, "T": 4.0}},
                                              schedule=merge_configs(copy.deepcopy(base.get("schedule", {})),
                                                                     {"epochs": kd_epochs}))
             groups[(n, seed)] = group
@@ -192,7 +202,7 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
         for seed in seeds:
             kd_full[seed] = plan_run(base, output_dir / "kd-full", f"seed{seed}", seed=seed,
                                      student={"model": student, "options": dict(student_options or {})},
-                                     teacher={"checkpoint": teacher},
+                                     teacher=teacher_section(base, teacher),
                                      losses={"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}})
     for group in groups.values():
         for data in [*group["stage1"].values(), *(run for run, _, _ in group["stage2"])]:
@@ -203,6 +213,7 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
         check_folder(data)
     return {"groups": groups, "kd-full": kd_full, "units": units, "which": which, "select": select,
             "holdout": holdout, "schedule": schedule, "teacher": teacher, "student": student,
+            "teacher_phrase": teacher_phrase(base),
             "params": _params(net), "kd_epochs": kd_epochs}
 
 
@@ -217,7 +228,7 @@ def _graft_run(base, folder: Path, name: str, seed: int, data: dict, options: di
     student = {"model": "grafted", "options": {**options, "graft": graft}}
     if init:
         student["checkpoint"] = init
-    return plan_run(base, folder, name, seed=seed, data=data, student=student, teacher={"checkpoint": teacher},
+    return plan_run(base, folder, name, seed=seed, data=data, student=student, teacher=teacher_section(base, teacher),
                     losses={"netgraft": 1.0}, train=train,
                     optim={"name": "adam", "lr": lr, "weight_decay": 0.0, "lr_groups": lr_groups},
                     schedule={"name": "constant", "epochs": epochs, "warmup_epochs": 0.0})
@@ -295,7 +306,7 @@ def _markdown(rows: list[dict], plan: dict) -> str:
               "kd-full": "KD + CE, full training set"}
     lines = [f"student {plan['student']} ({plan['params']:,} params after folding), teacher {plan['teacher']}; "
              f"test top-1 of the {'last epoch' if plan['which'] == 'last' else 'epoch best on the hold-out'} "
-             f"of every stage, mean ± std over seeds",
+             f"of every stage, mean ± std over seeds; teacher checkpoint: {plan['teacher_phrase']}",
              "", "| method | images per class | test top-1 (%) | per seed |", "|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {labels[row['method']]} | {row['shots'] if row['shots'] is not None else 'all'} | "
@@ -303,4 +314,5 @@ def _markdown(rows: list[dict], plan: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DIGITS_BASE", "GraftSchedule", "SCHEDULES", "plan_netgraft", "run_netgraft_pipeline", "train_teacher"]
+__all__ = ["DIGITS_BASE", "GraftSchedule", "SCHEDULES", "plan_netgraft", "run_netgraft_pipeline", "schedule_for_teacher",
+           "train_teacher"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from kdforge.config import config_from_dict
 from kdforge.engine import train_from_config
+from kdforge.recipes.runs import teacher_section
 from kdforge.report import write_report
 
 #: What every quickstart run shares; the three roles differ only in model and losses.
@@ -67,7 +68,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "r
                 data["schedule"]["epochs"] = epochs
             data["train"]["progress"] = progress
             if role.uses_teacher:
-                data["teacher"] = {"checkpoint": str(teacher_dir)}
+                data["teacher"] = teacher_section(data, teacher_dir)  # its last epoch (best.pt only on a val split)
             summary = train_from_config(config_from_dict(data), overwrite=True)
             if role.label == "teacher":
                 teacher_dir = Path(summary["run_dir"])

@@ -31,6 +31,24 @@ def refuse_decided(base: dict[str, Any], who: str, flags: str) -> None:
                           f"{'it' if len(decided) == 1 else 'them'} (use {flags})")
 
 
+def teacher_which(base: dict[str, Any]) -> str:
+    """The checkpoint of a teacher run that a recipe's students use: best.pt where the base config holds
+    a validation hold-out (`data.val_split`) to choose it on, else the last epoch (never best on test)."""
+    return "best" if (base.get("data") or {}).get("val_split") is not None else "last"
+
+
+def teacher_section(base: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """The `teacher:` section of a student run that distils from the teacher run in `run_dir`."""
+    return {"checkpoint": str(run_dir), "which": teacher_which(base)}
+
+
+def teacher_phrase(base: dict[str, Any]) -> str:
+    """How a recipe's table names the teacher checkpoint its students used."""
+    if teacher_which(base) == "best":
+        return "students use each teacher run's best.pt, chosen on the validation hold-out (data.val_split)"
+    return "students use each teacher run's last epoch (checkpoints/last.pt; nothing selected on the test split)"
+
+
 def plan_run(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
     """The config mapping of run `name`: `base`, its name and folder, then `sections` (whole sections)."""
     data = merge_configs(copy.deepcopy(base), {"name": name, "output_dir": str(output_dir)})

@@ -16,7 +16,7 @@ from typing import Any
 from kdforge.config import merge_configs
 from kdforge.methods import method_class
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
-from kdforge.recipes.runs import SAME, run_once  # noqa: F401  (shared with the other recipes; SAME re-exported)
+from kdforge.recipes.runs import SAME, run_once, teacher_phrase, teacher_section  # noqa: F401  (shared with the other recipes; SAME re-exported)
 from kdforge.recipes.stats import format_mean_std
 from kdforge.report import write_report
 
@@ -63,10 +63,11 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
                 row.setdefault(name, []).append(value)
             for method, losses in stage2.items():
                 s = run_once(student_base, output_dir, f"{kind.lower()}-{method}-seed{seed}", seed=seed,
-                             student={"model": student}, teacher={"checkpoint": t["run_dir"]}, losses=losses)
+                             student={"model": student}, teacher=teacher_section(student_base, t["run_dir"]),
+                             losses=losses)
                 row.setdefault(f"student {method}", []).append(s["top1_last"])
                 run_dirs.append(Path(s["run_dir"]))
-    table = _markdown(results, teacher, student, methods, len(seeds))
+    table = _markdown(results, teacher, student, methods, len(seeds)) + f"\n\n{teacher_phrase(student_base)}."
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = write_report(run_dirs, out=output_dir / "report")

@@ -48,13 +48,24 @@ def method_of(run: Run) -> str:
     return "+".join(key for key, weight in weights.items() if weight != 0) or UNKNOWN
 
 
+def teacher_label(run: Run) -> str | None:
+    """The teacher's architecture and the checkpoint the students used: 'resnet20 (last)', or
+    'resnet20 (best on val ...)' for a best.pt; the bare architecture where the summary does not say."""
+    source = run.summary.get("teacher_checkpoint") or {}
+    if run.teacher_model is None or not source.get("which"):
+        return run.teacher_model
+    if source["which"] == "best":
+        return f"{run.teacher_model} (best.pt on {source.get('selected_on') or '?'})"
+    return f"{run.teacher_model} (last.pt)"
+
+
 def field_value(run: Run, field: str) -> Any:
     if field == "method":
         return method_of(run)
     if field == "student":
         return run.summary.get("student") or value_at(run.config, "student.model")
     if field == "teacher":
-        return run.teacher_model
+        return teacher_label(run)
     if field == "dataset":
         return run.summary.get("dataset") or value_at(run.config, "data.name")
     return value_at(run.config, field)
