@@ -238,6 +238,45 @@ def test_crd_loss_falls_when_the_positive_aligns():
     assert better < worse
 
 
+def test_crd_heads_learn_to_pair_each_sample_with_its_own_teacher_embedding():
+    """What CRD must learn, with margins no CPU's rounding can cross: trained on its own loss (banks, Z,
+    negatives as in training), each sample's student embedding comes to lie far closer to the teacher
+    embedding of the same sample than to that of another sample, and the loss falls."""
+    gen = torch.Generator().manual_seed(0)
+    n, dim = 512, 32
+    base = torch.randn(n, dim, generator=gen)  # the student and teacher features share this content
+    f_t = base @ torch.randn(dim, 48, generator=gen)
+    f_s = base @ torch.randn(dim, 24, generator=gen) + 0.1 * torch.randn(n, 24, generator=gen)
+    method = build_method("crd", {})  # the paper's defaults: feat_dim 128, T 0.07, momentum 0.5
+    method.teacher_layers, method.student_layers = ["t"], ["s"]
+    method.setup(None, None, crd_batch([0, 1], n=n, fs=f_s[:2], ft=f_t[:2]))
+    head = method.heads[0]
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
+
+    def alignment():
+        with torch.no_grad():
+            v_s, v_t = head.embed(f_s, f_t)
+            shuffled = v_t[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
+            return float((v_s * v_t).sum(1).mean()), float((v_s * shuffled).sum(1).mean())
+
+    own_before, _ = alignment()
+    epoch_losses = []
+    for epoch in range(6):
+        order, total = torch.randperm(n, generator=gen), 0.0
+        for start in range(0, n, 64):
+            idx = order[start:start + 64]
+            loss = method(crd_batch(idx, n=n, fs=f_s[idx], ft=f_t[idx]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        epoch_losses.append(total / (n // 64))
+    own, other = alignment()
+    assert abs(own_before) < 0.1  # untrained heads: no pairing
+    assert own > other + 0.3 and abs(other) < 0.1, (own, other)
+    assert epoch_losses[-1] < 0.8 * epoch_losses[0], epoch_losses
+
+
 # ---------------------------------------------------------------------------- CRD: zoo models, errors
 def zoo_outputs(method, teacher, student, n=50):
     images = torch.randn(4, 3, 32, 32)
