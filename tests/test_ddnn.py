@@ -363,8 +363,9 @@ def test_channels_last_paths_match(bn):
     with torch.no_grad():
         want = {n: net(x, n) for n in net.names}
         net.to(memory_format=torch.channels_last)
-        for name in net.names:
-            torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), name), want[name])
+        for name in net.names:  # other conv kernels, other fp32 sum orders: as test_models' channels-last check
+            torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), name), want[name],
+                                       rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- BN recalibration

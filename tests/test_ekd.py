@@ -128,6 +128,13 @@ def test_chosen_subnets_and_zero_weights_drop_terms():
 
 
 # ---------------------------------------------------------------------------- gradients
+def assert_grads_close(got, want, name):
+    """Two fp32 backward passes that sum in another order: their difference scales with the tensor's
+    largest entry (up to 2.4e-6 of it here, at entries far smaller), so the absolute tolerance does too;
+    2e-5 leaves 10x for other CPUs' kernels, while a missing, doubled or leaked term moves whole gradients."""
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5 * want.abs().max().item(), msg=name)
+
+
 def grads_of(net):
     return {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
 
@@ -156,7 +163,7 @@ def test_kl_alone_treats_the_full_logits_as_constants():
         if want[name] is None:
             assert got[name] is None, name
         else:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+            assert_grads_close(got[name], want[name], name)
     full_only = [n for n in got if n.startswith(("full.layer2.2.", "full.layer3.2."))]
     assert full_only and all(got[n] is None for n in full_only)  # blocks only the full net uses
     assert got["full.fc.weight"].abs().sum() > 0 and got["full.conv1.weight"].abs().sum() > 0
@@ -190,7 +197,7 @@ def test_one_backward_of_the_sum_equals_the_sum_of_separate_backwards():
     sum(losses.values()).backward()
     for n, p in params.items():
         got = p.grad if p.grad is not None else torch.zeros_like(p)
-        torch.testing.assert_close(got, separate[n], rtol=1e-4, atol=1e-6, msg=n)
+        assert_grads_close(got, separate[n], n)
     assert params["full.layer3.2.conv1.weight"].grad.abs().sum() > 0  # full_ce reaches the full-only blocks
 
 

@@ -27,12 +27,13 @@ FEW_SHOT = {"few_shot": {"shots": 20, "holdout": 10, "labels": True}}
 
 
 def tiny_run(root: Path, name: str, student: dict, losses: dict, *, seed: int = 0, lr: float = 0.1,
-             epochs: int = 1, data: dict | None = None, **train) -> tuple[Path, dict]:
+             epochs: int = 1, data: dict | None = None, schedule: dict | None = None,
+             **train) -> tuple[Path, dict]:
     """A few steps of a digits run through the real engine, on the CPU in fp32; (run folder, summary)."""
     cfg = config_from_dict({
         "name": name, "seed": seed, "output_dir": str(root), "student": student, "losses": losses,
         "data": {"batch_size": 32, "eval_batch_size": 128, **(data or {})},
-        "optim": {"lr": lr}, "schedule": {"name": "constant", "epochs": epochs},
+        "optim": {"lr": lr}, "schedule": {"name": "constant", **(schedule or {}), "epochs": epochs},
         "train": {"progress": False, "tensorboard": False, "precision": "fp32", "device": "cpu", **train},
     })
     return root / name, train_from_config(cfg)

@@ -226,7 +226,9 @@ def test_sftn_run_logs_branches_and_saves_a_plain_teacher(tmp_path):
     for record in epochs:
         assert {"eval_top1", "eval_top1/sftn/branch0", "eval_top1/sftn/branch1"} <= set(record)
         assert {"train_sftn/teacher_ce", "train_sftn/kl", "train_sftn/branch_ce"} <= set(record)
-    assert summary["top1_last"] > 30 and epochs[-1]["eval_top1/sftn/branch1"] > 20
+    # both learn, far above chance (10%): 53% and 39% here (bf16, train.precision auto); the thresholds
+    # keep 4x that lead over chance for other CPUs' rounding (bf16 kernels differ, fp32 where no bf16 unit)
+    assert summary["top1_last"] > 20 and epochs[-1]["eval_top1/sftn/branch1"] > 17
     plain, ckpt = load_model(tmp_path / "sftn", "last")
     plain.eval()
     assert type(plain) is type(trained) and ckpt["model"]["name"] == "resnet14"
