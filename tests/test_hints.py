@@ -243,7 +243,7 @@ def test_hints_auto_feeds_every_hint_method(tmp_path, teacher_dir, seen, monkeyp
         assert seen[name] == (saved.hints, student_ends), name
     assert seen["kd"] == ([], [])
     # cached next to the teacher checkpoint: a second run reuses it without probing again
-    cached = list((teacher_dir / "checkpoints" / "hints").glob("best-cca-k3-n200-seed0-*.json"))
+    cached = list((teacher_dir / "checkpoints" / "hints").glob("last-cca-k3-n200-seed0-*.json"))
     assert len(cached) == 1 and HintSelection.load(cached[0]).hints == saved.hints
 
     def no_selection(*args, **kwargs):
@@ -331,7 +331,7 @@ def test_hints_command_prints_saves_and_draws(tmp_path, teacher_dir, capsys):
     assert "stage ends: layer1.2, layer2.2, layer3.2" in text
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    cached = list((teacher_dir / "checkpoints" / "hints").glob("best-cka_linear-k3-n120-*.json"))
+    cached = list((teacher_dir / "checkpoints" / "hints").glob("last-cka_linear-k3-n120-*.json"))
     assert len(cached) == 1 and cached[0].with_suffix(".png").is_file()
     # config mode: the run's teacher and data, K from the student's stages, and the cache is reused
     cfg = tmp_path / "run.yaml"
