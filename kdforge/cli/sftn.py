@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                    help="distillation methods for the students (kd: 0.1 CE + 0.9 KD T=4; others: CE + the "
                         "method at its usual weight)")
     p.add_argument("--sftn", dest="sftn", action="append", default=[], metavar="KEY=VALUE",
-                   help="an SFTN parameter, e.g. --sftn lambda_kl=3 --sftn T=1 --sftn detach_teacher=true")
+                   help="an SFTN parameter, e.g. --sftn lambda_kl=3 --sftn T=1 --sftn detach_teacher=true, "
+                        "--sftn branch_reduction=sum (branch terms summed, not averaged)")
     p.add_argument("--student-set", dest="student_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key for the students' runs only, e.g. --student-set optim.lr=0.01")
     add_recipe_arguments(p, "runs/sftn", "folder of the runs and results.md")
