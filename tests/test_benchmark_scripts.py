@@ -95,3 +95,28 @@ def test_export_speed_script_checks_every_runtime_against_pytorch(tmp_path):
     assert bench.check(run, 16) <= bench.TOLERANCE
     rates = bench.time_rounds(run, 16, batch=2, rounds=1, seconds=0.01)
     assert set(rates) == set(run) and all(rate > 0 for rate in rates.values())
+
+
+def test_keep_results_copies_the_small_text_files_and_never_a_checkpoint(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from keep_results import keep
+    finally:
+        sys.path.pop(0)
+    src = tmp_path / "bench"
+    for run in ("teacher-seed0", "shots1/seed0/stage1-head"):
+        (src / run / "checkpoints").mkdir(parents=True)
+        for name in ("summary.json", "config.yaml", "log.jsonl", "curves.png", "checkpoints/last.pt"):
+            (src / run / name).write_text(f"{run}/{name}")
+    (src / "results.md").write_text("table")
+    (src / "report").mkdir()
+    (src / "report" / "report.md").write_text("report")
+    (src / "report" / "curves.png").write_text("png")
+    assert keep(src, tmp_path / "kept") == 2 * 3 + 2
+    kept = sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert kept == sorted(["results.md", "report/report.md",
+                           *(f"{run}/{name}" for run in ("teacher-seed0", "shots1/seed0/stage1-head")
+                             for name in ("summary.json", "config.yaml", "log.jsonl"))])
+    assert (tmp_path / "kept" / "teacher-seed0" / "log.jsonl").read_text() == "teacher-seed0/log.jsonl"
