@@ -27,8 +27,10 @@ def test_quickstart_chains_runs_and_reports(tmp_path):
         assert group["metrics"]["top1_last"]["mean"] == mean_std([s["top1_last"] for s in summaries])[0]
     kd = json.loads((tmp_path / "student-KD-seed1" / "summary.json").read_text())
     assert kd["teacher"] == str(tmp_path / "teacher-seed1")  # seed s distils from teacher s
+    # ... from its last epoch, never a best.pt chosen on the test split
+    assert kd["teacher_checkpoint"]["file"] == str(tmp_path / "teacher-seed1" / "checkpoints" / "last.pt")
     report = tmp_path / "report"
-    assert "| student-KD | ce+kd | resnet20 | resnet8 |" in (report / "report.md").read_text()
+    assert "| student-KD | ce+kd | resnet20 (last.pt) | resnet8 |" in (report / "report.md").read_text()
     assert result["files"]["html"] == str(report / "report.html")
     # the report's pictures: the size the figures are made at, and not blank
     for name, size in (("curves.png", CURVES_PX), ("scatter.png", SCATTER_PX)):

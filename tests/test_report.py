@@ -68,7 +68,9 @@ def test_runs_that_differ_by_seed_form_one_group(runs, tmp_path):
     teachers = [s["teacher"] for s in summaries(kd["runs"])]
     assert len(set(teachers)) == 2  # one teacher per seed ...
     assert kd["key"]["teacher"]["checkpoint"] == {"run": "wide", "model": "resnet14"}  # ... one teacher run: one group
-    assert kd["fields"] == {"method": "ce+kd", "student": "resnet8", "teacher": "resnet14", "dataset": "digits"}
+    # the teacher column names the checkpoint the students used: each teacher run's last epoch
+    assert kd["fields"] == {"method": "ce+kd", "student": "resnet8", "teacher": "resnet14 (last.pt)",
+                            "dataset": "digits"}
     assert groups["small"]["fields"]["teacher"] == "—"
 
 
@@ -179,7 +181,8 @@ def test_missing_metrics_old_summaries_and_escaping(runs, tmp_path):
     groups = {g["names"][0]: g for g in result["groups"]}
     kd = groups["kd-seed0"]
     assert kd["metrics"]["macs"]["values"] == [original["macs"]]  # counted from the checkpoint
-    assert kd["fields"]["teacher"] == original["teacher_model"] == "resnet14"  # read from the teacher run
+    assert original["teacher_model"] == "resnet14"
+    assert kd["fields"]["teacher"] == "resnet14 (last.pt)"  # architecture read from the teacher run
     assert groups["<b>odd</b>"]["metrics"]["top1_last"] == {"values": [None], "n": 0, "mean": None, "std": None}
     assert any("no epoch records" in note for note in result["notes"])
     assert any("no top-1" in note for note in result["notes"])
@@ -202,7 +205,7 @@ def test_cli_writes_the_report(runs, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["report", str(runs), "--by", "method", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| kd | ce+kd | resnet14 | resnet8 | 0, 1 (2) |" in printed
+    assert "| kd | ce+kd | resnet14 (last.pt) | resnet8 | 0, 1 (2) |" in printed
     for name in ("report.md", "report.json", "report.html", "curves.png", "scatter.png"):
         assert (out / name).is_file() and f"wrote {out / name}" in printed
 
@@ -251,3 +254,16 @@ def test_a_depth_dynamic_run_gives_a_row_per_path(tmp_path):
     assert rows["ekd [resnet14]"]["metrics"]["top1_best"]["values"] == [summary["top1_best"]]
     assert rows["ekd [resnet8]"]["metrics"]["top1_best"]["values"] == [None]
     assert "1 run in 2 groups" in result["markdown"]
+
+
+def test_teacher_column_names_the_checkpoint_and_what_chose_it():
+    from kdforge.report.grouping import teacher_label
+
+    run = _run("kd-seed0", teacher="runs/t-seed0")
+    assert teacher_label(run) == "resnet14"  # an older summary: no teacher_checkpoint recorded
+    run.summary["teacher_checkpoint"] = {"file": "runs/t-seed0/checkpoints/best.pt", "which": "best",
+                                         "selected_on": "val (0.1 of each class of train, seed 0)"}
+    assert teacher_label(run) == "resnet14 (best.pt on val (0.1 of each class of train, seed 0))"
+    run.summary["teacher_checkpoint"] = {"file": "runs/t-seed0/checkpoints/last.pt", "which": "last",
+                                         "selected_on": None}
+    assert teacher_label(run) == "resnet14 (last.pt)"
