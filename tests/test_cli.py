@@ -131,3 +131,19 @@ def test_methods_detail_shows_everything(capsys, monkeypatch):
             wanted = "required" if p.default is inspect.Parameter.empty else repr(p.default)
             assert rows[p.name] == wanted
     assert "      student: <required str>" in out.splitlines() and "inspect" not in out
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(monkeypatch):
+    """`kdforge methods | head`: the reader has gone; the command stops quietly (exit 141, as a shell's SIGPIPE)."""
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: every write fails with EPIPE
+    closed = open(write_end, "w", buffering=1)  # line-buffered: the first line is written at once
+    monkeypatch.setattr(sys, "stdout", closed)
+    try:
+        assert main(["methods"]) == 141
+    finally:
+        monkeypatch.undo()
+        closed.close()
