@@ -53,11 +53,11 @@ def make(name: str, t_feats: dict, s_feats: dict, **params):
     return method
 
 
-def randomize_bn(module: nn.Module) -> None:
-    """Random running statistics and affine parameters for every BatchNorm; eval mode uses them."""
+def randomize_bn(module: nn.Module, kind: type = nn.BatchNorm1d) -> None:
+    """Random running statistics and affine parameters for every BatchNorm of `kind`; eval mode uses them."""
     with torch.no_grad():
         for bn in module.modules():
-            if isinstance(bn, nn.BatchNorm1d):
+            if isinstance(bn, kind):
                 bn.running_mean.normal_()
                 bn.running_var.uniform_(0.5, 2.0)
                 bn.weight.normal_()
@@ -503,14 +503,7 @@ def test_wrn_default_layers_are_the_bn_relu_features(name):
 def test_wrn_default_taps_hold_bn_relu_of_each_block_output():
     torch.manual_seed(0)
     model = build_model("wrn_16_2", num_classes=10)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.normal_()
-                bn.running_var.uniform_(0.5, 2.0)
-                bn.weight.normal_()
-                bn.bias.normal_()
-    model.eval()
+    randomize_bn(model, nn.BatchNorm2d)
     taps, blocks = default_layers(model, "attention"), model.block_names
     assert taps == WRN_16_2_TAPS
     with FeatureTaps(model, taps + blocks) as tapper, torch.no_grad():
