@@ -141,7 +141,6 @@ class Trainer:
         self.eval_sets = [(prefix, self._eval_loader(data, device) or ())
                           for prefix, data in (("eval", self.eval_data), ("val", self.val_data))
                           if data is not None and len(data) > 0]
-        self.eval_loader = dict(self.eval_sets).get("eval") or None
         self._has_eval = bool(self.eval_sets)
 
         self.losses.bind(self.student, self.teacher if self.use_teacher else None)
