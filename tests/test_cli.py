@@ -1,8 +1,14 @@
+import argparse
+import importlib
 import json
+import pkgutil
+import re
+from types import SimpleNamespace
 
 import pytest
 
-from kdforge.cli import main
+import kdforge.cli
+from kdforge.cli import build_parser, main
 from kdforge.models import build_model
 from kdforge.models.complexity import count_macs, count_parameters, format_macs
 
@@ -13,13 +19,35 @@ def run_cli(capsys, *argv):
     return code, out.out, out.err
 
 
+def registered_commands() -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands `kdforge` parses: name -> its parser."""
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_module_is_registered():
+    """One sub-command per module of kdforge.cli (info holds several): each one a module adds is parsed."""
+    registered = set(registered_commands())
+    for info in pkgutil.iter_modules(kdforge.cli.__path__):
+        module = importlib.import_module(f"kdforge.cli.{info.name}")
+        adders = [module.add_parser] if hasattr(module, "add_parser") else \
+            [v.add_parser for v in vars(module).values() if isinstance(v, SimpleNamespace) and hasattr(v, "add_parser")]
+        for add in adders:
+            sub = argparse.ArgumentParser(prog="kdforge").add_subparsers()
+            add(sub)
+            for name in sub.choices:
+                assert name in registered, f"kdforge.cli.{info.name} adds {name!r}, which kdforge does not register"
+    assert {"train", "eval", "export", "predict", "report", "netgraft", "methods"} <= registered
+
+
 def test_every_command_has_help(capsys):
-    for command in ["train", "eval", "export", "hints", "sftn", "ddnn", "quickstart", "models", "methods", "layers",
-                    "attention"]:
+    for command in registered_commands():
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
-        assert info.value.code == 0
-        assert "usage: kdforge " + command in capsys.readouterr().out
+        assert info.value.code == 0, command
+        out = capsys.readouterr().out
+        assert re.match(rf"usage: kdforge {re.escape(command)}\s", out), out[:200]
+        assert "options:" in out, command
 
 
 def test_models_lists_zoo_with_counts(capsys):

@@ -208,6 +208,7 @@ def test_bf16_autocast_and_channels_last():
     reference = copy.deepcopy(net)
     method, out = bound(reference, WEIGHTS, x, y)
     want = {k: v.detach() for k, v in method(out).items()}
+    assert set(want) == {"full_ce", *(f"{n}/{term}" for n in ("resnet14", "resnet8") for term in ("ce", "kl", "at"))}
 
     net.to(memory_format=torch.channels_last)
     method, out = bound(net, WEIGHTS, x.to(memory_format=torch.channels_last), y)
@@ -221,9 +222,13 @@ def test_bf16_autocast_and_channels_last():
     net.zero_grad(set_to_none=True)
     sum(got.values()).backward()
     assert out.student_logits.dtype == torch.bfloat16
+    # per term: bf16 rounding moves each by well under 2 % here; 15 % with a floor of 1e-3 (the smallest
+    # term, a KL, is about 0.015) still tells a lost or halved term from rounding
+    assert set(got) == set(want)
     for key in want:
         assert got[key].dtype == torch.float32, key
-        torch.testing.assert_close(got[key], want[key], rtol=0.1, atol=0.05, msg=key)
+        assert want[key] > 10 * 1e-3, key
+        torch.testing.assert_close(got[key], want[key], rtol=0.15, atol=1e-3, msg=key)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 

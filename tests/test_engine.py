@@ -120,14 +120,28 @@ def test_class_count_mismatch_is_an_error(tmp_path, digits):
         trainer.fit()
 
 
+def cosine_lr(base, min_lr, t, span):
+    """The cosine schedule written out: min_lr + (base - min_lr) * (1 + cos(pi t / T)) / 2, t clamped to T."""
+    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
+
+
 def test_lr_schedules_match_their_formulas():
     multi = config_from_dict({"schedule": {"name": "multistep", "epochs": 10, "milestones": [3, 6]}}).schedule
     assert [lr_factor(multi, e * 5, 5, 0.1) for e in [0, 2, 3, 5, 6, 9]] == [1, 1, 0.1, 0.1, 0.1 ** 2, 0.1 ** 2]
-    cos = config_from_dict({"schedule": {"name": "cosine", "epochs": 4, "warmup_epochs": 1}}).schedule
-    assert lr_factor(cos, 0, 10, 0.1) == pytest.approx(0.1)  # warm-up: (step + 1) / warm-up steps
-    assert lr_factor(cos, 9, 10, 0.1) == pytest.approx(1.0)
-    assert lr_factor(cos, 25, 10, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1.5 / 3)))
-    assert lr_factor(cos, 40, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+    # 5 epochs of 4 steps, 1 of linear warm-up ((step + 1) / 4 of the rate), then cosine over the 16 steps left
+    base, min_lr = 0.1, 0.01
+    cos = config_from_dict({"schedule": {"name": "cosine", "epochs": 5, "warmup_epochs": 1,
+                                         "min_lr": min_lr}}).schedule
+    for step in range(24):  # 4 steps past the end: held at min_lr
+        want = base * (step + 1) / 4 if step < 4 else cosine_lr(base, min_lr, step - 4, 16)
+        assert base * lr_factor(cos, step, 4, base) == pytest.approx(want, rel=1e-12, abs=1e-15), step
+    # a quarter and three quarters of the way, cosine and linear decay differ by 0.1 of the range
+    assert base * lr_factor(cos, 4 + 4, 4, base) == pytest.approx(min_lr + (base - min_lr) * (2 + 2 ** 0.5) / 4)
+    assert base * lr_factor(cos, 4 + 12, 4, base) == pytest.approx(min_lr + (base - min_lr) * (2 - 2 ** 0.5) / 4)
+    # no warm-up, min_lr 0: the factor itself is the cosine
+    plain = config_from_dict({"schedule": {"name": "cosine", "epochs": 4}}).schedule
+    assert [lr_factor(plain, s, 5, 0.1) for s in (5, 10, 15, 20)] == pytest.approx(
+        [(1 + math.cos(math.pi / 4)) / 2, 0.5, (1 - math.cos(math.pi / 4)) / 2, 0.0], abs=1e-12)
 
 
 def test_mid_epoch_stop_resumes_exactly(tmp_path, digits):

@@ -319,9 +319,16 @@ def test_distance_matrix_min_max_of_equal_distances_is_zero():
 
 
 def test_distance_matrix_identical_layers_and_single_layer():
-    x = torch.randn(30, 5)
-    d = distance_matrix([x, x.clone(), x @ torch.randn(5, 5)], "cca")
-    assert float(d[0, 1]) == pytest.approx(0.0, abs=1e-12) and bool((d >= 0).all())
+    x = torch.randn(30, 5, dtype=torch.float64) + 3.0  # offsets: CCA is of the centred layers
+    layers = [x, x.clone(), x @ torch.randn(5, 5, dtype=torch.float64), torch.randn(30, 3, dtype=torch.float64) - 2.0]
+    d = distance_matrix(layers, "cca")
+    # 1 - CCA, written out with numpy; a copy of x and an invertible linear map of it span x's space: 0 apart
+    expected = np.array([[0.0 if i == j else 1.0 - direct_cca(a, b) for j, b in enumerate(layers)]
+                         for i, a in enumerate(layers)])
+    assert expected[0, 3] > 0.5  # the unrelated layer is far: the comparison is not only of zeros
+    np.testing.assert_allclose(d.numpy(), expected, atol=1e-9, rtol=0)  # solve() of a random map: ~1e-11
+    assert torch.equal(d.diagonal(), torch.zeros(4, dtype=torch.float64)) and torch.equal(d, d.T)
+    assert float(d[:3, :3].abs().max()) <= 1e-12
     assert torch.equal(distance_matrix([x], "cka_linear"), torch.zeros(1, 1, dtype=torch.float64))
 
 

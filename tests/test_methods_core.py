@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -38,12 +39,24 @@ def test_kd_equals_direct_formula(T):
 
 def test_kd_zero_when_equal_and_grad_only_to_student():
     s = torch.randn(4, 6, requires_grad=True)
-    t = s.detach().clone().requires_grad_(True)
-    assert kd_loss(s, t.detach(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(s, s.detach().clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    t = (s.detach() * 2).requires_grad_(True)  # a teacher whose logits could take a gradient
     method = build_method("kd", {"T": 2.0})
-    out = StepOutputs(images=torch.zeros(4, 1), labels=None, student_logits=s, teacher_logits=t.detach() * 2)
-    method(out).backward()
+    method(StepOutputs(images=torch.zeros(4, 1), labels=None, student_logits=s, teacher_logits=t)).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+@pytest.mark.parametrize("name, params", [("kd", {}), ("dkd", {"warmup": 0}), ("netgraft", {})])
+def test_logit_methods_train_only_the_student(name, params):
+    """Every logit-matching method detaches the teacher's logits: no gradient reaches the teacher."""
+    s = torch.randn(5, 4, requires_grad=True)
+    t = torch.randn(5, 4, requires_grad=True)
+    losses = build_method(name, params)(StepOutputs(images=torch.zeros(5, 1), labels=torch.tensor([0, 1, 2, 3, 0]),
+                                                    student_logits=s, teacher_logits=t))
+    total = sum(losses.values()) if isinstance(losses, dict) else losses
+    total.backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
 
 
 def test_ce_equals_direct():
@@ -65,17 +78,30 @@ def test_composer_weights_and_names():
     assert composer.needs_teacher and composer.needs_labels
 
 
-@pytest.mark.parametrize("losses, fragment", [
-    ({"kdd": 1.0}, "kd"),
-    ({"kd": {"temp": 3}}, "losses.kd.temp"),
-    ({"kd": {"T": "hot"}}, "losses.kd.T"),
-    ({"kd": {"T": -1}}, "positive"),
-    ({"kd": "heavy"}, "losses.kd"),
+def test_unknown_method_names_the_key_and_suggests():
+    from kdforge.methods.registry import UnknownMethodError
+
+    with pytest.raises(UnknownMethodError) as info:
+        LossComposer.from_config({"ce": 1.0, "kdd": 1.0})
+    # the key path, the name, the closest method first among the suggestions, where to look
+    assert re.fullmatch(r"losses\.kdd: unknown method 'kdd'\. Did you mean: kd(, [a-z_]+)*\? "
+                        r"`kdforge methods` lists them all\.", str(info.value)), str(info.value)
+    with pytest.raises(UnknownMethodError) as info:
+        LossComposer.from_config({"kx:soft": {"T": 8}})  # a tagged key: the path keeps the tag, the name drops it
+    assert str(info.value).startswith("losses.kx:soft: unknown method 'kx'.")
+
+
+@pytest.mark.parametrize("losses, message", [
+    ({"kd": {"temp": 3}}, "losses.kd.temp: method 'kd' has no parameter 'temp'. Parameters: T "
+                          "(see `kdforge methods kd`)."),
+    ({"kd": {"T": "hot"}}, "losses.kd.T: expected a number, got 'hot'"),
+    ({"kd": {"T": -1}}, "losses.kd: kd: temperature T must be positive"),
+    ({"kd": "heavy"}, "losses.kd: expected a weight (a number), got 'heavy'"),
 ])
-def test_loss_config_errors(losses, fragment):
-    with pytest.raises((ConfigError, KeyError)) as info:
+def test_loss_config_errors(losses, message):
+    with pytest.raises(ConfigError) as info:
         LossComposer.from_config(losses)
-    assert fragment in str(info.value)
+    assert str(info.value) == message
 
 
 def test_registry_has_foundation_methods():

@@ -10,7 +10,10 @@ from kdforge.methods.registry import register_method
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch; computed in float32."""
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch; computed in float32.
+
+    Gradients reach both inputs; callers whose target only teaches detach it (`KD` does; SFTN's
+    KL trains its teacher through the target by design)."""
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
@@ -35,4 +38,4 @@ class KD(Method):
         self.T = T
 
     def forward(self, out: StepOutputs):
-        return kd_loss(out.student_logits, out.teacher_logits, self.T)
+        return kd_loss(out.student_logits, out.teacher_logits.detach(), self.T)  # the teacher only teaches
