@@ -122,6 +122,10 @@ def test_numbers_equal_the_summaries(runs, tmp_path):
         assert cells[6] == f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}"
         assert cells[7] == f"{runs_summaries[0]['params']:,}"
         assert cells[8] == format_macs(runs_summaries[0]["macs"])  # formatting itself: test_models
+        speeds = [s["images_seen"] / s["train_time_s"] for s in runs_summaries]  # train_time_s: rounded to 1 ms
+        assert [s["train_img_per_s"] for s in runs_summaries] == pytest.approx(speeds, rel=5e-4 / min(
+            s["train_time_s"] for s in runs_summaries))
+        assert cells[9] == f"{statistics.mean(s['train_img_per_s'] for s in runs_summaries):,.0f}"
         assert cells[10] == f"{statistics.mean(wall):.1f} ± {statistics.stdev(wall):.1f}"
         assert all(f"`{path}`" in markdown for path in group["runs"])
 
@@ -267,3 +271,32 @@ def test_teacher_column_names_the_checkpoint_and_what_chose_it():
     run.summary["teacher_checkpoint"] = {"file": "runs/t-seed0/checkpoints/last.pt", "which": "last",
                                          "selected_on": None}
     assert teacher_label(run) == "resnet14 (last.pt)"
+
+
+def test_img_per_s_column_is_the_mean_of_the_runs_rates(tmp_path):
+    """Summaries with known timings: the column is the mean over a group's runs of images_seen / train_time_s
+    (each run's rate, as the trainer writes train_img_per_s), not the pooled images over pooled time;
+    a group whose summaries lack the rate shows '—'. Without config.yaml, runs group by their summaries."""
+    timings = {"fast-seed0": (9000, 3.0), "fast-seed1": (9000, 9.0), "fast-seed2": (10000, 2.0),
+               "slow-seed0": (500, 4.0)}
+    for name, (images, seconds) in timings.items():
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        fast = name.startswith("fast")
+        summary = {"name": name, "seed": int(name[-1]), "student": "resnet8" if fast else "resnet14",
+                   "dataset": "digits", "losses": {"ce": 1.0}, "params": 1000, "macs": 5000, "steps": 10,
+                   "top1_last": 50.0, "top1_best": 50.0, "images_seen": images, "train_time_s": seconds,
+                   "wall_time_s": seconds + 1}
+        if fast:
+            summary["train_img_per_s"] = images / seconds
+        (folder / "summary.json").write_text(json.dumps(summary))
+    result = write_report([tmp_path / "runs"], out=tmp_path / "report")
+    cells = {}
+    for line in result["table"].splitlines()[2:]:
+        row = [c.strip() for c in line.strip("|").split("|")]
+        cells[row[0]] = row[9]
+    mean = statistics.mean(timings[f"fast-seed{s}"][0] / timings[f"fast-seed{s}"][1] for s in range(3))
+    assert mean == pytest.approx(3000.0)  # (3000 + 1000 + 5000) / 3; pooled it would be 28000 / 14 s = 2000
+    assert cells == {"fast": "3,000", "slow": "—"}
+    groups = {g["label"]: g for g in result["groups"]}
+    assert groups["fast"]["metrics"]["train_img_per_s"]["values"] == pytest.approx([3000.0, 1000.0, 5000.0])
