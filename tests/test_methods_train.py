@@ -1,21 +1,43 @@
-"""Every method trains a real student on the built-in digits: the loss falls, the student learns."""
+"""Every method distils a real student on the built-in digits, and learns what its teacher shows.
+
+"The loss falls" holds for a method that ignores its teacher too (CE trains the student, the
+method's own parameters fit anything). What only a working method does: after training, its
+term on a fixed batch is far lower with each image's own teacher outputs than with another
+image's (the teacher's batch rolled by one image). A method that took the teacher's features
+from the wrong image, matched noise or never reached the student has no such gap.
+"""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 
+import kdforge.engine.trainer as trainer_module
 from kdforge.config import config_from_dict
+from kdforge.data import TensorLoader
 from kdforge.engine import train_from_config
 from kdforge.methods import method_class, method_names
 
 DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
-#: parameters that make a 4-epoch run meaningful (the defaults are for 240-epoch schedules)
-SHORT_RUN = {"dkd": {"warmup": 1}}
+#: parameters that make a 4-epoch run on 1,437 images meaningful (the defaults suit 240-epoch schedules)
+SHORT_RUN = {
+    "dkd": {"warmup": 1},
+    # VID's mean regressor learns at a rate scaled by 1 / variance: from the default 5.0 it barely moves in
+    # 4 epochs (term -6 %, no pairing gap, measured); from 0.1 it learns the pairing within them
+    "vid": {"init_variance": 0.1},
+}
+#: methods whose logits carry the classes: they must teach them without any label (CE weight 0)
+LOGIT_METHODS = ["kd", "dkd", "netgraft"]
+#: the largest term(own teacher) / term(another image's teacher) a trained method may keep; measured
+#: after 4 epochs (AMD EPYC): 0.05-0.32 for most, 0.45 fitnet, 0.51 cc, 0.55 vid, and 0.96 crd (below)
+PAIRING_RATIO = 0.7
+#: the smallest relative fall of a method's term from the first epoch to the last (measured 0.4-0.95)
+TERM_FALL = 0.2
 COMMON = {
     "data": {"augment": {"crop_padding": 2, "hflip": False}},
     "schedule": {"name": "cosine", "epochs": 4, "warmup_epochs": 0.5},
-    "train": {"progress": False, "tensorboard": False, "device": "cpu", "log_every": 10},
+    "train": {"progress": False, "tensorboard": False, "device": "cpu", "precision": "fp32", "log_every": 10},
 }
 
 
@@ -29,35 +51,145 @@ def teacher_dir(tmp_path_factory):
     return out / "teacher"
 
 
-def losses_for(name):
-    cls = method_class(name)
-    weight = getattr(cls, "typical_weight", 1.0)
+def losses_for(name, ce=True):
+    weight = getattr(method_class(name), "typical_weight", 1.0)
     if name == "kd":
-        return {"ce": 0.1, "kd": {"weight": 0.9}}
-    return {"ce": 1.0, name: {"weight": weight, **SHORT_RUN.get(name, {})}}
+        return {"ce": 0.1 if ce else 0.0, "kd": {"weight": 0.9}}
+    return {"ce": 1.0 if ce else 0.0, name: {"weight": weight, **SHORT_RUN.get(name, {})}}
+
+
+@dataclass
+class Pairing:
+    """A method's term on the first 256 training images (no augmentation, student in eval mode),
+    with each image's own teacher outputs and with those of the image before it in the batch."""
+
+    own: float
+    other: float
+
+    @property
+    def ratio(self) -> float:
+        return self.own / self.other
+
+
+def measure_pairing(trainer, key: str, pretrain: bool) -> Pairing:
+    loader = TensorLoader(trainer.train_data, 256, shuffle=False, drop_last=False, augment=None, seed=0,
+                          device=torch.device("cpu"), with_indices=True)
+    images, labels, indices = next(iter(loader))
+
+    def term(rolled: bool) -> float:
+        hook = (trainer.teacher.register_forward_pre_hook(lambda module, args: (torch.roll(args[0], 1, 0),))
+                if rolled else None)
+        training = trainer.student.training
+        trainer.student.eval()
+        try:
+            with torch.no_grad():
+                out = trainer.forward(images, labels, indices)
+                method = trainer.losses.methods[key]
+                value = method.pretrain_loss(out) if pretrain else method(out)
+        finally:
+            trainer.student.train(training)
+            if hook is not None:
+                hook.remove()
+        return float(sum(value.values()) if isinstance(value, dict) else value)
+
+    return Pairing(term(False), term(True))
+
+
+@dataclass
+class Probe:
+    """The pairing of `key` before and after what trains it: the run, or for a method of weight 0
+    (AB: an initialisation) its pre-training stage."""
+
+    key: str
+    before: Pairing | None = None
+    after: Pairing | None = None
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    probes: list[Probe] = []
+    fit, pretrain = trainer_module.Trainer.fit, trainer_module.run_pretrain_stages
+
+    def pretrained_only(trainer, key):
+        return trainer.losses.weights[key] == 0 and trainer.losses.methods[key].pretrain_epochs > 0
+
+    def probed_fit(self, *args, **kwargs):
+        self.prepare()
+        p = probes[-1]
+        if not pretrained_only(self, p.key):
+            p.before = measure_pairing(self, p.key, pretrain=False)
+        summary = fit(self, *args, **kwargs)
+        if not pretrained_only(self, p.key):
+            p.after = measure_pairing(self, p.key, pretrain=False)
+        return summary
+
+    def probed_pretrain(trainer, logger):
+        p = probes[-1]
+        if pretrained_only(trainer, p.key):
+            p.before = measure_pairing(trainer, p.key, pretrain=True)
+        pretrain(trainer, logger)
+        if pretrained_only(trainer, p.key):
+            p.after = measure_pairing(trainer, p.key, pretrain=True)
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", probed_fit)
+    monkeypatch.setattr(trainer_module, "run_pretrain_stages", probed_pretrain)
+
+    def start(key):
+        probes.append(Probe(key))
+        return probes[-1]
+
+    return start
+
+
+def train(name, teacher_dir, out, ce=True):
+    cfg = config_from_dict({**COMMON, "name": name, "output_dir": str(out), "seed": 1,
+                            "student": {"model": "resnet8"}, "teacher": {"checkpoint": str(teacher_dir)},
+                            "losses": losses_for(name, ce)})
+    summary = train_from_config(cfg)
+    log = [json.loads(line) for line in (out / name / "log.jsonl").read_text().splitlines()]
+    return cfg, summary, log
+
+
+def term_per_epoch(name, log, weight):
+    """The method's logged term per epoch; for a weight-0 method, its pre-training loss per epoch."""
+    if weight == 0:
+        return [r["loss"] for r in log if r["kind"] == "pretrain" and r["method"] == name]
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    parts = [k for k in epochs[0] if k == f"train_{name}" or k.startswith(f"train_{name}/")]
+    assert parts, f"no logged loss term for {name}"
+    return [sum(e[k] for k in parts) for e in epochs]
 
 
 @pytest.mark.parametrize("name", DISTILL_METHODS)
-def test_method_trains_a_student(name, teacher_dir, tmp_path):
-    cfg = config_from_dict({**COMMON, "name": name, "output_dir": str(tmp_path), "seed": 1,
-                            "student": {"model": "resnet8"}, "teacher": {"checkpoint": str(teacher_dir)},
-                            "losses": losses_for(name)})
-    summary = train_from_config(cfg)
-    epochs = [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()
-              if json.loads(l)["kind"] == "epoch"]
+def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp_path, probe):
+    p = probe(name)
+    cfg, summary, log = train(name, teacher_dir, tmp_path)
+    epochs = [r for r in log if r["kind"] == "epoch"]
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in epochs)
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    if cfg.losses[name]["weight"] != 0:
-        term = f"train_{name}"
-        parts = [k for k in epochs[0] if k == term or k.startswith(term + "/")]
-        assert parts, f"no logged loss term for {name}"
-        first, last = sum(epochs[0][k] for k in parts), sum(epochs[-1][k] for k in parts)
-        if name != "crd":
-            assert last < first, (first, last)
-        # CRD's NCE term over all 1,436 other images barely moves in 4 epochs here (13.87 -> 13.86 on one
-        # CPU, 13.87 -> 13.87 on another): what it must learn is shown by
+    weight = cfg.losses[name]["weight"]
+    term = term_per_epoch(name, log, weight)
+    assert len(term) >= 2, term
+    assert p.before is not None and p.after is not None
+    if name == "crd":
+        # CRD's positives come from a memory bank of past embeddings and its NCE term over all 1,436 other
+        # images is dominated by the negatives: after 4 epochs its own/other ratio is 0.96 (0.99 at the
+        # start). Here the gap must widen; what CRD must learn is shown directly by
         # test_methods_contrastive.py::test_crd_heads_learn_to_pair_each_sample_with_its_own_teacher_embedding
-    assert summary["top1_last"] > 50  # chance is 10%
+        assert p.after.other - p.after.own > 1.5 * (p.before.other - p.before.own), (p.before, p.after)
+    else:
+        assert p.after.ratio < PAIRING_RATIO, (p.before, p.after)
+        assert p.after.ratio < 0.8 * p.before.ratio, (p.before, p.after)  # learned, not there from the start
+        assert term[-1] < (1 - TERM_FALL) * term[0], term
+    assert summary["top1_last"] > 50  # chance is 10 %; CE alone reaches about 75 % here
+
+
+@pytest.mark.parametrize("name", LOGIT_METHODS)
+def test_logit_method_teaches_the_classes_without_labels(name, teacher_dir, tmp_path, probe):
+    """CE weight 0: the teacher's logits alone must teach the classes (chance is 10 %)."""
+    p = probe(name)
+    _, summary, _ = train(name, teacher_dir, tmp_path, ce=False)
+    assert summary["top1_last"] > 30
+    assert p.after.ratio < PAIRING_RATIO, (p.before, p.after)
 
 
 def test_kd_and_feature_methods_compose(teacher_dir, tmp_path):
