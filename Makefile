@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdforge-installed
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench clean data
 
 setup: $(STAMP)
 
@@ -24,6 +24,18 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/speed.py
+
+# Fashion-MNIST from the Debian package dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist,
+# where `fashion_mnist` looks when data.root is not set). Needs root and apt-get; otherwise prints the command.
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then \
+	  echo "Fashion-MNIST is installed in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; \
+	else \
+	  echo "make data: needs root and apt-get; run as root: apt-get install -y dataset-fashion-mnist" >&2; exit 1; \
+	fi
 
 clean:
 	rm -rf runs .pytest_cache
