@@ -154,6 +154,7 @@ def test_figures_and_self_contained_html(runs, tmp_path):
     files = write_report([runs], out=tmp_path)["files"]
     _png_ok(files["curves"], CURVES_PX)
     _png_ok(files["scatter"], SCATTER_PX)
+    _png_ok(files["bars"], (880, 275))  # 8 x 2.5 inches at 110 dpi: the least height, for 3 groups
     page = Path(files["html"]).read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(f).name for f in files.values())
     links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page, flags=re.IGNORECASE)
@@ -161,7 +162,7 @@ def test_figures_and_self_contained_html(runs, tmp_path):
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     assert "http" not in re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     embedded = [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
-    assert embedded == [Path(files["curves"]).read_bytes(), Path(files["scatter"]).read_bytes()]
+    assert embedded == [Path(files[k]).read_bytes() for k in ("bars", "curves", "scatter")]
     assert "<table>" in page and page.count("<tr>") == 1 + 3  # header + one row per group
     assert "6 runs in 3 groups" in page
 

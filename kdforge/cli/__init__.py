@@ -7,10 +7,10 @@ import os
 import sys
 import traceback
 
-from kdforge.cli import attention, ddnn, evaluate, export, hints, info, netgraft, predict, quickstart, report, sftn, train
+from kdforge.cli import attention, compare, ddnn, evaluate, export, hints, info, netgraft, predict, quickstart, report, sftn, train
 from kdforge.errors import KDForgeError
 
-COMMANDS = [train, evaluate, export, predict, report, hints, sftn, ddnn, netgraft, quickstart, info.models_command,
+COMMANDS = [train, evaluate, export, predict, report, compare, hints, sftn, ddnn, netgraft, quickstart, info.models_command,
             info.methods_command, info.layers_command, attention]
 DEBUG_HELP = "show full tracebacks for errors"
 

@@ -8,12 +8,15 @@ def add_parser(sub) -> None:
         "report", help="compare runs: Markdown table, PNG plots and one self-contained HTML page",
         description="Compare finished runs. Runs that differ only by seed form one row (mean ± std of "
                     "top-1, wall time, ...); --by groups by chosen fields instead. Writes report.md, "
-                    "report.json, curves.png, scatter.png and report.html (one file, images embedded).")
+                    "report.json, curves.png, scatter.png, bars.png (top-1 per group, sorted) and report.html (one file, images embedded).")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="a run folder (with summary.json), or a folder whose sub-folders are runs")
     p.add_argument("--by", metavar="FIELD,...", default=None,
                    help="group by these fields: method, student, teacher, dataset, or dotted config keys "
                         "(e.g. losses.kd.T, optim.lr); default: runs that differ only by seed")
+    p.add_argument("--baseline", metavar="GROUP", default=None,
+                   help="a group's label (e.g. student-alone): also table every group's top-1 gain over it, "
+                        "paired by seed")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: report/ in the runs' common parent folder)")
     p.set_defaults(func=run)
@@ -27,9 +30,12 @@ def run(args) -> int:
         from kdforge.cli.args import check_out_folder
 
         check_out_folder(args.out)
-    result = write_report(args.runs, out=args.out, by=args.by)
+    result = write_report(args.runs, out=args.out, by=args.by, baseline=args.baseline)
     print(f"{count_phrase(result['groups'])}\n")
     print(result["table"])
+    if result["gain_table"]:
+        print(f"\ngain over {args.baseline}, paired by seed:\n")
+        print(result["gain_table"])
     for note in result["notes"]:
         print(f"note: {note}")
     print()

@@ -600,6 +600,9 @@ class Trainer:
             "wall_time_s": round(self.state.elapsed_s, 3),
             "train_time_s": round(self.state.train_time_s, 3),  # training steps only (no evaluation, saving)
             "train_img_per_s": self.state.train_images / max(self.state.train_time_s, 1e-9),
+            "ms_per_step": 1000.0 * self.state.train_time_s / max(self.state.step, 1),
+            # what the methods train beside the student (connectors, embeddings, heads), left out of params
+            "method_params": sum(p.numel() for m in self.losses.methods.values() for p in m.parameters()),
             "device": str(self.precision.device),
             "precision": self.precision.name,
             "channels_last": self.precision.channels_last,

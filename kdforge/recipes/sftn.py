@@ -14,23 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from kdforge.config import merge_configs
-from kdforge.methods import method_class
+from kdforge.methods.usual import usual_losses
 from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.runs import SAME, run_once, teacher_phrase, teacher_section  # noqa: F401  (shared with the other recipes; SAME re-exported)
 from kdforge.recipes.stats import format_mean_std
 from kdforge.report import write_report
 
 KINDS = ("standard", "SFTN")
-
-
-def student_losses(method: str) -> dict[str, Any]:
-    """Stage 2 losses: KD as 0.1 CE + 0.9 KD (T = 4); any other method at its usual weight with CE 1."""
-    if method == "kd":
-        return {"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}}
-    cls = method_class(method)
-    if not cls.needs_teacher:
-        raise ValueError(f"{method} does not distil from a teacher; choose a distillation method")
-    return {"ce": 1.0, method: cls.typical_weight}
 
 
 def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: dict[str, Any] | None = None,
@@ -46,7 +36,7 @@ def run_sftn_pipeline(teacher: str, student: str, methods: list[str], *, base: d
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = merge_configs(copy.deepcopy(base if base is not None else DIGITS_BASE), {"train": {"progress": progress}})
-    stage2 = {m: student_losses(m) for m in methods}
+    stage2 = {m: usual_losses(m) for m in methods}
     student_base = merge_configs(copy.deepcopy(base), student_overrides or {})
     teacher_losses = {"standard": {"ce": 1.0}, "SFTN": {"sftn": {"weight": 1.0, "student": student, **(sftn or {})}}}
     results: dict[str, dict[str, list]] = {kind: {} for kind in KINDS}

@@ -13,22 +13,25 @@ __all__ = ["write_report", "FILES"]
 
 #: what write_report writes into its output folder
 FILES = {"markdown": "report.md", "json": "report.json", "html": "report.html",
-         "curves": "curves.png", "scatter": "scatter.png"}
+         "curves": "curves.png", "scatter": "scatter.png", "bars": "bars.png"}
 
 
 def write_report(runs: list[str | Path], out: str | Path | None = None,
-                 by: str | list[str] | None = None) -> dict[str, Any]:
+                 by: str | list[str] | None = None, baseline: str | None = None) -> dict[str, Any]:
     """Report on `runs` (run folders, or folders whose sub-folders are runs) into `out`
     (default: `<common parent of the runs>/report`).
 
     `by`: fields to group by (`method`, `student`, `teacher`, `dataset`, or dotted config keys);
-    None groups the runs that differ only by seed. Returns {'groups': report.json's groups,
-    'table': the Markdown table, 'markdown': report.md's text, 'files': {kind: path}, 'notes': [...], 'out': folder}.
+    None groups the runs that differ only by seed. `baseline`: a group's label; then every group's top-1
+    gain over it, paired by seed (report/gains.py), is tabled too. Returns {'groups': report.json's groups,
+    'table': the Markdown table, 'gains': gain rows or None, 'gain_table': their Markdown or None,
+    'markdown': report.md's text, 'files': {kind: path}, 'notes': [...], 'out': folder}.
     """
     from kdforge.errors import ConfigError
     from kdforge.report.backfill import student_macs, teacher_architecture
     from kdforge.report.collect import find_runs, read_run
-    from kdforge.report.figures import plot_report_curves, plot_report_scatter
+    from kdforge.report.figures import plot_report_bars, plot_report_curves, plot_report_scatter
+    from kdforge.report.gains import gain_markdown, gain_rows
     from kdforge.report.grouping import group_runs, parse_fields
     from kdforge.report.html_page import render_html
     from kdforge.report.metrics import group_record
@@ -50,14 +53,21 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     plot_report_curves(groups, files["curves"], notes)
     plot_report_scatter(groups, files["scatter"], notes)
-
     records = [group_record(g) for g in groups]
+    try:
+        gains = gain_rows(records, baseline) if baseline is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--baseline: {exc}") from None
+    plot_report_bars(groups, files["bars"], baseline)
+
     grouped_by = ", ".join(fields) if fields else "config except seed"
-    markdown = markdown_report(records, grouped_by, notes)
+    gain_table = gain_markdown(gains) if gains is not None else None
+    markdown = markdown_report(records, grouped_by, notes, gain_table and (baseline, gain_table))
     files["markdown"].write_text(markdown)
-    files["json"].write_text(json.dumps({"grouped_by": grouped_by, "groups": records, "notes": notes},
-                                        indent=2, default=str) + "\n")
-    files["html"].write_text(render_html(records, {"learning curves": files["curves"],
-                                                   "top-1 vs size and cost": files["scatter"]}, grouped_by, notes))
-    return {"groups": records, "table": markdown_table(records), "markdown": markdown, "files": {k: str(v) for k, v in files.items()},
-            "notes": notes, "out": str(out)}
+    files["json"].write_text(json.dumps({"grouped_by": grouped_by, "groups": records, "baseline": baseline,
+                                         "gains": gains, "notes": notes}, indent=2, default=str) + "\n")
+    figures = {"top-1 per group": files["bars"], "learning curves": files["curves"],
+               "top-1 vs size and cost": files["scatter"]}
+    files["html"].write_text(render_html(records, figures, grouped_by, notes, gains=gains, baseline=baseline))
+    return {"groups": records, "table": markdown_table(records), "gains": gains, "gain_table": gain_table,
+            "markdown": markdown, "files": {k: str(v) for k, v in files.items()}, "notes": notes, "out": str(out)}

@@ -33,6 +33,9 @@ class Run:
     def value(self, metric: str) -> float | None:
         """A numeric summary field (or the MACs) as a finite float, None when absent."""
         value = self.macs if metric == "macs" else self.summary.get(metric)
+        if metric == "ms_per_step" and value is None:  # summaries written before the field existed
+            time_s, steps = as_number(self.summary.get("train_time_s")), as_number(self.summary.get("steps"))
+            value = 1000.0 * time_s / steps if time_s is not None and steps else None
         return as_number(value)
 
 

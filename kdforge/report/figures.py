@@ -17,6 +17,7 @@ from kdforge.report.grouping import Group
 DPI = 110  # the resolution of save_figure
 CURVES_PX = (1210, 440)  # (width, height)
 SCATTER_PX = (1210, 495)
+BARS_WIDTH_IN = 8.0  # the bar chart's height grows with the number of groups
 
 
 def _figure(px: tuple[int, int], panels: int = 2):
@@ -92,4 +93,35 @@ def plot_report_scatter(groups: list[Group], path: str | Path, notes: list[str])
         else:
             _no_data(ax, f"no group has both top-1 and {xlabel}")
         ax.grid(alpha=0.3, which="both")
+    return save_figure(fig, path)
+
+
+def plot_report_bars(groups: list[Group], path: str | Path, baseline: str | None = None) -> Path:
+    """Top-1 (last epoch) per group as horizontal bars, best on top, ± std error bars; the `baseline`
+    group in grey with a dashed line at its mean. The axis starts near the lowest bar, not at 0."""
+    from kdforge.report.metrics import metric
+
+    rows = [(g.label, metric(g, "top1_last")) for g in groups]
+    rows = sorted([(label, m["mean"], m["std"] or 0.0) for label, m in rows if m["mean"] is not None],
+                  key=lambda r: r[1])
+    height = max(2.5, 0.32 * len(rows) + 1.2)
+    fig, ax = plt.subplots(figsize=(BARS_WIDTH_IN, height))
+    if not rows:
+        _no_data(ax, "no group has a top-1")
+        return save_figure(fig, path)
+    labels, means, stds = zip(*rows)
+    colors = ["0.6" if label == baseline else "tab:blue" for label in labels]
+    ax.barh(range(len(rows)), means, xerr=stds, color=colors, capsize=3, error_kw={"elinewidth": 1})
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    low = min(m - s for _, m, s in rows)
+    high = max(m + s for _, m, s in rows)
+    pad = max(0.5, 0.08 * (high - low))
+    ax.set_xlim(low - pad, min(100.0, high + pad) if high < 100 else high + pad)
+    if baseline is not None and baseline in labels:
+        ax.axvline(means[labels.index(baseline)], color="0.3", linestyle="--", linewidth=1,
+                   label=f"{baseline} (mean)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="top-1 last epoch (%), mean ± std over seeds (axis does not start at 0)",
+           title="top-1 per group")
+    ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kdforge.report.table import HEADERS, count_phrase, row_cells
+from kdforge.report.table import GAIN_NOTE, HEADERS, count_phrase, row_cells
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
@@ -38,10 +38,23 @@ def _table(records: list[dict[str, Any]]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 
 
-def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped_by: str, notes: list[str],
-                when: datetime | None = None) -> str:
-    """The page: header, table, figures (embedded), each group's run folders, notes."""
+def _gain_table(gains: list[dict[str, Any]], baseline: str) -> str:
+    from kdforge.report.gains import GAIN_HEADERS, row_cells as gain_cells
+
     e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in GAIN_HEADERS)
+    rows = ["<tr>" + "".join((f"<td>{e(c)}</td>" if i in (0, 3) else f'<td class="num">{e(c)}</td>')
+                             for i, c in enumerate(gain_cells(r))) + "</tr>" for r in gains]
+    return (f"<h2 id=\"gains\">Gain over {e(baseline)}</h2>\n<p>{e(GAIN_NOTE)}</p>\n<table>\n<thead><tr>{head}"
+            f"</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+
+
+def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped_by: str, notes: list[str],
+                when: datetime | None = None, gains: list[dict[str, Any]] | None = None,
+                baseline: str | None = None) -> str:
+    """The page: header, table, the gain table (with `gains`), figures (embedded), each group's run folders, notes."""
+    e = html.escape
+    gain_html = _gain_table(gains, baseline or "") if gains is not None else ""
     when = when or datetime.now()
     images = "\n".join(f'<h3>{e(name)}</h3>\n<img alt="{e(name)}" src="{data_uri(path)}">'
                        for name, path in figures.items())
@@ -62,6 +75,7 @@ def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped
 grouped by {e(grouped_by)} · <a href="#table">table</a> · <a href="#figures">figures</a> · <a href="#runs">runs</a></p>
 <h2 id="table">Results</h2>
 {_table(records)}
+{gain_html}
 <h2 id="figures">Figures</h2>
 {images}
 <h2 id="runs">Runs per group</h2>

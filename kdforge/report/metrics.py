@@ -9,7 +9,8 @@ from kdforge.recipes.stats import mean_std
 from kdforge.report.grouping import NAMED, Group
 
 #: summary fields compared across groups ('macs' may be counted by the report itself)
-METRICS = ("top1_last", "top1_best", "params", "macs", "train_img_per_s", "wall_time_s")
+METRICS = ("top1_last", "top1_best", "params", "macs", "train_img_per_s", "wall_time_s", "val_top1_last",
+           "ms_per_step", "method_params")
 
 
 def metric(group: Group, name: str) -> dict[str, Any]:

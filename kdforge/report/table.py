@@ -10,6 +10,8 @@ from kdforge.recipes.stats import format_mean_std
 HEADERS = ["group", "method", "teacher", "student", "seeds (n)", "top-1 last (mean ± std)",
            "top-1 best (mean ± std)", "params", "MACs", "img/s (mean)", "wall time s (mean ± std)"]
 MISSING = "—"
+GAIN_NOTE = ("Gain: a group's last-epoch top-1 minus the baseline's on the same seed, mean ± std over the seeds "
+             "both have; best first.")
 
 
 def _present(record: dict[str, Any], name: str) -> list[float]:
@@ -55,10 +57,14 @@ def count_phrase(records: list[dict[str, Any]]) -> str:
     return f"{runs} run{'' if runs == 1 else 's'} in {len(records)} group{'' if len(records) == 1 else 's'}"
 
 
-def markdown_report(records: list[dict[str, Any]], grouped_by: str, notes: list[str]) -> str:
-    """report.md: the table, then each group's run folders, then the notes."""
-    parts = [f"# Run report\n\n{count_phrase(records)}, grouped by {grouped_by}.\n",
-             markdown_table(records), "\n## Runs per group\n"]
+def markdown_report(records: list[dict[str, Any]], grouped_by: str, notes: list[str],
+                    gains: tuple[str, str] | None = None) -> str:
+    """report.md: the table, the gain table (`gains`: (baseline label, its Markdown)) if any, then each
+    group's run folders, then the notes."""
+    parts = [f"# Run report\n\n{count_phrase(records)}, grouped by {grouped_by}.\n", markdown_table(records)]
+    if gains:
+        parts += [f"\n## Gain over {_md_cell(gains[0])}\n\n{GAIN_NOTE}\n", gains[1]]
+    parts += ["\n## Runs per group\n"]
     parts += [f"- **{_md_cell(r['label'])}**: " + ", ".join(f"`{path}`" for path in r["runs"]) for r in records]
     if notes:
         parts += ["\n## Notes\n", *(f"- {note}" for note in notes)]

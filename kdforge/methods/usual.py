@@ -1,0 +1,55 @@
+"""The losses a method is usually run with, as the CIFAR-100 benchmarks run it.
+
+The convention of the CRD benchmark (Tian et al., ICLR 2020; RepDistiller) and mdistiller: total
+loss = CE + beta * method, with the method's usual beta (`typical_weight`), and KD not added, except:
+
+- `kd` itself: 0.1 CE + 0.9 KD at T = 4;
+- `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
+  RTK follows AFD, our interpretation);
+- methods whose schedule is counted in epochs of a 240-epoch CIFAR run (AB's and FT's 30
+  pre-training epochs, DKD's 20 warm-up epochs) get that share of the run's epochs
+  (`scaled_epochs`; our interpretation for short schedules; at 240 epochs it is the paper's value).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdforge.methods.registry import method_class
+
+__all__ = ["usual_losses", "scaled_epochs", "REFERENCE_EPOCHS", "KD_ADDED"]
+
+#: the length of the CIFAR-100 schedule the usual epoch counts belong to
+REFERENCE_EPOCHS = 240
+#: methods run with 0.9 KD (T = 4) beside them by their own papers
+KD_ADDED = ("afd", "rtk")
+#: method -> (parameter, epochs of a 240-epoch run)
+EPOCH_COUNTS = {"ab": ("pretrain_epochs", 30), "ft": ("pretrain_epochs", 30), "dkd": ("warmup", 20)}
+KD = {"weight": 0.9, "T": 4.0}
+
+
+def scaled_epochs(usual: int, epochs: int | None) -> int:
+    """`usual` epochs of a 240-epoch schedule, as the same share of `epochs` (at least 1); `usual` if None."""
+    if epochs is None:
+        return usual
+    return max(1, round(usual * epochs / REFERENCE_EPOCHS))
+
+
+def usual_losses(method: str, epochs: int | None = None) -> dict[str, Any]:
+    """The `losses:` section of a run of `method` at its usual weight (see the module docstring);
+    `epochs`: the run's length, to scale epoch-counted settings (None keeps the 240-epoch values).
+    An unknown method is the registry's error; a method without a teacher is a ValueError."""
+    cls = method_class(method)
+    if not cls.needs_teacher:
+        raise ValueError(f"{method} does not distil from a teacher; choose a distillation method")
+    if method == "kd":
+        return {"ce": 0.1, "kd": dict(KD)}
+    spec: Any = cls.typical_weight
+    if method in EPOCH_COUNTS:
+        parameter, usual = EPOCH_COUNTS[method]
+        spec = {"weight": cls.typical_weight, parameter: scaled_epochs(usual, epochs)}
+    losses: dict[str, Any] = {"ce": 1.0}
+    if method in KD_ADDED:
+        losses["kd"] = dict(KD)
+    losses[method] = spec
+    return losses
