@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdforge-installed
 
-.PHONY: setup quickstart test bench clean data
+.PHONY: setup quickstart test mutation bench clean data
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ quickstart: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Each mutation of devtools/mutations.py applied to a copy of the tree; its tests must fail (docs/testing.md).
+# Not part of `make test`: about 15 minutes on 2 cores.
+mutation: setup
+	$(PY) -m devtools.mutation
 
 bench: setup
 	$(PY) benchmarks/speed.py
