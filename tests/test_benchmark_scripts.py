@@ -4,6 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from kdforge.config import load_config
 
 ROOT = Path(__file__).parent.parent
@@ -93,6 +95,16 @@ def test_export_speed_script_checks_every_runtime_against_pytorch(tmp_path):
     run = bench.runners("resnet8", 16, 10, tmp_path)
     assert set(run) == {"pytorch eager", "torchscript", "onnxruntime"}
     assert bench.check(run, 16) <= bench.TOLERANCE
+    # a runtime whose outputs are wrong is refused, by name: slightly off, another model's, or NaN
+    other = bench.build_model("resnet8", num_classes=10).eval()  # other random weights
+    def off(x):  # 10x the tolerance, relative to the largest logit as check() measures
+        z = run["onnxruntime"](x)
+        return z + 10 * bench.TOLERANCE * max(1.0, z.abs().max().item())
+
+    for wrong in (off, lambda x: other(x).detach(),
+                  lambda x: run["onnxruntime"](x) * float("nan")):
+        with pytest.raises(SystemExit, match="the onnxruntime export differs from PyTorch"):
+            bench.check({**run, "onnxruntime": wrong}, 16)
     rates = bench.time_rounds(run, 16, batch=2, rounds=1, seconds=0.01)
     assert set(rates) == set(run) and all(rate > 0 for rate in rates.values())
 
