@@ -4,7 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("KDFORGE_TEST", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread per pytest-xdist worker (`make test` runs one worker per core), else at most 2
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

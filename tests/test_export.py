@@ -58,10 +58,20 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ddnn_epochs(tmp_path_factory):
-    """A 3-epoch few-shot ddnn run (resnet14 with resnet8) whose paths score differently: (folder, summary)."""
+    """A 3-epoch few-shot ddnn run (resnet14 with resnet8) whose paths score differently: (folder, summary).
+
+    On 100 hold-out images the two paths can tie by chance, and whether they do depends on the CPU's
+    kernels and thread count; the first seed whose paths differ at the end and at their best is used."""
     options = {"full": "resnet14", "subnets": ["resnet8"], "bn": "switchable"}
-    return tiny_run(tmp_path_factory.mktemp("ddnn_epochs"), "ddnn", {"model": "ddnn", "options": options},
-                    {"ekd": 1}, seed=1, lr=0.05, epochs=3, data=FEW_SHOT)
+    for seed in range(1, 6):
+        run, summary = tiny_run(tmp_path_factory.mktemp(f"ddnn_epochs{seed}"), "ddnn",
+                                {"model": "ddnn", "options": options}, {"ekd": 1}, seed=seed, lr=0.05, epochs=3,
+                                data=FEW_SHOT)
+        epochs = logged_epochs(run)
+        full, path = [r["eval_top1"] for r in epochs], [r["eval_top1/ekd/resnet8"] for r in epochs]
+        if path[-1] != full[-1] and max(path) != max(full):
+            return run, summary
+    raise AssertionError("five seeds of a 3-epoch ddnn run gave paths of equal top-1: they do not train apart")
 
 
 def logged_epochs(run: Path) -> list[dict]:
