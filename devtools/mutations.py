@@ -104,4 +104,13 @@ MUTATIONS: list[Mutation] = [
              'values = [v for v in record["metrics"]["top1_last"]["values"] if v is not None]',
              ["tests/test_compare.py::test_validation_winner_uses_validation_top1_only"],
              "kdforge compare names the method with the best test top-1 (selection on the test split)"),
+    Mutation("pretrain-stage-ignores-signals", "kdforge/engine/pretrain.py", "signum = stop_requested()",
+             "signum = None",
+             ["tests/test_pretrain_stages.py::test_stopped_in_the_stage_or_in_training_and_continued_ends_bit_identical"],
+             "SIGTERM during AB's or FT's pre-training stage is not acted on (once it killed the process)"),
+    Mutation("resume-refuses-a-run-stopped-in-its-stage", "kdforge/engine/run.py",
+             "if resume and stopped_before_first_checkpoint(Path(cfg.output_dir) / cfg.name):",
+             "if False:",
+             ["tests/test_pretrain_stages.py::test_stopped_in_the_stage_or_in_training_and_continued_ends_bit_identical"],
+             "--resume on a run stopped before its first checkpoint fails instead of starting it again"),
 ]

@@ -474,9 +474,9 @@ def fit_recording_pretrain(trainer, monkeypatch):
 
     snaps = {}
 
-    def recorded(tr, logger):
+    def recorded(tr, logger, *stop):
         snaps["before"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
-        pretrain.run_pretrain_stages(tr, logger)
+        pretrain.run_pretrain_stages(tr, logger, *stop)
         snaps["after"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
 
     monkeypatch.setattr("kdforge.engine.trainer.run_pretrain_stages", recorded)

@@ -123,11 +123,11 @@ def probe(monkeypatch):
             p.after = measure_pairing(self, p.key, pretrain=False)
         return summary
 
-    def probed_pretrain(trainer, logger):
+    def probed_pretrain(trainer, logger, *stop):
         p = probes[-1]
         if pretrained_only(trainer, p.key):
             p.before = measure_pairing(trainer, p.key, pretrain=True)
-        pretrain(trainer, logger)
+        pretrain(trainer, logger, *stop)
         if pretrained_only(trainer, p.key):
             p.after = measure_pairing(trainer, p.key, pretrain=True)
 

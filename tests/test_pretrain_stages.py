@@ -1,11 +1,10 @@
 """The stages before training (AB's initialisation, FT's paraphraser) in the engine: stopped and continued
 runs end bit for bit where an uninterrupted run ends, and each stage trains exactly what it names.
 
-A stop is simulated as in tests/test_crash_safety.py: the process signals itself from inside a forward
-pass. Inside a stage that is Ctrl-C (SIGINT: Python's KeyboardInterrupt); a SIGTERM there would end the
-test process, since the stage runs before the trainer's signal handlers are installed. The run is then
-continued the way the recipes do (`recipes.runs.run_planned`: resume from last.pt if there is one, else
-start the run again); inside training it is SIGTERM, which the trainer turns into a save and a stop.
+A stop is simulated as in tests/test_crash_safety.py: the process sends itself SIGTERM from inside a
+forward pass. Inside a stage the trainer stops after that step and saves nothing (a stage is not
+checkpointed); `--resume` then starts the run again. Inside training it saves and stops, and `--resume`
+continues from last.pt without running the stage again.
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ import signal
 import pytest
 import torch
 
-from kdforge.engine import Trainer
+from kdforge.config import config_from_dict
+from kdforge.engine import Trainer, train_from_config
+from kdforge.engine.interrupts import RunInterrupted
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.features import FeatureTaps
 from kdforge.recipes.runs import run_planned
@@ -100,19 +101,18 @@ def test_stopped_in_the_stage_or_in_training_and_continued_ends_bit_identical(me
     run_planned(full)
     reference = final(tmp_path / "full")
 
-    # Ctrl-C during the stage's second epoch (forward 7 of its 10)
+    # SIGTERM during the stage's second epoch (forward 7 of its 10): stopped there, nothing saved
     in_stage = base_config(tmp_path, "in-stage", LOSSES[method], teacher_run)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a `kdforge` process's Ctrl-C, also
-    try:  # under a runner (pytest-xdist worker) that set another handler
-        with monkeypatch.context() as m:
-            signal_at_forward(m, STEPS + 2, signal.SIGINT)
-            with pytest.raises(KeyboardInterrupt):
-                run_planned(in_stage)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with monkeypatch.context() as m:
+        signal_at_forward(m, STEPS + 2, signal.SIGTERM)
+        with pytest.raises(RunInterrupted, match=f"SIGTERM received in {method}'s pre-training stage "
+                                                 f"\\(epoch 2 of {STAGE_EPOCHS}\\); a stage is not checkpointed"):
+            run_planned(in_stage)
     log = [json.loads(line) for line in (tmp_path / "in-stage" / "log.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["epoch"]) for r in log] == [("pretrain", 1)]  # stopped inside the stage's 2nd epoch
-    run_planned(in_stage)
+    assert not (tmp_path / "in-stage" / "checkpoints" / "last.pt").exists()
+    # `kdforge train --resume` on it starts the run again (it once failed: "last.pt does not exist")
+    train_from_config(config_from_dict(in_stage), resume=True)
     assert_same_run(final(tmp_path / "in-stage"), reference)
 
     # SIGTERM at training step 7 (inside the second epoch): saved there, resumed after the stage
@@ -159,9 +159,9 @@ def around_the_stage(trainer, monkeypatch):
 
     snaps = {}
 
-    def recorded(tr, logger):
+    def recorded(tr, logger, *stop):
         snaps["before"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
-        pretrain.run_pretrain_stages(tr, logger)
+        pretrain.run_pretrain_stages(tr, logger, *stop)
         snaps["after"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
 
     monkeypatch.setattr("kdforge.engine.trainer.run_pretrain_stages", recorded)

@@ -8,15 +8,20 @@ run log with kind 'pretrain'.
 
 from __future__ import annotations
 
+import signal
+
 import torch
 
+from kdforge.engine.interrupts import RunInterrupted
 from kdforge.engine.optim import build_optimizer
 
 #: data-order epochs of pre-training stages are offset so they never repeat a training epoch's
 PRETRAIN_EPOCH_OFFSET = 1_000_000
 
 
-def run_pretrain_stages(trainer, logger) -> None:
+def run_pretrain_stages(trainer, logger, stop_requested=lambda: None) -> None:
+    """Run every method's stage. `stop_requested()` is asked after each step: a signal number stops the
+    stage there with `RunInterrupted` (a stage is not checkpointed; the run starts again on --resume)."""
     for key, method in trainer.losses.methods.items():
         if method.pretrain_epochs <= 0:  # runs even at weight 0 (AB: initialisation only)
             continue
@@ -38,6 +43,11 @@ def run_pretrain_stages(trainer, logger) -> None:
                 scaler.update()
                 total += loss.detach().float()
                 steps += 1
+                signum = stop_requested()
+                if signum is not None:
+                    raise RunInterrupted(signum, f"{signal.Signals(signum).name} received in {key}'s pre-training "
+                                                 f"stage (epoch {epoch + 1} of {method.pretrain_epochs}); a stage "
+                                                 f"is not checkpointed: --resume starts the run again")
             mean = trainer.dist.all_reduce_sum(total / max(steps, 1)) / trainer.dist.world_size
             logger.log("pretrain", {"method": key, "epoch": epoch + 1, "loss": mean.item(),
                                     "step": 0})  # step 0: kept when a resumed run truncates its log

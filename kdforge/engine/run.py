@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -131,6 +132,12 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
+def stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """A run folder that a run started in (its config.yaml is written) but that holds no last.pt yet:
+    stopped in a pre-training stage or killed in its first epoch. `--resume` starts it again."""
+    return (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").is_file()
+
+
 def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                       until_epoch: int | None = None) -> dict[str, Any]:
     """Run one training job as described by `cfg`; returns its summary.
@@ -150,6 +157,11 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
            dist: Distributed) -> dict[str, Any]:
     from kdforge.methods import LossComposer
 
+    if resume and stopped_before_first_checkpoint(Path(cfg.output_dir) / cfg.name):
+        if dist.is_main:
+            print(f"{Path(cfg.output_dir) / cfg.name} stopped before its first checkpoint (e.g. in a pre-training "
+                  f"stage): starting it again", file=sys.stderr, flush=True)
+        resume, overwrite = False, True
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     seed_everything(cfg.seed, cfg.train.deterministic)
     train, evaluation, validation = load_run_data(cfg)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,7 +299,14 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(_yaml(config_to_dict(self.cfg)))
         logger = RunLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard, enabled=main)
         if self.state.step == 0:
-            run_pretrain_stages(self, logger)
+            with StopSignals() as self._signals:
+                try:
+                    run_pretrain_stages(self, logger, self._stage_stop_requested)
+                except RunInterrupted as exc:
+                    logger.close()
+                    if self.dist.is_main:
+                        print(exc, file=sys.stderr, flush=True)
+                    raise
         self._drop_pretrain_only_taps()
         if self.dist.enabled and self._ddp is None:  # after pre-training: DDP starts every rank from rank 0's weights
             self._ddp = wrap_for_ddp(self.student, self.losses, self._forward_and_losses, self.precision.device,
@@ -532,6 +541,10 @@ class Trainer:
         if self.dist.is_main:
             atomic_save(self._checkpoint(with_optimizer=True), self.run_dir / "checkpoints" / "last.pt")
         self.state.epoch_partial = None
+
+    def _stage_stop_requested(self) -> int | None:
+        """The signal that asked a pre-training stage to stop (every stage step is a sync point), or None."""
+        return (self._signals.requested or signal.SIGTERM) if self._stop_requested(at_sync_point=True) else None
 
     def _stop_requested(self, at_sync_point: bool) -> bool:
         """A signal asked to stop. Alone: checked every step. Distributed: ranks agree at sync points only."""
