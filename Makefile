@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 quickstart: setup
 	$(VENV)/bin/kdforge quickstart
 
+# One pytest-xdist worker per core, one torch thread each (tests/conftest.py): faster than one process with
+# all cores on these small models. `make test PYTEST_ARGS=...` passes options (e.g. -k, -x, -n 0).
+PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n auto $(PYTEST_ARGS)
 
 # Each mutation of devtools/mutations.py applied to a copy of the tree; its tests must fail (docs/testing.md).
 # Not part of `make test`: about 15 minutes on 2 cores.

@@ -14,7 +14,9 @@
   epoch of warm-up; bf16 autocast and channels-last where the CPU has fast bf16 (precision auto).
 - the student alone, and each method at its usual CIFAR-100 weights (kdforge/methods/usual.py:
   CE + beta * method; KD as 0.1 CE + 0.9 KD at T = 4; AFD and RTK with 0.9 KD added, as AFD does;
-  AB's and FT's pre-training and DKD's warm-up scaled from 240 epochs to 10), 3 seeds.
+  AB's and FT's pre-training and DKD's warm-up scaled from 240 epochs to 10), 3 seeds;
+- diagnostic rows (benchmarks/fashion_variants/*.yaml): where a method did nothing or harm at its
+  usual weights, the same method with the one setting that explains why (each file says which).
 
 Every finished run's summary.json, config.yaml and log.jsonl are copied to
 benchmarks/results/fashion/ (fashion-full/ with --full), and each teacher as a slim checkpoint
@@ -43,6 +45,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METHODS = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst", "crd", "dkd", "oh", "afd", "rtk"]
+#: diagnostic rows: a method that misbehaved at its usual weights, with the one setting that explains it
+#: (each file says why); labelled by file name
+VARIANTS = [str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+            for p in sorted((HERE / "fashion_variants").glob("*.yaml"))]
 TEACHER, STUDENT = "resnet20", "resnet8"
 SHOTS = 600  # training images per class (--full: all)
 RECIPE = {
@@ -115,13 +121,18 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="all 60,000 training images (for a GPU)")
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods or method files (default: every method, then the diagnostic variants in "
+                        "benchmarks/fashion_variants/)")
+    p.add_argument("--no-variants", action="store_true", help="without the diagnostic variants")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--out", type=Path, default=None, help="run folders (default runs/fashion[-full])")
     p.add_argument("--report-only", action="store_true", help="report on the finished runs, train nothing")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = METHODS + ([] if args.no_variants else VARIANTS)
 
     from kdforge.recipes.compare import TEACHER as TEACHER_LABEL, plan_compare, run_compare
     from kdforge.recipes.runs import teacher_which
