@@ -23,7 +23,7 @@ quickstart: setup
 # all cores on these small models. `make test PYTEST_ARGS=...` passes options (e.g. -k, -x, -n 0).
 PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n auto $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal $(PYTEST_ARGS)
 
 # Each mutation of devtools/mutations.py applied to a copy of the tree; its tests must fail (docs/testing.md).
 # Not part of `make test`: about 15 minutes on 2 cores.

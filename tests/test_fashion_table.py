@@ -74,3 +74,28 @@ def test_a_students_run_keeps_no_checkpoint(table, tmp_path):
     table.keep(run, tmp_path / "kept", is_teacher=False, which="last")
     assert sorted(p.name for p in (tmp_path / "kept" / run.name).iterdir()) == ["config.yaml", "log.jsonl",
                                                                                 "summary.json"]
+
+
+def test_the_tables_subset_is_balanced_seeded_nested_and_apart_from_validation(table):
+    """On the real files: 600 per class, disjoint from the 5 % validation hold-out (300 per class), the
+    same draw twice, and the first 300 per class of a 300-shot draw inside it."""
+    from kdforge.data.datasets.idx import FASHION_MNIST_SYSTEM_DIR
+    from kdforge.engine.run import load_run_data
+
+    if not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST files absent from {FASHION_MNIST_SYSTEM_DIR}: run `make data`")
+
+    def draw(shots):
+        base = table.recipe(False, None)
+        base["data"]["few_shot"]["shots"] = shots
+        return load_run_data(config_from_dict({**base, "name": "x", "losses": {"ce": 1.0}}))
+
+    data = draw(600)
+    assert torch.bincount(data.train.labels, minlength=10).tolist() == [600] * 10
+    assert torch.bincount(data.validation.labels, minlength=10).tolist() == [300] * 10  # 5 % of 6,000
+    assert len(data.evaluation) == 10_000
+    as_rows = lambda images: {bytes(x.numpy().tobytes()) for x in images}  # noqa: E731
+    train_rows, val_rows = as_rows(data.train.images), as_rows(data.validation.images)
+    assert not train_rows & val_rows  # no training image is a validation image
+    assert torch.equal(draw(600).train.images, data.train.images)  # seeded: the same draw again
+    assert as_rows(draw(300).train.images) <= train_rows  # nested: fewer shots draw a subset
