@@ -301,3 +301,17 @@ def test_img_per_s_column_is_the_mean_of_the_runs_rates(tmp_path):
     assert cells == {"fast": "3,000", "slow": "—"}
     groups = {g["label"]: g for g in result["groups"]}
     assert groups["fast"]["metrics"]["train_img_per_s"]["values"] == pytest.approx([3000.0, 1000.0, 5000.0])
+
+
+@pytest.mark.parametrize("losses, method", [
+    ({"ce": 1.0, "at": 0.0}, "ce"),  # weight 0 and no stage: not part of the method
+    ({"ce": 1.0, "ab": {"weight": 0.0, "pretrain_epochs": 2}}, "ce+ab (stage)"),
+    ({"ce": 1.0, "ab": 0.0}, "ce+ab (stage)"),  # AB's own default stage (3 epochs)
+    ({"ce": 1.0, "ab": {"weight": 0.0, "pretrain_epochs": 0}}, "ce"),
+    ({"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}}, "ce+kd"),
+])
+def test_method_names_a_weight_zero_method_that_acts_through_its_stage(losses, method):
+    from kdforge.report.collect import Run
+    from kdforge.report.grouping import method_of
+
+    assert method_of(Run(Path("r"), {}, {"losses": losses}, [])) == method

@@ -37,15 +37,33 @@ def value_at(config: dict[str, Any], dotted: str) -> Any:
 
 
 def method_of(run: Run) -> str:
-    """The run's losses with a non-zero weight, in the config's order, joined by '+' (e.g. 'ce+kd')."""
+    """The run's losses with a non-zero weight, in the config's order, joined by '+' (e.g. 'ce+kd'); a
+    weight-0 method that acts through its pre-training stage (AB's initialisation) as 'ab (stage)'."""
     from kdforge.methods.compose import parse_loss_spec
 
     losses = run.config.get("losses")
-    if isinstance(losses, dict):
-        weights = {key: parse_loss_spec(key, spec)[1] for key, spec in losses.items()}
-    else:
+    if not isinstance(losses, dict):
         weights = run.summary.get("losses") or {}
-    return "+".join(key for key, weight in weights.items() if weight != 0) or UNKNOWN
+        return "+".join(key for key, weight in weights.items() if weight != 0) or UNKNOWN
+    parts = []
+    for key, spec in losses.items():
+        name, weight, params = parse_loss_spec(key, spec)
+        if weight != 0:
+            parts.append(key)
+        elif _stage_epochs(name, params) > 0:
+            parts.append(f"{key} (stage)")
+    return "+".join(parts) or UNKNOWN
+
+
+def _stage_epochs(name: str, params: dict[str, Any]) -> int:
+    from kdforge.methods.registry import UnknownMethodError, method_class
+
+    try:
+        default = method_class(name).pretrain_epochs
+    except UnknownMethodError:
+        return 0
+    epochs = params.get("pretrain_epochs", default)
+    return epochs if isinstance(epochs, int) else 0
 
 
 def teacher_label(run: Run) -> str | None:
