@@ -16,7 +16,8 @@
   CE + beta * method; KD as 0.1 CE + 0.9 KD at T = 4; AFD and RTK with 0.9 KD added, as AFD does;
   AB's and FT's pre-training and DKD's warm-up scaled from 240 epochs to 10), 3 seeds;
 - diagnostic rows (benchmarks/fashion_variants/*.yaml): where a method did nothing or harm at its
-  usual weights, the same method with the one setting that explains why (each file says which).
+  usual weights, the same method with the one setting that explains why (each file says which);
+  and AT at AFD's setting (CE + 0.9 KD + AT), to compare AT, AFD and RTK at one setting.
 
 Every finished run's summary.json, config.yaml and log.jsonl are copied to
 benchmarks/results/fashion/ (fashion-full/ with --full), and each teacher as a slim checkpoint
@@ -45,7 +46,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METHODS = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst", "crd", "dkd", "oh", "afd", "rtk"]
-#: diagnostic rows: a method that misbehaved at its usual weights, with the one setting that explains it
+#: diagnostic rows: a method that misbehaved at its usual weights with the one setting that explains it, and
+#: AT at AFD's setting (CE + KD + AT) beside AFD and RTK
 #: (each file says why); labelled by file name
 VARIANTS = [str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
             for p in sorted((HERE / "fashion_variants").glob("*.yaml"))]
