@@ -14,12 +14,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, out: str, out_help: str) -> None:
+def add_recipe_arguments(p: argparse.ArgumentParser, out: str, out_help: str,
+                         epochs_help: str = "epochs of every run (default: the config's)") -> None:
     """The options every recipe command shares: base configs, --seeds, --epochs, --set, --out, --no-progress."""
     p.add_argument("config", nargs="*", help="base config file(s) for every run (data, optim, schedule, train); "
                                              "default: the quickstart's digits settings")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every run (default: the config's)")
+    p.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base config, e.g. --set data.root=/data")
     p.add_argument("--out", default=out, help=out_help)

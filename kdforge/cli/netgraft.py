@@ -45,7 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--kd-epochs", type=positive_int, default=None,
                    help="epochs of the n-shot KD baseline (default: NetGraft's epochs of both stages together)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false", help="train only NetGraft")
-    add_recipe_arguments(p, "runs/netgraft", "folder of the runs, results.md and results.json")
+    add_recipe_arguments(p, "runs/netgraft", "folder of the runs, results.md and results.json",
+                         epochs_help="epochs of the teacher trained here and of the full-data KD baseline (the "
+                                     "grafting stages follow --schedule and the stage flags, the n-shot KD "
+                                     "baseline --kd-epochs)")
     p.set_defaults(func=run)
 
 
