@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
 from kdforge.config import config_from_dict
 from kdforge.data import TensorLoader, load_dataset
@@ -31,24 +30,11 @@ from kdforge.engine.precision import resolve_precision
 from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, run_pretrain_stages, train_only_what_is_trained
 from kdforge.engine.run import build_zoo_model
 from kdforge.methods import LossComposer
+from test_distributed import NoBatchNorm  # tests/ is on the path: one copy of the BN-free student
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", None, CPU)
 EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences, not by |x|^2 + |y|^2 - 2xy (rounding ~1e-2)
-
-
-class NoBatchNorm(nn.Module):
-    """A small student whose forward does not depend on how the batch is split (no BatchNorm)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -176,6 +162,16 @@ def _ranks(rank, out, rendezvous):
         dist.destroy_process_group()
 
 
+@pytest.fixture(autouse=True)
+def one_thread_like_the_ranks():
+    """The one-process references run on one thread, as each rank does: oneDNN may pick other conv
+    kernels for another thread count (differences of ~1e-4 that a few steps amplify past the tolerances)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks")
@@ -207,7 +203,7 @@ def _ghost_step(trainer, images, labels, indices, loss_of):
 def _assert_states_close(got, want, what):
     assert got.keys() == want.keys()
     for key, value in want.items():
-        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{what}.{key}")
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{what}.{key}: {m}")
 
 
 def _normalized(data):
