@@ -23,7 +23,7 @@ from typing import Any
 from kdforge.config import config_from_dict, read_yaml
 from kdforge.errors import ConfigError, KDForgeError
 from kdforge.methods.usual import usual_losses
-from kdforge.recipes.runs import check_folder, is_finished, plan_run, run_planned, teacher_section
+from kdforge.recipes.runs import check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_section
 from kdforge.recipes.stats import mean_std
 
 __all__ = ["MethodSpec", "method_spec", "plan_compare", "run_compare", "BASELINE", "TEACHER"]
@@ -72,10 +72,7 @@ def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], out
     """Every run of the comparison, in training order (seed by seed), each config checked and each
     existing folder checked to hold a run with the same settings: all before anything trains."""
     base = copy.deepcopy(base)
-    decided = [key for key in DECIDED if key in base]
-    if decided:
-        raise ConfigError(f"the base config sets {', '.join(decided)}, which `kdforge compare` decides per run; "
-                          f"remove {'it' if len(decided) == 1 else 'them'} (methods come from --methods)")
+    refuse_decided(base, "comparison", "--methods, --teacher, --seeds, --out", keys=DECIDED)
     if not (base.get("student") or {}).get("model"):
         raise ConfigError("the base config needs student.model: the student every method trains")
     given_teacher = base.pop("teacher", None) or {}

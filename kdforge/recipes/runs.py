@@ -23,9 +23,9 @@ SAME = Trainer.TRAJECTORY_KEYS
 DECIDED = ("student", "teacher", "losses", "name", "output_dir", "seed", "hints")
 
 
-def refuse_decided(base: dict[str, Any], who: str, flags: str) -> None:
-    """A ConfigError if the base config sets keys the recipe (`who`) decides; `flags` says how to set them instead."""
-    decided = [key for key in DECIDED if key in base]
+def refuse_decided(base: dict[str, Any], who: str, flags: str, keys: tuple[str, ...] = DECIDED) -> None:
+    """A ConfigError if the base config sets `keys` the recipe (`who`) decides; `flags` says how to set them instead."""
+    decided = [key for key in keys if key in base]
     if decided:
         raise ConfigError(f"the base config sets {', '.join(decided)}, which the {who} decides; remove "
                           f"{'it' if len(decided) == 1 else 'them'} (use {flags})")

@@ -31,7 +31,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
     from kdforge.report.backfill import student_macs, teacher_architecture
     from kdforge.report.collect import find_runs, read_run
     from kdforge.report.figures import plot_report_bars, plot_report_curves, plot_report_scatter
-    from kdforge.report.gains import gain_markdown, gain_rows
+    from kdforge.report.gains import gain_markdown, gain_rows, gain_section
     from kdforge.report.grouping import group_runs, parse_fields
     from kdforge.report.html_page import render_html
     from kdforge.report.metrics import group_record
@@ -62,7 +62,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
 
     grouped_by = ", ".join(fields) if fields else "config except seed"
     gain_table = gain_markdown(gains) if gains is not None else None
-    markdown = markdown_report(records, grouped_by, notes, gain_table and (baseline, gain_table))
+    markdown = markdown_report(records, grouped_by, notes, (gain_section(baseline, gains),) if gains is not None else ())
     files["markdown"].write_text(markdown)
     files["json"].write_text(json.dumps({"grouped_by": grouped_by, "groups": records, "baseline": baseline,
                                          "gains": gains, "notes": notes}, indent=2, default=str) + "\n")

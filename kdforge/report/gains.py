@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from kdforge.recipes.stats import mean_std
+from kdforge.report.table import MISSING, markdown_grid, md_cell
 
-__all__ = ["gain_rows", "gain_markdown", "GAIN_HEADERS"]
+__all__ = ["gain_rows", "gain_markdown", "gain_section", "GAIN_HEADERS", "GAIN_NOTE"]
 
 GAIN_HEADERS = ["group", "top-1 last (mean ± std)", "gain (mean ± std)", "vs baseline", "val top-1 last",
                 "ms / step", "extra params", "seeds"]
-MISSING = "—"
+GAIN_NOTE = ("Gain: a group's last-epoch top-1 minus the baseline's on the same seed, mean ± std over the seeds "
+             "both have; best first.")
 
 
 def _by_seed(record: dict[str, Any], metric: str) -> dict[Any, float]:
@@ -77,6 +79,9 @@ def row_cells(row: dict[str, Any]) -> list[str]:
 
 
 def gain_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(GAIN_HEADERS) + " |", "|" + "---|" * len(GAIN_HEADERS)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_grid(GAIN_HEADERS, [row_cells(r) for r in rows])
+
+
+def gain_section(baseline: str, rows: list[dict[str, Any]]) -> str:
+    """report.md's section: heading, what the gain is, the table."""
+    return f"## Gain over {md_cell(baseline)}\n\n{GAIN_NOTE}\n\n{gain_markdown(rows)}"

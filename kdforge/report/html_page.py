@@ -8,7 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kdforge.report.table import GAIN_NOTE, HEADERS, count_phrase, row_cells
+from kdforge.report.gains import GAIN_HEADERS, GAIN_NOTE, row_cells as gain_cells
+from kdforge.report.table import HEADERS, count_phrase, row_cells
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
@@ -29,24 +30,24 @@ def data_uri(png: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
 
 
-def _table(records: list[dict[str, Any]]) -> str:
+def _html_table(headers: list[str], rows: list[list[str]], text_columns: set[int]) -> str:
+    """An HTML table; cells outside `text_columns` right-aligned as numbers."""
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in HEADERS)
-    cell = ('<td class="num">{}</td>', "<td>{}</td>")
-    rows = ["<tr>" + "".join(cell[i not in NUMERIC].format(e(c)) for i, c in enumerate(row_cells(r))) + "</tr>"
-            for r in records]
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    cell = ("<td>{}</td>", '<td class="num">{}</td>')
+    body = ["<tr>" + "".join(cell[i not in text_columns].format(e(c)) for i, c in enumerate(cells)) + "</tr>"
+            for cells in rows]
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    return _html_table(HEADERS, [row_cells(r) for r in records], set(range(len(HEADERS))) - NUMERIC)
 
 
 def _gain_table(gains: list[dict[str, Any]], baseline: str) -> str:
-    from kdforge.report.gains import GAIN_HEADERS, row_cells as gain_cells
-
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in GAIN_HEADERS)
-    rows = ["<tr>" + "".join((f"<td>{e(c)}</td>" if i in (0, 3) else f'<td class="num">{e(c)}</td>')
-                             for i, c in enumerate(gain_cells(r))) + "</tr>" for r in gains]
-    return (f"<h2 id=\"gains\">Gain over {e(baseline)}</h2>\n<p>{e(GAIN_NOTE)}</p>\n<table>\n<thead><tr>{head}"
-            f"</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+    table = _html_table(GAIN_HEADERS, [gain_cells(r) for r in gains], {0, 3})  # group and verdict are text
+    return f"<h2 id=\"gains\">Gain over {e(baseline)}</h2>\n<p>{e(GAIN_NOTE)}</p>\n{table}"
 
 
 def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped_by: str, notes: list[str],

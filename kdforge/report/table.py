@@ -10,8 +10,6 @@ from kdforge.recipes.stats import format_mean_std
 HEADERS = ["group", "method", "teacher", "student", "seeds (n)", "top-1 last (mean ± std)",
            "top-1 best (mean ± std)", "params", "MACs", "img/s (mean)", "wall time s (mean ± std)"]
 MISSING = "—"
-GAIN_NOTE = ("Gain: a group's last-epoch top-1 minus the baseline's on the same seed, mean ± std over the seeds "
-             "both have; best first.")
 
 
 def _present(record: dict[str, Any], name: str) -> list[float]:
@@ -41,14 +39,19 @@ def row_cells(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row_cells(r)) + " |" for r in records]
+def markdown_grid(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of `headers` and rows of cells (a '|' inside a cell escaped)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in rows]
     return "\n".join(lines)
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    return markdown_grid(HEADERS, [row_cells(r) for r in records])
 
 
 def count_phrase(records: list[dict[str, Any]]) -> str:
@@ -58,14 +61,12 @@ def count_phrase(records: list[dict[str, Any]]) -> str:
 
 
 def markdown_report(records: list[dict[str, Any]], grouped_by: str, notes: list[str],
-                    gains: tuple[str, str] | None = None) -> str:
-    """report.md: the table, the gain table (`gains`: (baseline label, its Markdown)) if any, then each
-    group's run folders, then the notes."""
-    parts = [f"# Run report\n\n{count_phrase(records)}, grouped by {grouped_by}.\n", markdown_table(records)]
-    if gains:
-        parts += [f"\n## Gain over {_md_cell(gains[0])}\n\n{GAIN_NOTE}\n", gains[1]]
-    parts += ["\n## Runs per group\n"]
-    parts += [f"- **{_md_cell(r['label'])}**: " + ", ".join(f"`{path}`" for path in r["runs"]) for r in records]
+                    sections: tuple[str, ...] = ()) -> str:
+    """report.md: the table, further `sections` (Markdown, e.g. the gain table), then each group's run
+    folders, then the notes."""
+    parts = [f"# Run report\n\n{count_phrase(records)}, grouped by {grouped_by}.\n", markdown_table(records),
+             *(f"\n{section}" for section in sections), "\n## Runs per group\n"]
+    parts += [f"- **{md_cell(r['label'])}**: " + ", ".join(f"`{path}`" for path in r["runs"]) for r in records]
     if notes:
         parts += ["\n## Notes\n", *(f"- {note}" for note in notes)]
     return "\n".join(parts) + "\n"
