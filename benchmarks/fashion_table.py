@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ def machine() -> str:
         model = platform.processor() or "unknown CPU"
     import torch
 
-    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
