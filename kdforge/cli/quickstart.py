@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
                     "teacher with KD (Hinton 2015) on scikit-learn's digits, for each seed; print the "
                     "table of top-1 accuracy (mean ± std), parameters, MACs, speed and wall time; write one "
                     "run folder per run under --out, and the report on them (`kdforge report`) in "
-                    "--out/report: report.md, report.html, curves.png, scatter.png.",
+                    "--out/report: report.md, report.html, curves.png, scatter.png, bars.png.",
     )
     p.add_argument("--out", default="runs/quickstart", help="folder for the runs and results")
     p.add_argument("--teacher", default="resnet20")
@@ -31,5 +31,5 @@ def run(args) -> int:
     print()
     print(result["table"])
     print(f"\nrun folders: {args.out}/; report: {result['files']['html']} (also report.md, curves.png, "
-          f"scatter.png there)")
+          f"scatter.png, bars.png there)")
     return 0
