@@ -92,8 +92,8 @@ def test_unknown_method_names_the_key_and_suggests():
 
 
 @pytest.mark.parametrize("losses, message", [
-    ({"kd": {"temp": 3}}, "losses.kd.temp: method 'kd' has no parameter 'temp'. Parameters: T "
-                          "(see `kdforge methods kd`)."),
+    ({"kd": {"temp": 3}}, "losses.kd.temp: method 'kd' has no parameter 'temp'. Parameters: T, "
+                          "standardize (see `kdforge methods kd`)."),
     ({"kd": {"T": "hot"}}, "losses.kd.T: expected a number, got 'hot'"),
     ({"kd": {"T": -1}}, "losses.kd: kd: temperature T must be positive"),
     ({"kd": "heavy"}, "losses.kd: expected a weight (a number), got 'heavy'"),

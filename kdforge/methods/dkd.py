@@ -7,21 +7,22 @@ import torch.nn.functional as F
 
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.layers import shape_error
+from kdforge.methods.logit_ops import check_temperature, soften
 from kdforge.methods.registry import register_method
 
 
 def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: float, standardized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 * a batch-mean KL(teacher || student); computed in float32.
 
     TCKD: KL between the binary distributions [p_target, 1 - p_target] of teacher and student.
     NCKD: KL between the class distributions over the non-target classes, renormalised
     (the softmax of the logits with the target class removed). Everything in log space,
-    so a confident teacher (p_target ~ 1) gives no log(0).
+    so a confident teacher (p_target ~ 1) gives no log(0). `standardized`: logits z-scored first.
     """
     t = temperature
-    s = student_logits.float() / t
-    z = teacher_logits.detach().float() / t
+    s = soften(student_logits, t, standardized)
+    z = soften(teacher_logits.detach(), t, standardized)
     n, classes = s.shape
     target = F.one_hot(labels, classes).bool()
 
@@ -60,6 +61,7 @@ class DKD(Method):
     w = min(e / warmup, 1), e the 1-based epoch (so the first epoch uses 1 / warmup).
     alpha and beta live here, so the usual run weight is 1 (`losses: {ce: 1.0, dkd: 1.0}`);
     the paper's CIFAR-100 setting is alpha 1, beta 8 (beta 2..8 depending on the pair), T 4.
+    `standardize: true` z-scores both models' logits first (logit standardisation, Sun et al., CVPR 2024).
     """
 
     name = "dkd"
@@ -68,15 +70,15 @@ class DKD(Method):
     default_taps = "logits"
     typical_weight = 1.0
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20):
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20,
+                 standardize: bool = False):
         super().__init__()
-        if T <= 0:
-            raise ValueError("dkd: temperature T must be positive")
+        check_temperature("dkd", T)
         if alpha < 0 or beta < 0:
             raise ValueError("dkd: alpha and beta must be non-negative")
         if warmup < 0:
             raise ValueError("dkd: warmup (epochs) must be >= 0; 0 turns the warm-up off")
-        self.alpha, self.beta, self.T, self.warmup = alpha, beta, T, warmup
+        self.alpha, self.beta, self.T, self.warmup, self.standardize = alpha, beta, T, warmup, standardize
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         if out.labels is None:
@@ -87,9 +89,10 @@ class DKD(Method):
         if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:
             raise shape_error("dkd", "logits", t, "logits", s,
                               "DKD needs logits of the same number (>= 2) of classes")
-        tckd, nckd = dkd_parts(s, t, out.labels, self.T)
+        tckd, nckd = dkd_parts(s, t, out.labels, self.T, self.standardize)
         w = warmup_factor(out.epoch, self.warmup)
         return {"tckd": (w * self.alpha) * tckd, "nckd": (w * self.beta) * nckd}
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, T={self.T}, warmup={self.warmup}"
+        return (f"alpha={self.alpha}, beta={self.beta}, T={self.T}, warmup={self.warmup}"
+                + (", standardize=True" if self.standardize else ""))

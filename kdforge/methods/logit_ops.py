@@ -1,0 +1,36 @@
+"""Pieces the logit methods share: temperature softening with optional logit standardisation, Pearson
+correlation. Not a method (no registration); `kd`, `dkd`, `dist` and `wsld` build on it."""
+
+from __future__ import annotations
+
+import torch
+
+#: added to the standard deviation before dividing, as in the authors' code (Sun et al., CVPR 2024)
+STD_EPS = 1e-7
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score each row: (z - mean(z)) / (std(z) + 1e-7), std with Bessel's correction, as the
+    logit-standardisation code does (Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
+    Distillation", CVPR 2024, arXiv:2403.01427)."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    return (logits - mean) / (logits.std(dim=-1, keepdim=True) + STD_EPS)
+
+
+def soften(logits: torch.Tensor, temperature: float, standardized: bool = False) -> torch.Tensor:
+    """The logits a softmax at temperature T takes: z / T in float32, z z-scored first if `standardized`."""
+    z = logits.float()
+    return (standardize(z) if standardized else z) / temperature
+
+
+def check_temperature(method: str, temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"{method}: temperature T must be positive")
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of the rows of `a` and `b` (one value per row): the cosine of the centred rows,
+    with `eps` added to the product of norms (as the DIST authors' code, so constant rows give 0)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
