@@ -184,6 +184,13 @@ def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp
         # test_methods_logit_relations.py.
         assert p.before.own > p.before.other and p.after.own < p.after.other, (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
+    elif name == "ickd":
+        # a channel correlation matrix is mostly the same for every image (the same channels fire together):
+        # own and other start equal (1.882 vs 1.884) and after 4 epochs own/other is 0.82 (AMD EPYC), the
+        # image-specific part being a fifth of the term. The gap must open, and the term fall.
+        assert p.after.other - p.after.own > 0.1 * p.after.other, (p.before, p.after)
+        assert p.after.other - p.after.own > 5 * abs(p.before.other - p.before.own), (p.before, p.after)
+        assert term[-1] < (1 - TERM_FALL) * term[0], term
     else:
         assert p.after.ratio < PAIRING_RATIO, (p.before, p.after)
         assert p.after.ratio < 0.8 * p.before.ratio, (p.before, p.after)  # learned, not there from the start

@@ -21,9 +21,14 @@ def connector(in_channels: int, out_channels: int, in_size: tuple[int, int], out
     """
     if tuple(in_size) != tuple(out_size):
         return ConvRegressor(in_channels, out_channels, in_size, out_size, bn=True)
-    conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+    block = conv1x1_bn(in_channels, out_channels)
+    nn.init.kaiming_normal_(block[0].weight, mode="fan_out", nonlinearity="relu")
+    return block
+
+
+def conv1x1_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1x1 conv (no bias, PyTorch's default init) + BatchNorm: a map of any size to `out_channels`."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
 
 def connectors_for(method: Method, example: StepOutputs) -> nn.ModuleList:

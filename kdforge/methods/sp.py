@@ -10,10 +10,15 @@ from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
 
+def normalized_gram(x: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of the rows of `x` (..., n, d) -> (..., n, n), each row L2-normalised; in float32."""
+    x = x.float()
+    return F.normalize(x @ x.transpose(-1, -2), p=2, dim=-1)
+
+
 def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     """Row-L2-normalised batch Gram matrix of the flattened activations, (B, B)."""
-    q = features.float().flatten(1)
-    return F.normalize(q @ q.t(), p=2, dim=1)
+    return normalized_gram(features.flatten(1))
 
 
 def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
