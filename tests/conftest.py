@@ -20,3 +20,20 @@ def digits_head():
 
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
     return lambda n_train, n_test: (train.subset(torch.arange(n_train)), test.subset(torch.arange(n_test)))
+
+
+@pytest.fixture(scope="session")
+def tapped_outputs():
+    """`tapped_outputs(method, student, teacher, images)`: the StepOutputs of one forward of both models,
+    with the bound method's layers tapped (gradients on; nothing detached)."""
+    from kdforge.features import FeatureTaps
+    from kdforge.methods import StepOutputs
+
+    def run(method, student, teacher, images):
+        with FeatureTaps(student, method.student_layers) as ts, FeatureTaps(teacher, method.teacher_layers) as tt:
+            s_logits, s_features = ts(images)
+            t_logits, t_features = tt(images)
+        return StepOutputs(images=images, labels=None, student_logits=s_logits, teacher_logits=t_logits,
+                           student_features=dict(s_features), teacher_features=dict(t_features))
+
+    return run

@@ -23,6 +23,7 @@ DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
 #: parameters that make a 4-epoch run on 1,437 images meaningful (the defaults suit 240-epoch schedules)
 SHORT_RUN = {
     "dkd": {"warmup": 1},
+    "reviewkd": {"warmup": 1},
     # VID's mean regressor learns at a rate scaled by 1 / variance: from the default 5.0 it barely moves in
     # 4 epochs (term -6 %, no pairing gap, measured); from 0.1 it learns the pairing within them
     "vid": {"init_variance": 0.1},

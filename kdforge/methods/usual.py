@@ -7,7 +7,7 @@ loss = CE + beta * method, with the method's usual beta (`typical_weight`), and 
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
   RTK follows AFD, our interpretation);
 - methods whose schedule is counted in epochs of a 240-epoch CIFAR run (AB's and FT's 30
-  pre-training epochs, DKD's 20 warm-up epochs) get that share of the run's epochs
+  pre-training epochs, DKD's and ReviewKD's 20 warm-up epochs) get that share of the run's epochs
   (`scaled_epochs`; our interpretation for short schedules; at 240 epochs it is the paper's value).
 """
 
@@ -24,7 +24,8 @@ REFERENCE_EPOCHS = 240
 #: methods run with 0.9 KD (T = 4) beside them by their own papers
 KD_ADDED = ("afd", "rtk")
 #: method -> (parameter, epochs of a 240-epoch run)
-EPOCH_COUNTS = {"ab": ("pretrain_epochs", 30), "ft": ("pretrain_epochs", 30), "dkd": ("warmup", 20)}
+EPOCH_COUNTS = {"ab": ("pretrain_epochs", 30), "ft": ("pretrain_epochs", 30), "dkd": ("warmup", 20),
+                "reviewkd": ("warmup", 20)}
 KD = {"weight": 0.9, "T": 4.0}
 
 
