@@ -5,12 +5,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
 from kdforge.methods import LossComposer, StepOutputs, method_class, method_names
 from kdforge.models import build_model
 
 PAIRS = [p.stem.split("-") for p in sorted((Path(__file__).parent.parent / "configs/cifar100/pairs").glob("*.yaml"))]
 METHODS = [m for m in method_names() if method_class(m).needs_teacher]
+#: methods that need the same channels at each tap in both models, and the pairs of the table where they have them
+#: (the same family and widths: RepDistiller's FSP rows); on the other pairs they must refuse before training
+SAME_CHANNELS = {"fsp": {"resnet110-resnet32", "resnet32x4-resnet8x4", "resnet56-resnet20", "vgg13-vgg8",
+                         "wrn_40_2-wrn_16_2"}}
 
 
 @pytest.mark.parametrize("teacher_name, student_name", PAIRS, ids=["-".join(p) for p in PAIRS])
@@ -22,22 +27,31 @@ def test_every_method_binds_and_steps_on_the_pair(teacher_name, student_name):
     for name in METHODS:
         losses = LossComposer.from_config({name: 1.0})
         losses.bind(student, teacher)
-        with FeatureTaps(teacher, losses.teacher_taps) as t_taps, FeatureTaps(student, losses.student_taps) as s_taps:
-            with torch.no_grad():
-                t_logits, t_feats = t_taps(images)
-            student.eval()
-            with torch.no_grad():
-                s_logits, s_feats = s_taps(images)
-            example = StepOutputs(images, labels, s_logits, t_logits, dict(s_feats), dict(t_feats), student,
-                                  teacher, indices=torch.arange(4), num_train_samples=64)
-            losses.setup(student, teacher, example)
-            student.train()
-            s_logits, s_feats = s_taps(images)
-            out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, student, teacher,
-                              indices=torch.arange(4), num_train_samples=64)
-            total = sum(losses(out).values())
+        if name in SAME_CHANNELS and f"{teacher_name}-{student_name}" not in SAME_CHANNELS[name]:
+            with pytest.raises(LayerError, match="same channels"):
+                setup_and_step(losses, student, teacher, images, labels)
+            continue
+        total = setup_and_step(losses, student, teacher, images, labels)
         assert torch.isfinite(total), (name, teacher_name, student_name)
         student.zero_grad()
         total.backward()
         grads = [p.grad for p in student.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), (name, teacher_name, student_name)
+
+
+def setup_and_step(losses, student, teacher, images, labels):
+    """The dry run (setup from eval-mode outputs), then one training-mode step; returns the summed loss."""
+    with FeatureTaps(teacher, losses.teacher_taps) as t_taps, FeatureTaps(student, losses.student_taps) as s_taps:
+        with torch.no_grad():
+            t_logits, t_feats = t_taps(images)
+        student.eval()
+        with torch.no_grad():
+            s_logits, s_feats = s_taps(images)
+        example = StepOutputs(images, labels, s_logits, t_logits, dict(s_feats), dict(t_feats), student,
+                              teacher, indices=torch.arange(4), num_train_samples=64)
+        losses.setup(student, teacher, example)
+        student.train()
+        s_logits, s_feats = s_taps(images)
+        out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, student, teacher,
+                          indices=torch.arange(4), num_train_samples=64)
+        return sum(losses(out).values())

@@ -24,6 +24,7 @@ DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
 SHORT_RUN = {
     "dkd": {"warmup": 1},
     "reviewkd": {"warmup": 1},
+    "fsp": {"pretrain_epochs": 2},
     # VID's mean regressor learns at a rate scaled by 1 / variance: from the default 5.0 it barely moves in
     # 4 epochs (term -6 %, no pairing gap, measured); from 0.1 it learns the pairing within them
     "vid": {"init_variance": 0.1},
@@ -185,11 +186,12 @@ def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp
         # test_methods_logit_relations.py.
         assert p.before.own > p.before.other and p.after.own < p.after.other, (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
-    elif name == "ickd":
-        # a channel correlation matrix is mostly the same for every image (the same channels fire together):
-        # own and other start equal (1.882 vs 1.884) and after 4 epochs own/other is 0.82 (AMD EPYC), the
-        # image-specific part being a fifth of the term. The gap must open, and the term fall.
-        assert p.after.other - p.after.own > 0.1 * p.after.other, (p.before, p.after)
+    elif name in ("ickd", "fsp"):
+        # channel Gram matrices (ICKD's correlations, FSP's flows) are mostly the same for every image (the same
+        # channels fire together): own and other start equal (ICKD 1.882 vs 1.884, FSP 2.1847 vs 2.1848) and
+        # end at own/other 0.82 (ICKD, 4 epochs) and 0.87 (FSP, 2 initialisation epochs) on AMD EPYC, the
+        # image-specific part being a fifth or less of the term. The gap must open, and the term fall.
+        assert p.after.other - p.after.own > 0.05 * p.after.other, (p.before, p.after)
         assert p.after.other - p.after.own > 5 * abs(p.before.other - p.before.own), (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
     else:

@@ -6,7 +6,7 @@ loss = CE + beta * method, with the method's usual beta (`typical_weight`), and 
 - `kd` itself: 0.1 CE + 0.9 KD at T = 4;
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
   RTK follows AFD, our interpretation);
-- methods whose schedule is counted in epochs of a 240-epoch CIFAR run (AB's and FT's 30
+- methods whose schedule is counted in epochs of a 240-epoch CIFAR run (AB's, FT's and FSP's 30
   pre-training epochs, DKD's and ReviewKD's 20 warm-up epochs) get that share of the run's epochs
   (`scaled_epochs`; our interpretation for short schedules; at 240 epochs it is the paper's value).
 """
@@ -25,7 +25,7 @@ REFERENCE_EPOCHS = 240
 KD_ADDED = ("afd", "rtk")
 #: method -> (parameter, epochs of a 240-epoch run)
 EPOCH_COUNTS = {"ab": ("pretrain_epochs", 30), "ft": ("pretrain_epochs", 30), "dkd": ("warmup", 20),
-                "reviewkd": ("warmup", 20)}
+                "reviewkd": ("warmup", 20), "fsp": ("pretrain_epochs", 30)}
 KD = {"weight": 0.9, "T": 4.0}
 
 
