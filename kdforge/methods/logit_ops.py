@@ -34,3 +34,22 @@ def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `scale` (negative: reversed)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` unchanged, its gradient times `scale` on the way back: a gradient-reversal layer for scale < 0
+    (Ganin & Lempitsky, ICML 2015)."""
+    return _ReverseGradient.apply(x, scale)
