@@ -108,8 +108,35 @@ def claim_ddnn(base: dict, runs: Path, seeds: list[int], progress: bool) -> dict
     from kdforge.recipes.ddnn import run_ddnn_pipeline
 
     base = {k: v for k, v in copy.deepcopy(base).items() if k != "student"}
-    return run_ddnn_pipeline(DDNN_FULL, DDNN_SUBNETS, base=base, seeds=tuple(seeds), output_dir=runs,
-                             progress=progress)
+    result = run_ddnn_pipeline(DDNN_FULL, DDNN_SUBNETS, base=base, seeds=tuple(seeds), output_dir=runs,
+                               progress=progress)
+    plot_ddnn(result["rows"], runs / "ddnn_macs.png")
+    return result
+
+
+def plot_ddnn(rows: list[dict], path: Path) -> Path:
+    """Test top-1 against MACs of every depth: the sub-nets of one EKD-trained net and each depth alone
+    (mean and the seeds' spread)."""
+    import matplotlib.pyplot as plt
+
+    from kdforge.plots import save_figure
+    from kdforge.recipes.stats import mean_std
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = sorted(rows, key=lambda r: r["macs"])
+    for key, label in (("ekd_top1", "one DDNN, EKD"), ("independent_top1", "each depth alone (CE)")):
+        points = [(r["macs"] / 1e6, *mean_std(r[key])) for r in rows if r.get(key)]
+        if points:
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=label)
+    for r in rows:
+        ax.annotate(r["model"] or r["path"], (r["macs"] / 1e6, mean_std(r["ekd_top1"])[0]), fontsize=8,
+                    textcoords="offset points", xytext=(4, -12))
+    ax.set(xlabel="MACs per image (millions, 28x28 input)", ylabel="test top-1 (%)",
+           title="DDNN + EKD on Fashion-MNIST (resnet20 holding resnet14, resnet8)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 #: NetGraft's VGGs need 32x32 inputs (five 2x2 pools): the padded Fashion-MNIST; plain VGGs (no BN in the
@@ -130,9 +157,35 @@ def claim_netgraft(base: dict, runs: Path, seeds: list[int], progress: bool) -> 
     base["optim"] = dict(NETGRAFT_OPTIM)
     options = {"width": NETGRAFT_WIDTH}
     teacher = train_teacher(base, "vgg16_nobn", options, runs, progress=progress)
-    return run_netgraft_pipeline(teacher, base=base, shots=(1, 5, 10), seeds=seeds, output_dir=runs,
-                                 student="vgg16_nobn_thin", student_options=options,
-                                 schedule=SCHEDULES["cifar10"], progress=progress)
+    result = run_netgraft_pipeline(teacher, base=base, shots=(1, 5, 10), seeds=seeds, output_dir=runs,
+                                   student="vgg16_nobn_thin", student_options=options,
+                                   schedule=SCHEDULES["cifar10"], progress=progress)
+    plot_netgraft(result["rows"], runs / "netgraft_shots.png")
+    return result
+
+
+def plot_netgraft(rows: list[dict], path: Path) -> Path:
+    """Test top-1 against label-free images per class: NetGraft and KD on the same shots (mean and the seeds'
+    spread), KD + CE on the whole training subset as a line."""
+    import matplotlib.pyplot as plt
+
+    from kdforge.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, label in (("netgraft", "NetGraft (label-free)"), ("kd-shots", "KD, same shots (label-free)")):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["shots"])
+        if mine:
+            ax.errorbar([r["shots"] for r in mine], [r["mean"] for r in mine], yerr=[r["std"] for r in mine],
+                        marker="o", capsize=3, label=label)
+    for r in rows:
+        if r["method"] == "kd-full":
+            ax.axhline(r["mean"], color="gray", linestyle="--", label="KD + CE, 600 labelled images/class")
+    ax.set(xscale="log", xlabel="images per class", ylabel="test top-1 (%)",
+           title="NetGraft on Fashion-MNIST (vgg16_nobn -> thin, width 0.25)")
+    ax.set_xticks([1, 5, 10], labels=["1", "5", "10"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 PURSUHINT_TEACHER = "resnet56"
@@ -209,7 +262,7 @@ def keep_finished(runs: Path, kept: Path, which: str) -> int:
             if (run_dir / extra).is_file():
                 shutil.copyfile(run_dir / extra, dest / run_dir.name / extra)
         count += 1
-    for name in ("results.md", "results.json"):
+    for name in ("results.md", "results.json", "netgraft_shots.png", "ddnn_macs.png"):
         if (runs / name).is_file():
             shutil.copyfile(runs / name, kept / name)
     return count
