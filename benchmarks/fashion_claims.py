@@ -262,9 +262,10 @@ def keep_finished(runs: Path, kept: Path, which: str) -> int:
             if (run_dir / extra).is_file():
                 shutil.copyfile(run_dir / extra, dest / run_dir.name / extra)
         count += 1
-    for name in ("results.md", "results.json", "netgraft_shots.png", "ddnn_macs.png"):
+    for name in ("results.md", "results.json", "netgraft_shots.png", "ddnn_macs.png", "report/report.md",
+                 "report/bars.png"):
         if (runs / name).is_file():
-            shutil.copyfile(runs / name, kept / name)
+            shutil.copyfile(runs / name, kept / Path(name).name)
     return count
 
 
