@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdforge-installed
 
-.PHONY: setup quickstart test mutation bench clean data
+.PHONY: test-fast setup quickstart test mutation bench clean data
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ quickstart: setup
 PYTEST_ARGS ?=
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal $(PYTEST_ARGS)
+
+# The inner loop: everything but the tests marked slow (the modules that train real models, tests/conftest.py).
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # Each mutation of devtools/mutations.py applied to a copy of the tree; its tests must fail (docs/testing.md).
 # Not part of `make test`: about 15 minutes on 2 cores.

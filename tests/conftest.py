@@ -8,6 +8,19 @@ os.environ.setdefault("KDFORGE_TEST", "1")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
+#: modules whose tests train real models for many seconds each; `make test-fast` (pytest -m "not slow")
+#: leaves them out for the inner loop, `make test` (CI) runs everything
+SLOW_MODULES = {"test_methods_train.py", "test_crash_safety.py", "test_pretrain_stages.py", "test_distributed.py",
+                "test_distributed_behaviours.py", "test_quickstart.py", "test_cli_recipes.py", "test_sftn.py",
+                "test_ddnn_recipe.py", "test_netgraft.py", "test_few_shot_runs.py", "test_teacher_cache.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
