@@ -14,8 +14,9 @@ PAIRS = [p.stem.split("-") for p in sorted((Path(__file__).parent.parent / "conf
 METHODS = [m for m in method_names() if method_class(m).needs_teacher]
 #: methods that need the same channels at each tap in both models, and the pairs of the table where they have them
 #: (the same family and widths: RepDistiller's FSP rows); on the other pairs they must refuse before training
-SAME_CHANNELS = {"fsp": {"resnet110-resnet32", "resnet32x4-resnet8x4", "resnet56-resnet20", "vgg13-vgg8",
-                         "wrn_40_2-wrn_16_2"}}
+SAME_FAMILY_AND_WIDTHS = {"resnet110-resnet32", "resnet32x4-resnet8x4", "resnet56-resnet20", "vgg13-vgg8",
+                          "wrn_40_2-wrn_16_2"}
+SAME_CHANNELS = {"fsp": SAME_FAMILY_AND_WIDTHS, "kdsvd": SAME_FAMILY_AND_WIDTHS}
 
 
 @pytest.mark.parametrize("teacher_name, student_name", PAIRS, ids=["-".join(p) for p in PAIRS])

@@ -186,6 +186,13 @@ def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp
         # test_methods_logit_relations.py.
         assert p.before.own > p.before.other and p.after.own < p.after.other, (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
+    elif name == "kdsvd":
+        # the dominant singular vector over the channels is nearly the same for every image: own and other start
+        # equal (0.15716 vs 0.15672) and after 4 epochs own/other is 0.956 (AMD EPYC). The term falls within the
+        # first epoch (epoch means 0.026, 0.029, 0.026, 0.025), so the fall is measured on the probe batch
+        # (0.157 -> 0.025). The own teacher must end closer than another image's, by more than it started.
+        assert p.after.ratio < 0.99 and p.after.ratio < p.before.ratio - 0.02, (p.before, p.after)
+        assert p.after.own < 0.5 * p.before.own, (p.before, p.after)
     elif name in ("ickd", "fsp"):
         # channel Gram matrices (ICKD's correlations, FSP's flows) are mostly the same for every image (the same
         # channels fire together): own and other start equal (ICKD 1.882 vs 1.884, FSP 2.1847 vs 2.1848) and
