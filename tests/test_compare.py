@@ -162,7 +162,7 @@ def test_method_files_are_labelled_by_file_name(tmp_path):
     ({}, ["kd"], None, "no teacher: set teacher.checkpoint in the base config"),
     ({"teacher": {"checkpoint": "runs/t"}}, ["kd"], "resnet8", "both --teacher and the base config's"),
     ({"student": {}}, ["kd"], "resnet8", "the base config needs student.model"),
-    ({}, ["kdd"], "resnet8", "--methods: unknown method 'kdd'. Did you mean: kd, rkd, ekd?"),
+    ({}, ["kdd"], "resnet8", "--methods: unknown method 'kdd'. Did you mean: kd, kdsvd, rkd?"),
     ({}, ["ce"], "resnet8", "--methods: ce does not distil from a teacher"),
     ({}, ["kd", "kd"], "resnet8", "--methods: kd given twice"),
     ({}, ["teacher.yaml"], "resnet8", "teacher.yaml"),
