@@ -12,9 +12,14 @@ checkpoints and are dropped when the student is exported. Build them in a method
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from kdforge.methods.base import StepOutputs
 
 
 def _pair(size) -> tuple[int, int]:
@@ -167,3 +172,17 @@ def require_dims(method: str, t_name: str, t: torch.Tensor, s_name: str, s: torc
 
     if t.dim() not in dims or s.dim() not in dims:
         raise shape_error(method, t_name, t, s_name, s, f"{method} needs {what}")
+
+
+def require_same_channel_maps(method: str, teacher_layers: list[str], student_layers: list[str],
+                              example: "StepOutputs", why: str) -> None:
+    """LayerError unless every (teacher, student) pair of the dry run is two feature maps with the same channels;
+    `why` says what needs them equal (the message names both layers and their channel counts)."""
+    from kdforge.errors import LayerError
+
+    for t_name, s_name in zip(teacher_layers, student_layers):
+        f_t, f_s = example.teacher_features[t_name], example.student_features[s_name]
+        require_dims(method, t_name, f_t, s_name, f_s, (4,), "feature maps (N, C, H, W)")
+        if f_t.shape[1] != f_s.shape[1]:
+            raise LayerError(f"{method}: teacher layer '{t_name}' has {f_t.shape[1]} channels and student layer "
+                             f"'{s_name}' {f_s.shape[1]}: {why} (choose layers with teacher_layers / student_layers)")

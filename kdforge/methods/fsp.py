@@ -10,7 +10,7 @@ from torch import nn
 from kdforge.errors import LayerError
 from kdforge.features import expand_patterns
 from kdforge.methods.ab import parameters_feeding
-from kdforge.methods.adapters import require_dims
+from kdforge.methods.adapters import require_same_channel_maps
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.layers import pair_from_end, stage_ends
 from kdforge.methods.registry import register_method
@@ -76,13 +76,8 @@ class FSP(Method):
         self.teacher_layers, self.student_layers = t, s
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            f_t, f_s = example.teacher_features[t_name], example.student_features[s_name]
-            require_dims(self.name, t_name, f_t, s_name, f_s, (4,), "feature maps (N, C, H, W)")
-            if f_t.shape[1] != f_s.shape[1]:
-                raise LayerError(f"fsp: teacher layer '{t_name}' has {f_t.shape[1]} channels and student layer "
-                                 f"'{s_name}' {f_s.shape[1]}: FSP matrices need the same channels in both "
-                                 f"models (choose layers with teacher_layers / student_layers, or another method)")
+        require_same_channel_maps(self.name, self.teacher_layers, self.student_layers, example,
+                                  "FSP matrices need the same channels in both models, or use another method")
         if student is not None:
             self._pretrain_names = parameters_feeding(student, list(dict.fromkeys(self.student_layers)),
                                                       example.images)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.errors import LayerError
-from kdforge.methods.adapters import require_dims
+from kdforge.methods.adapters import require_same_channel_maps
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -74,13 +74,8 @@ class KDSVD(Method):
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         if len(self.teacher_layers) < 2:
             raise LayerError(f"kdsvd: needs at least two layers per model, got {self.teacher_layers}")
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            f_t, f_s = example.teacher_features[t_name], example.student_features[s_name]
-            require_dims(self.name, t_name, f_t, s_name, f_s, (4,), "feature maps (N, C, H, W)")
-            if f_t.shape[1] != f_s.shape[1]:
-                raise LayerError(f"kdsvd: teacher layer '{t_name}' has {f_t.shape[1]} channels and student layer "
-                                 f"'{s_name}' {f_s.shape[1]}: KD-SVD aligns singular vectors of the same channels "
-                                 f"in both models (choose layers with teacher_layers / student_layers)")
+        require_same_channel_maps(self.name, self.teacher_layers, self.student_layers, example,
+                                  "KD-SVD aligns singular vectors of the same channels in both models")
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         losses, previous = [], None
