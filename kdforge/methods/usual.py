@@ -3,7 +3,7 @@
 The convention of the CRD benchmark (Tian et al., ICLR 2020; RepDistiller) and mdistiller: total
 loss = CE + beta * method, with the method's usual beta (`typical_weight`), and KD not added, except:
 
-- `kd` itself: 0.1 CE + 0.9 KD at T = 4; `ctkd` (KD at a learnable temperature): 0.1 CE + 0.9 CTKD, its
+- `kd` itself: 0.1 CE + 0.9 KD at T = 4; `mlkd` (KD's defaults in its authors' code): 0.1 CE + 0.9 MLKD; `ctkd` (KD at a learnable temperature): 0.1 CE + 0.9 CTKD, its
   10 curriculum epochs scaled like the epoch counts below;
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
   RTK follows AFD, our interpretation);
@@ -46,6 +46,8 @@ def usual_losses(method: str, epochs: int | None = None) -> dict[str, Any]:
         raise ValueError(f"{method} does not distil from a teacher; choose a distillation method")
     if method == "kd":
         return {"ce": 0.1, "kd": dict(KD)}
+    if method == "mlkd":
+        return {"ce": 0.1, "mlkd": cls.typical_weight}
     if method == "ctkd":  # KD at a learnable temperature, weighted as KD by its authors
         return {"ce": 0.1, "ctkd": {"weight": cls.typical_weight, "curriculum_epochs": scaled_epochs(10, epochs)}}
     spec: Any = cls.typical_weight
