@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
