@@ -428,6 +428,24 @@ def test_digits_split():
     assert sum(bytes(x.numpy().tobytes()) in train_set for x in test.images) < 5
 
 
+def test_digits_image_size_keeps_the_split_and_8_is_the_native_pixels():
+    from sklearn.datasets import load_digits
+
+    native = load_dataset("digits", split="train", image_size=8)
+    small = load_dataset("digits", split="train", image_size=16)
+    full = load_dataset("digits", split="train")
+    assert native.images.shape[1:] == (1, 8, 8) and small.images.shape[1:] == (1, 16, 16)
+    assert torch.equal(native.labels, full.labels) and torch.equal(small.labels, full.labels)
+    raw = load_digits()
+    # the same rows as the 32x32 split: each native image is its sklearn image, 0..16 scaled to 0..255
+    first = torch.from_numpy(raw.images).flatten(1)
+    want = (first * (255.0 / 16.0)).round().clamp(0, 255).to(torch.uint8)
+    rows = [next(i for i in range(len(want)) if torch.equal(want[i], img.flatten())) for img in native.images[:5]]
+    assert [int(raw.target[i]) for i in rows] == native.labels[:5].tolist()
+    with pytest.raises(ValueError, match="image_size must be one of"):
+        load_dataset("digits", split="train", image_size=17)
+
+
 def test_registry():
     names = dataset_names()
     assert {"digits", "cifar10", "cifar100", "svhn", "cinic10", "imagefolder"} <= set(names)
