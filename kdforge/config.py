@@ -124,11 +124,13 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "dot"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    #: `dot` (Zhao et al., ICCV 2023): task momentum = momentum - dot_delta, distillation momentum = momentum + dot_delta
+    dot_delta: float = 0.075
     betas: tuple[float, float] = (0.9, 0.999)
     #: {glob on parameter names: lr}; the first matching pattern sets a parameter's rate, others use `lr`.
     #: Student parameters are named as in `student.named_parameters()`, a method's as `losses.<key>.<name>`.
@@ -141,6 +143,11 @@ class OptimConfig:
             _at_least(f"{path}.lr_groups", pattern, lr, 0.0)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"{path}.momentum: must be in [0, 1), got {self.momentum}")
+        if self.name == "dot" and not (0.0 <= self.dot_delta <= self.momentum and self.momentum + self.dot_delta < 1.0):
+            raise ConfigError(f"{path}.dot_delta: momentum +- dot_delta must lie in [0, 1), got "
+                              f"{self.momentum} +- {self.dot_delta}")
+        if self.name == "dot" and self.nesterov:
+            raise ConfigError(f"{path}.nesterov: dot has no Nesterov form; set nesterov: false")
 
 
 @dataclass

@@ -41,6 +41,11 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.name == "dot":
+        from kdforge.engine.dot import DistillationOrientedSGD
+
+        return DistillationOrientedSGD(params, lr=cfg.lr, momentum=cfg.momentum, delta=cfg.dot_delta,
+                                       weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

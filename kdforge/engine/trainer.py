@@ -163,6 +163,7 @@ class Trainer:
 
         params = [*self.student.named_parameters(),
                   *((f"losses.{key}.{n}", p) for key, m in self.losses.methods.items() for n, p in m.named_parameters())]
+        self._dot_task_keys = self._dot_task_terms() if cfg.optim.name == "dot" else None
         self.optimizer = build_optimizer(params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train_loader))
         self.scaler = self.precision.grad_scaler()
@@ -505,7 +506,9 @@ class Trainer:
         values = torch.stack([v.detach().float() for v in losses.values()])
         applied = self.nonfinite.observe(list(losses), values, self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        if applied:
+        if applied and self._dot_task_keys is not None:
+            self._dot_update(losses)
+        elif applied:
             total = functools.reduce(operator.add, losses.values())
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -513,6 +516,32 @@ class Trainer:
         self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
         return losses, values, logits, applied
+
+    def _dot_task_terms(self) -> set[str]:
+        """The loss keys DOT treats as the task (the `ce` terms); errors for a run DOT cannot train."""
+        where = "optim.name: dot"
+        if self.precision.name == "fp16":
+            raise ConfigError(f"{where} does not support fp16 loss scaling (as its authors' code); use "
+                              f"train.precision: bf16 or fp32")
+        if self.dist.enabled:
+            raise ConfigError(f"{where} is not supported in distributed runs yet (two backward passes a step)")
+        active = {key for key, weight in self.losses.weights.items() if weight != 0}
+        task = {key for key in active if self.losses.methods[key].name == "ce"}
+        if not task or not active - task:
+            raise ConfigError(f"{where} needs a `ce` term and at least one distillation term of non-zero weight "
+                              f"(losses: {', '.join(sorted(active)) or 'none'})")
+        return task
+
+    def _dot_update(self, losses: dict[str, torch.Tensor]) -> None:
+        """DOT's step: the distillation terms' gradient, kept; then the task terms' gradient; one update."""
+        is_task = [key.split("/", 1)[0] in self._dot_task_keys for key in losses]
+        distill = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if not t])
+        task = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if t])
+        distill.backward(retain_graph=True)
+        self.optimizer.keep_distillation_grads()
+        self.optimizer.zero_grad(set_to_none=True)
+        task.backward()
+        self.optimizer.step()
 
     # ------------------------------------------------------------------ saving and stopping
     def _save_checkpoints(self, record: dict[str, Any]) -> None:
