@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from reference_math import softmax
+
 from kdforge.methods import StepOutputs, build_method
 from kdforge.methods.dkd import dkd_parts
 from kdforge.methods.kd import kd_loss
@@ -13,12 +15,6 @@ from kdforge.methods.logit_ops import standardize
 
 def rows(x):
     return [list(map(float, r)) for r in x.tolist()]
-
-
-def softmax(row, T):
-    m = max(v / T for v in row)
-    e = [math.exp(v / T - m) for v in row]
-    return [v / sum(e) for v in e]
 
 
 def zscore(row):

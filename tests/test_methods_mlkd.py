@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from kdforge.config import ConfigError
+from reference_math import softmax
+
 from kdforge.methods import StepOutputs, build_method
-
-
-def softmax(row, T):
-    m = max(v / T for v in row)
-    e = [math.exp(v / T - m) for v in row]
-    return [v / sum(e) for v in e]
 
 
 def median(values):

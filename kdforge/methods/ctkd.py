@@ -11,9 +11,8 @@ from torch import nn
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.dkd import dkd_parts, warmup_factor
 from kdforge.methods.kd import kd_loss
-from kdforge.methods.layers import shape_error
 from kdforge.methods.registry import register_method
-from kdforge.methods.logit_ops import scale_gradient
+from kdforge.methods.logit_ops import logit_pair, scale_gradient
 
 
 def curriculum_lambda(epoch: int, curriculum_epochs: int, lambda_max: float) -> float:
@@ -61,11 +60,7 @@ class CTKD(Method):
         return self.t_start + self.t_range * torch.sigmoid(scale_gradient(self.theta, -strength))
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        s, t = out.student_logits, out.teacher_logits
-        if t is None:
-            raise ValueError("ctkd needs the teacher's logits")
-        if s.shape != t.shape or s.dim() != 2:
-            raise shape_error("ctkd", "logits", t, "logits", s, "CTKD needs logits of the same number of classes")
+        s, t = logit_pair("ctkd", out)
         temperature = self.temperature(out.epoch).squeeze(0)
         t = t.detach()  # the teacher only teaches
         if self.base == "kd":

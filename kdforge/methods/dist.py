@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import shape_error
-from kdforge.methods.logit_ops import check_temperature, pearson, soften
+from kdforge.methods.logit_ops import check_temperature, logit_pair, pearson, soften
 from kdforge.methods.registry import register_method
 
 
@@ -46,11 +45,7 @@ class DIST(Method):
         self.beta, self.gamma, self.T, self.standardize = beta, gamma, T, standardize
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        s, t = out.student_logits, out.teacher_logits
-        if t is None:
-            raise ValueError("dist needs the teacher's logits")
-        if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:
-            raise shape_error("dist", "logits", t, "logits", s, "DIST needs logits of the same number (>= 2) of classes")
+        s, t = logit_pair("dist", out)
         inter, intra = dist_parts(s, t.detach(), self.T, self.standardize)  # the teacher only teaches
         return {"inter": self.beta * inter, "intra": self.gamma * intra}
 

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import shape_error
-from kdforge.methods.logit_ops import check_temperature, soften
+from kdforge.methods.logit_ops import check_temperature, logit_pair, soften
 from kdforge.methods.registry import register_method
 
 
@@ -83,12 +82,7 @@ class DKD(Method):
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         if out.labels is None:
             raise ValueError("dkd needs the labels of the batch (TCKD/NCKD split at the target class)")
-        s, t = out.student_logits, out.teacher_logits
-        if t is None:
-            raise ValueError("dkd needs the teacher's logits")
-        if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:
-            raise shape_error("dkd", "logits", t, "logits", s,
-                              "DKD needs logits of the same number (>= 2) of classes")
+        s, t = logit_pair("dkd", out)
         tckd, nckd = dkd_parts(s, t, out.labels, self.T, self.standardize)
         w = warmup_factor(out.epoch, self.warmup)
         return {"tckd": (w * self.alpha) * tckd, "nckd": (w * self.beta) * nckd}

@@ -1,9 +1,11 @@
-"""Pieces the logit methods share: temperature softening with optional logit standardisation, Pearson
-correlation. Not a method (no registration); `kd`, `dkd`, `dist` and `wsld` build on it."""
+"""Pieces the logit methods share: the checked pair of logits, temperature softening with optional logit
+standardisation, Pearson correlation, gradient scaling. Not a method (no registration)."""
 
 from __future__ import annotations
 
 import torch
+
+from kdforge.methods.layers import shape_error
 
 #: added to the standard deviation before dividing, as in the authors' code (Sun et al., CVPR 2024)
 STD_EPS = 1e-7
@@ -21,6 +23,18 @@ def soften(logits: torch.Tensor, temperature: float, standardized: bool = False)
     """The logits a softmax at temperature T takes: z / T in float32, z z-scored first if `standardized`."""
     z = logits.float()
     return (standardize(z) if standardized else z) / temperature
+
+
+def logit_pair(method: str, out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student logits, teacher logits) of a step's outputs, checked: the teacher's are there and both are
+    (N, C) with the same C >= 2. The teacher's come as given: a method whose teacher only teaches detaches them."""
+    s, t = out.student_logits, out.teacher_logits
+    if t is None:
+        raise ValueError(f"{method} needs the teacher's logits")
+    if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:
+        raise shape_error(method, "logits", t, "logits", s,
+                          f"{method.upper()} needs logits of the same number (>= 2) of classes")
+    return s, t
 
 
 def check_temperature(method: str, temperature: float) -> None:

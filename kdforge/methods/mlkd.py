@@ -6,8 +6,7 @@ import torch
 
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
-from kdforge.methods.layers import shape_error
-from kdforge.methods.logit_ops import check_temperature
+from kdforge.methods.logit_ops import check_temperature, logit_pair
 from kdforge.methods.registry import register_method
 
 #: the temperatures of the authors' code (its base T = 4 and 2, 3, 5, 6): "prediction augmentation"
@@ -81,11 +80,7 @@ class MLKD(Method):
         self.temperatures, self.confidence_scale, self.standardize = temperatures, confidence_scale, standardize
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        s, t = out.student_logits, out.teacher_logits
-        if t is None:
-            raise ValueError("mlkd needs the teacher's logits")
-        if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:
-            raise shape_error("mlkd", "logits", t, "logits", s, "MLKD needs logits of the same number (>= 2) of classes")
+        s, t = logit_pair("mlkd", out)
         return mlkd_parts(s, t.detach(), self.temperatures, self.confidence_scale, self.standardize)
 
     def extra_repr(self) -> str:

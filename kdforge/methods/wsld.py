@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import shape_error
-from kdforge.methods.logit_ops import check_temperature, soften
+from kdforge.methods.logit_ops import check_temperature, logit_pair, soften
 from kdforge.methods.registry import register_method
 
 
@@ -48,11 +47,7 @@ class WSLD(Method):
     def forward(self, out: StepOutputs) -> torch.Tensor:
         if out.labels is None:
             raise ValueError("wsld needs the labels of the batch (its weights compare both models' CE)")
-        s, t = out.student_logits, out.teacher_logits
-        if t is None:
-            raise ValueError("wsld needs the teacher's logits")
-        if s.shape != t.shape or s.dim() != 2:
-            raise shape_error("wsld", "logits", t, "logits", s, "WSLD needs logits of the same number of classes")
+        s, t = logit_pair("wsld", out)
         t = t.detach()  # the teacher only teaches
         log_p_s = F.log_softmax(soften(s, self.T, self.standardize), dim=1)
         log_p_t = F.log_softmax(soften(t, self.T, self.standardize), dim=1)
