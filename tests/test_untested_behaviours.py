@@ -257,6 +257,14 @@ def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, ca
     assert list(tmp_path.iterdir()) == []  # no run folder
 
 
+def test_print_config_rejects_a_bad_loss_parameter_before_printing(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--set", f"output_dir={tmp_path}", "--set", "losses.kd.TT=3",
+                             "--print-config")
+    assert code != 0 and out == ""
+    assert "losses.kd.TT: method 'kd' has no parameter 'TT'" in err and "Did you mean: T?" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overwrite_replaces_a_finished_run_and_without_it_the_cli_refuses(tmp_path, capsys):
     base = ["train", "--set", f"output_dir={tmp_path}", "--set", "name=r", "--set", "schedule.epochs=1",
             "--set", "data.batch_size=8", "--set", "data.few_shot.shots=5", "--set", "data.few_shot.labels=true",
