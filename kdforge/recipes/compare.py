@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,17 @@ TEACHER = "teacher"
 DECIDED = ("losses", "name", "output_dir", "seed", "hints")
 
 
+#: what a method file may set in `optim:` besides `losses:`: DOT is a way of training any method (the rows
+#: otherwise share the base config's optimizer, so a comparison stays fair)
+METHOD_OPTIM_KEYS = {"name": ("dot",), "dot_delta": None}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     label: str  # the run folders' prefix and the report's row
     losses: dict[str, Any]
     source: str  # 'usual weights' or the YAML file
+    optim: dict[str, Any] = field(default_factory=dict)  # DOT's keys only (METHOD_OPTIM_KEYS)
 
 
 def method_spec(text: str, epochs: int | None) -> MethodSpec:
@@ -49,15 +55,26 @@ def method_spec(text: str, epochs: int | None) -> MethodSpec:
         data = read_yaml(path)
         if not isinstance(data.get("losses"), dict) or not data["losses"]:
             raise ConfigError(f"--methods {text}: the file has no `losses:` section")
-        extra = sorted(set(data) - {"losses"})
+        extra = sorted(set(data) - {"losses", "optim"})
+        optim = data.get("optim") or {}
+        if not isinstance(optim, dict):
+            raise ConfigError(f"--methods {text}: `optim:` must be a mapping")
+        extra += [f"optim.{key}" for key in sorted(optim) if key not in METHOD_OPTIM_KEYS]
+        extra += [f"optim.{key}: {value!r}" for key, value in sorted(optim.items())
+                  if METHOD_OPTIM_KEYS.get(key) and value not in METHOD_OPTIM_KEYS[key]]
         if extra:
-            raise ConfigError(f"--methods {text}: a method file holds only `losses:`; it also sets "
-                              f"{', '.join(extra)} (put those in the base config)")
-        return MethodSpec(path.stem, data["losses"], str(path))
+            raise ConfigError(f"--methods {text}: a method file holds only `losses:` (and `optim: {{name: dot, "
+                              f"dot_delta}}`); it also sets {', '.join(extra)} (put those in the base config)")
+        return MethodSpec(path.stem, data["losses"], str(path), dict(optim))
     try:
         return MethodSpec(text, usual_losses(text, epochs), "usual weights")
     except (ValueError, KDForgeError) as exc:  # not a distillation method, or no method of that name
         raise ConfigError(f"--methods: {exc}") from None
+
+
+def _optim_section(base: dict[str, Any], spec: MethodSpec) -> dict[str, Any]:
+    """{'optim': base's optimizer with the method file's DOT keys} where the file sets them, else nothing."""
+    return {"optim": {**copy.deepcopy(base.get("optim") or {}), **spec.optim}} if spec.optim else {}
 
 
 @dataclass
@@ -108,7 +125,8 @@ def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], out
         for spec in specs:
             planned.append(PlannedRun(spec.label, seed, plan_run(base, out, f"{spec.label}-seed{seed}", seed=seed,
                                                                  losses=copy.deepcopy(spec.losses),
-                                                                 teacher=copy.deepcopy(teacher))))
+                                                                 teacher=copy.deepcopy(teacher),
+                                                                 **_optim_section(base, spec))))
     for run in planned:
         try:
             check_folder(run.config)
