@@ -262,3 +262,23 @@ def test_report_baseline_flag_prints_the_gain_table(tmp_path, capsys):
     assert "| kd |" in printed or "| student-alone |" in printed
     assert main(["report", str(tmp_path / "c" / "kd-seed0"), "--baseline", "nobody"]) == 2
     assert "--baseline: baseline 'nobody' is not a group of this report; the groups are kd" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_a_config_key_existed_is_still_the_same_run(tmp_path):
+    """A folder's config.yaml written before kdforge added a key (here optim.dot_delta) is compared with that
+    key at its default, as --resume does: the finished run is reused, not refused."""
+    import yaml
+
+    from kdforge.config import config_from_dict, config_to_dict
+    from kdforge.recipes.runs import check_folder, plan_run
+
+    data = plan_run(copy.deepcopy(TINY), tmp_path, "old", seed=0, losses={"ce": 1.0})
+    saved = config_to_dict(config_from_dict(data))
+    del saved["optim"]["dot_delta"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_folder(data)  # no error
+    saved["optim"]["lr"] = saved["optim"]["lr"] * 2
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="holds a run with other optim"):
+        check_folder(data)

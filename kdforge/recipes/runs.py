@@ -65,6 +65,10 @@ def check_folder(data: dict[str, Any]) -> None:
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text()) or {}
+        try:  # keys added to kdforge since that run was saved take their defaults (as --resume does)
+            saved = config_to_dict(config_from_dict(saved))
+        except ConfigError:
+            pass
         changed = [key for key in SAME if _at(saved, key) != _at(wanted, key)]
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
