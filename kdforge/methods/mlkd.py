@@ -57,7 +57,8 @@ class MLKD(Method):
     correlations P^T P). Returns {'instance', 'batch', 'class'} (logged as `mlkd/instance`, ...).
 
     The authors' CIFAR-100 setting (public code, mdistiller's KD defaults): CE 0.1 + 0.9 * MLKD, T in
-    {2, 3, 4, 5, 6}. Our reading, marked: their trainer feeds two views (weak and strong augmentation) and
+    {2, 3, 4, 5, 6}, at SGD lr 0.025 (half the usual 0.05: the batch and class terms are sums over the batch,
+    so their gradient grows with it). Our reading, marked: their trainer feeds two views (weak and strong augmentation) and
     adds the strong view's CE and instance terms; kdforge's step has one view, so this is their weak-view
     loss (the two-view form is not implemented). `confidence_scale` follows what their masks compute (see
     `mlkd_parts`); `confidence_scale: false` drops it. `standardize: true` z-scores the instance term's logits.
