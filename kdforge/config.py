@@ -391,6 +391,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config.yaml mapping with every key kdforge added since at its default (so an older run
+    compares equal to the same settings today); unchanged if it no longer validates."""
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except ConfigError:
+        return saved
+
+
 def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `data['a']['b'] = value` for `dotted == 'a.b'`, creating mappings on the way."""
     keys = dotted.split(".")

@@ -86,6 +86,24 @@ def _run(name: str, teacher: str | None = None, few_shot_seed: int = 0, max_step
     return run
 
 
+def test_a_run_saved_before_a_config_key_existed_groups_with_the_same_settings_today():
+    """Seeds 0 and 1 saved before optim.dot_delta existed, seed 2 after (the key at its default): one row;
+    the same key at another value is another row."""
+    from kdforge.config import config_from_dict, config_to_dict
+
+    def saved(run_name, **optim):
+        config = config_to_dict(config_from_dict({"seed": int(run_name[-1]), "losses": {"ce": 0.1, "kd": 0.9},
+                                                  "optim": optim}))
+        return Run(Path("runs") / run_name, {"name": run_name, "steps": 10}, config, [])
+
+    old = [saved("kd-seed0"), saved("kd-seed1")]
+    for run in old:
+        del run.config["optim"]["dot_delta"]
+    runs = [*old, saved("kd-seed2"), saved("kd-seed3", name="dot", dot_delta=0.05)]
+    assert [[r.name for r in g.runs] for g in group_runs(runs)] == [["kd-seed0", "kd-seed1", "kd-seed2"],
+                                                                    ["kd-seed3"]]
+
+
 def test_grouping_keeps_apart_what_differs_besides_seeds():
     """Per-seed teachers, few-shot draws and checkpoint paths group; another teacher run, max_steps or
     a different number of steps does not."""
@@ -95,7 +113,8 @@ def test_grouping_keeps_apart_what_differs_besides_seeds():
     groups = group_runs(runs)
     assert [[r.name for r in g.runs] for g in groups] == [
         ["kd-seed0", "kd-seed1"], ["kdsftn-seed0", "kdsftn-seed1"], ["short-seed0"], ["stopped-seed0"]]
-    assert groups[0].key["data"]["few_shot"] == {"shots": 5}  # every seed is out of the key
+    few_shot = groups[0].key["data"]["few_shot"]  # with today's defaults filled in
+    assert few_shot["shots"] == 5 and "seed" not in few_shot  # every seed is out of the key
     assert checkpoint_run_name("models/r8.pt") == "r8" and checkpoint_run_name("runs/t-seed2/") == "t-seed2"
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdforge.config import RunConfig, config_from_dict, config_to_dict
+from kdforge.config import RunConfig, config_from_dict, config_to_dict, with_current_defaults
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights, remove_stale_temporaries
 from kdforge.engine.distributed import Distributed, refuse_unsupported, wrap_for_ddp
 from kdforge.engine.epoch_tally import EpochTally
@@ -267,10 +267,7 @@ class Trainer:
 
     def _check_same_config(self, saved: dict[str, Any], path: str) -> None:
         now = config_to_dict(self.cfg)
-        try:  # keys added to kdforge since that run was saved take their defaults
-            saved = config_to_dict(config_from_dict(saved))
-        except ConfigError:
-            pass
+        saved = with_current_defaults(saved)  # keys added to kdforge since that run was saved: their defaults
         changed = []
         for key in self.TRAJECTORY_KEYS:
             a, b = saved, now

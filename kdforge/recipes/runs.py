@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict, config_to_dict, merge_configs
+from kdforge.config import config_from_dict, config_to_dict, merge_configs, with_current_defaults
 from kdforge.engine import Trainer, train_from_config
 from kdforge.errors import ConfigError
 
@@ -65,10 +65,7 @@ def check_folder(data: dict[str, Any]) -> None:
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text()) or {}
-        try:  # keys added to kdforge since that run was saved take their defaults (as --resume does)
-            saved = config_to_dict(config_from_dict(saved))
-        except ConfigError:
-            pass
+        saved = with_current_defaults(saved)  # keys added to kdforge since that run: their defaults (as --resume)
         changed = [key for key in SAME if _at(saved, key) != _at(wanted, key)]
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "

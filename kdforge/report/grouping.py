@@ -99,7 +99,10 @@ def trajectory_key(run: Run) -> dict[str, Any]:
 
     if not run.config:  # no config.yaml: what the summary tells
         return {field: field_value(run, field) for field in NAMED} | {"losses": run.summary.get("losses")}
-    key = {dotted: _without_seeds(value_at(run.config, dotted))
+    from kdforge.config import with_current_defaults
+
+    config = with_current_defaults(run.config)  # a run saved before a key existed groups with today's
+    key = {dotted: _without_seeds(value_at(config, dotted))
            for dotted in (*Trainer.TRAJECTORY_KEYS, "train.max_steps") if dotted != "seed"}
     for role in ("teacher", "student"):
         section = key.get(role)
