@@ -124,9 +124,9 @@ def test_distributed_settings_are_checked_before_training(tmp_path):
     train = load_dataset("digits", None, "train").subset(torch.arange(64))
     as_rank0_of_2 = Distributed(rank=0, world_size=2)
 
-    def build(losses, batch=32, **train_cfg):
+    def build(losses, batch=32, optim=None, **train_cfg):
         cfg = config_from_dict({"name": "x", "output_dir": str(tmp_path), "data": {"batch_size": batch},
-                                "train": {"device": "cpu", "progress": False, **train_cfg}})
+                                "optim": optim or {}, "train": {"device": "cpu", "progress": False, **train_cfg}})
         student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
         teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "teacher")
         return Trainer(student, LossComposer.from_config(losses), train, teacher=teacher, config=cfg,
@@ -134,6 +134,8 @@ def test_distributed_settings_are_checked_before_training(tmp_path):
 
     with pytest.raises(ConfigError, match=r"losses \['crd'\] keep per-image state"):
         build({"ce": 1, "crd": 0.8}).prepare()
+    with pytest.raises(ConfigError, match="optim.name: dot is not supported in distributed runs yet"):
+        build({"ce": 1, "kd": 0.9}, optim={"name": "dot"}).prepare()
     with pytest.raises(ConfigError, match="data.batch_size=33 is the global batch and must divide evenly over 2"):
         build({"ce": 1}, batch=33).prepare()
     with pytest.raises(ConfigError, match="train.sync_bn: SyncBatchNorm runs on GPUs only"):

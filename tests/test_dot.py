@@ -50,6 +50,13 @@ def test_dot_equals_its_update_written_out():
         assert p.item() == pytest.approx(want[role], rel=1e-12), role
 
 
+@pytest.mark.parametrize("momentum, delta", [(0.9, 0.2), (0.05, 0.075)])
+def test_dot_refuses_momenta_outside_zero_to_one(momentum, delta):
+    """Used directly (not through the config), the optimizer checks both momenta itself."""
+    with pytest.raises(ValueError, match="momentum \\+- delta must lie in \\[0, 1\\)"):
+        DistillationOrientedSGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=momentum, delta=delta)
+
+
 def test_dot_at_delta_zero_is_sgd_on_the_summed_gradient():
     """Equal momenta: the two buffers add up to SGD's buffer of the summed gradient (weight decay once)."""
     torch.manual_seed(0)

@@ -118,12 +118,16 @@ def shutdown(ctx: Distributed) -> None:
         dist.destroy_process_group()
 
 
-def refuse_unsupported(losses) -> None:
-    """Methods whose state follows individual training images (CRD's memory bank) are single-process."""
+def refuse_unsupported(losses, optim_name: str) -> None:
+    """Methods whose state follows individual training images (CRD's memory bank) are single-process, and so
+    is DOT's two-backward step (`optim.name: dot`)."""
     unsupported = [key for key, m in losses.methods.items() if not getattr(m, "supports_distributed", True)]
     if unsupported:
         raise ConfigError(f"losses {unsupported} keep per-image state that data-parallel ranks would not share; "
                           f"train them in one process (drop --nproc / torchrun)")
+    if optim_name == "dot":
+        raise ConfigError("optim.name: dot is not supported in distributed runs yet (two backward passes a step); "
+                          "train in one process (drop --nproc / torchrun)")
 
 
 class DistillStep(nn.Module):

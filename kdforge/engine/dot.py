@@ -21,7 +21,7 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, delta: float = 0.075, weight_decay: float = 0.0):
-        if not 0.0 <= momentum - delta and momentum + delta < 1.0:
+        if not (0.0 <= momentum - delta and momentum + delta < 1.0):
             raise ValueError(f"dot: momentum +- delta must lie in [0, 1), got {momentum} +- {delta}")
         super().__init__(params, dict(lr=lr, momentum_task=momentum - delta, momentum_kd=momentum + delta,
                                       weight_decay=weight_decay))

@@ -115,7 +115,7 @@ class Trainer:
         self.precision: Precision = resolve_precision(tcfg.precision, tcfg.channels_last, device)
         fmt = self.precision.memory_format()
         if self.dist.enabled:
-            refuse_unsupported(self.losses)
+            refuse_unsupported(self.losses, cfg.optim.name)
             self._convert_sync_bn(device)
         self.student.to(device=device, memory_format=fmt)
         self.use_teacher = self.teacher is not None and self.losses.needs_teacher
@@ -520,8 +520,6 @@ class Trainer:
         if self.precision.name == "fp16":
             raise ConfigError(f"{where} does not support fp16 loss scaling (as its authors' code); use "
                               f"train.precision: bf16 or fp32")
-        if self.dist.enabled:
-            raise ConfigError(f"{where} is not supported in distributed runs yet (two backward passes a step)")
         active = {key for key, weight in self.losses.weights.items() if weight != 0}
         task = {key for key in active if self.losses.methods[key].name == "ce"}
         if not task or not active - task:

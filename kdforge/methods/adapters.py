@@ -109,6 +109,21 @@ class LinearEmbed(nn.Module):
         return f"normalize={self.normalize}"
 
 
+def embedding_maps(teacher_layers: list[str], student_layers: list[str], example: "StepOutputs",
+                   linear: bool | None = None) -> list[nn.Module]:
+    """Per (teacher, student) pair of the dry run, what takes the student's features (flattened) to the
+    teacher's width: a `LinearEmbed` when the widths differ (`linear` None), always (True) or never (False:
+    `nn.Identity`; the caller flattens where it needs to), on the student's device."""
+    maps = []
+    for t_name, s_name in zip(teacher_layers, student_layers):
+        d_t = example.teacher_features[t_name].flatten(1).shape[1]
+        s = example.student_features[s_name]
+        d_s = s.flatten(1).shape[1]
+        use = (d_s != d_t) if linear is None else linear
+        maps.append(LinearEmbed(d_s, d_t).to(s.device) if use else nn.Identity())
+    return maps
+
+
 def resample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adaptive average pooling of an (N, ..., H, W) map to `size` (identity when already that size).
 

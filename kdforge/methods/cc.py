@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.methods.adapters import LinearEmbed
+from kdforge.methods.adapters import embedding_maps
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -63,14 +63,7 @@ class CC(Method):
         self.embeds = nn.ModuleList()
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        embeds = []
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            d_t = example.teacher_features[t_name].flatten(1).shape[1]
-            s = example.student_features[s_name]
-            d_s = s.flatten(1).shape[1]
-            use = (d_s != d_t) if self.embed is None else self.embed
-            embeds.append(LinearEmbed(d_s, d_t).to(s.device) if use else nn.Identity())
-        self.embeds = nn.ModuleList(embeds)
+        self.embeds = nn.ModuleList(embedding_maps(self.teacher_layers, self.student_layers, example, self.embed))
 
     def forward(self, out: StepOutputs):
         if len(self.embeds) != len(self.student_layers):

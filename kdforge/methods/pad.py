@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdforge.methods.adapters import LinearEmbed
+from kdforge.methods.adapters import embedding_maps
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 
@@ -60,21 +60,17 @@ class PAD(Method):
         self.means, self.variances = nn.ModuleList(), nn.ModuleList()
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        means, variances = [], []
-        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
-            d_t = example.teacher_features[t_name].flatten(1).shape[1]
-            s = example.student_features[s_name]
-            d_s = s.flatten(1).shape[1]
-            means.append(LinearEmbed(d_s, d_t).to(s.device) if d_s != d_t else nn.Flatten())
-            variances.append(VarianceBranch(d_t).to(s.device))
-        self.means, self.variances = nn.ModuleList(means), nn.ModuleList(variances)
+        self.means = nn.ModuleList(embedding_maps(self.teacher_layers, self.student_layers, example))
+        device = example.student_logits.device
+        self.variances = nn.ModuleList(VarianceBranch(example.teacher_features[t].flatten(1).shape[1]).to(device)
+                                       for t in self.teacher_layers)
 
     def forward(self, out: StepOutputs):
         if len(self.means) != len(self.student_layers):
             raise RuntimeError("pad: setup() was not called")
         losses = []
         for mean_of, variance_of, t, s in zip(self.means, self.variances, self.teacher_layers, self.student_layers):
-            mean = mean_of(out.student_features[s])
+            mean = mean_of(out.student_features[s]).flatten(1)
             target = out.teacher_features[t].detach().flatten(1)  # the teacher only teaches
             losses.append(pad_l2_loss(mean, variance_of(mean), target, self.eps))
         return torch.stack(losses).sum()
