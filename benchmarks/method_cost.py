@@ -36,6 +36,8 @@ def measure(name: str, args, data, tmp: str) -> dict:
         "train": {"device": args.device, "precision": args.precision, "progress": False, "tensorboard": False},
     })
     composer = LossComposer.from_config(losses)
+    plain = sum(p.numel() for p in student.parameters())
+    student = composer.wrap_student(student, teacher)  # SimKD's network: its projector and the teacher's head
     trainer = Trainer(student, composer, data, None, teacher=teacher if composer.needs_teacher else None,
                       config=cfg, run_dir=f"{tmp}/{name}")
     trainer._prepare()
@@ -51,7 +53,8 @@ def measure(name: str, args, data, tmp: str) -> dict:
         sync(trainer.precision.device)
         times.append(time.perf_counter() - start)
     return {"method": name, "ms_per_step": 1000 * statistics.median(times),
-            "extra_params": sum(p.numel() for p in composer.parameters()),
+            "extra_params": sum(p.numel() for p in composer.parameters())
+            + sum(p.numel() for p in student.parameters()) - plain,
             "precision": trainer.precision.name}
 
 

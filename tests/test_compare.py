@@ -40,6 +40,7 @@ def test_usual_losses_follow_the_crd_benchmark_convention():
     assert usual_losses("crd") == {"ce": 1.0, "crd": 0.8}
     assert usual_losses("afd") == {"ce": 1.0, "kd": {"weight": 0.9, "T": 4.0}, "afd": 200.0}
     assert usual_losses("rtk")["kd"] == {"weight": 0.9, "T": 4.0}
+    assert usual_losses("simkd") == {"simkd": 1.0}  # its authors' `-c 0 -d 0 -b 1`
     with pytest.raises(ValueError, match="ce does not distil from a teacher"):
         usual_losses("ce")
 

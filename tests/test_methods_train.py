@@ -32,8 +32,9 @@ SHORT_RUN = {
     # 4 epochs (term -6 %, no pairing gap, measured); from 0.1 it learns the pairing within them
     "vid": {"init_variance": 0.1},
 }
-#: methods whose logits carry the classes: they must teach them without any label (CE weight 0)
-LOGIT_METHODS = ["kd", "dkd", "netgraft"]
+#: methods whose logits carry the classes: they must teach them without any label (CE weight 0); SimKD's
+#: student classifies with the teacher's head, so aligning the maps teaches the classes
+LOGIT_METHODS = ["kd", "dkd", "netgraft", "simkd"]
 #: the largest term(own teacher) / term(another image's teacher) a trained method may keep; measured
 #: after 4 epochs on 16x16 digits (AMD EPYC, 2026-12-02): 0.02-0.30 for most, 0.36 mlkd, 0.39 ft, 0.40 srd,
 #: 0.51 oh, 0.62 ab; vid (0.72) and the special cases below have their own rules

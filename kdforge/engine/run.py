@@ -177,6 +177,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
         teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher", sources)
+    student = losses.wrap_student(student, teacher)  # e.g. SimKD's: projector and the teacher's head
     if hasattr(student, "adopt_teacher"):  # NetGraft's grafted network holds the frozen teacher
         if teacher is None:
             raise ConfigError("student.model grafted runs inside the teacher: set teacher.checkpoint and a loss "

@@ -38,6 +38,7 @@ class Method(nn.Module):
 
     - `teacher_layers` / `student_layers`: tap strings (module names, optionally
       ``:input``) that the engine captures into `StepOutputs.*_features`.
+    - `wrap_student(student, teacher)`: the network trained in place of the student (SimKD's).
     - `bind(student, teacher)`: resolve layer names (defaults for the pair, globs).
     - `setup(student, teacher, example)`: called once before training, with the
       outputs of a dry run on one batch, to build adapters from the real shapes.
@@ -103,6 +104,14 @@ class Method(nn.Module):
     def pick_layers(names: list[str]) -> list[str]:
         """Which of the default layers of `layer_kind` to use (all by default)."""
         return names
+
+    def wrap_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:
+        """The network the run trains in place of `student` (before `bind`); `student` itself by default.
+
+        SimKD's student classifies with a projector and the teacher's head, so it trains, is
+        evaluated and is exported as one network that holds them.
+        """
+        return student
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         """Build adapters from the shapes in `example`; nothing to do by default."""

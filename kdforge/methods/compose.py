@@ -86,6 +86,12 @@ class LossComposer(nn.Module):
     def student_taps(self) -> list[str]:
         return self.taps("student")
 
+    def wrap_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:
+        """The network to train in place of `student`: each active method's `wrap_student` in turn."""
+        for method in self.active():
+            student = method.wrap_student(student, teacher)
+        return student
+
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         for method in self.active():
             method.bind(student, teacher)

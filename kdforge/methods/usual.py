@@ -3,6 +3,7 @@
 The convention of the CRD benchmark (Tian et al., ICLR 2020; RepDistiller) and mdistiller: total
 loss = CE + beta * method, with the method's usual beta (`typical_weight`), and KD not added, except:
 
+- `simkd`: its L2 term alone, as its authors train it (the student classifies with the teacher's head);
 - `kd` itself: 0.1 CE + 0.9 KD at T = 4; `mlkd` (KD's defaults in its authors' code): 0.1 CE + 0.9 MLKD; `ctkd` (KD at a learnable temperature): 0.1 CE + 0.9 CTKD, its
   10 curriculum epochs scaled like the epoch counts below;
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
@@ -46,6 +47,8 @@ def usual_losses(method: str, epochs: int | None = None) -> dict[str, Any]:
         raise ValueError(f"{method} does not distil from a teacher; choose a distillation method")
     if method == "kd":
         return {"ce": 0.1, "kd": dict(KD)}
+    if method == "simkd":  # its authors train with the feature term alone (no CE, no KD)
+        return {"simkd": cls.typical_weight}
     if method == "mlkd":
         return {"ce": 0.1, "mlkd": cls.typical_weight}
     if method == "ctkd":  # KD at a learnable temperature, weighted as KD by its authors

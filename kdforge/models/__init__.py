@@ -25,6 +25,7 @@ from kdforge.models import (  # noqa: E402,F401  isort: skip
     resnet_imagenet,
     shufflenetv1,
     shufflenetv2,
+    simkd,
     vgg,
     vgg_nobn,
     wrn,
