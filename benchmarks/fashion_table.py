@@ -47,7 +47,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METHODS = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst", "crd", "dkd", "oh", "afd", "rtk",
-           "dist", "wsld", "ickd", "reviewkd", "catkd", "fsp", "ctkd", "srd", "kdsvd", "mlkd", "pad", "simkd"]
+           "dist", "wsld", "ickd", "reviewkd", "catkd", "fsp", "ctkd", "srd", "kdsvd", "mlkd", "pad", "simkd",
+           "sskd"]
 #: diagnostic rows: a method that misbehaved at its usual weights with the one setting that explains it, and
 #: AT at AFD's setting (CE + KD + AT) beside AFD and RTK
 #: (each file says why); labelled by file name

@@ -53,7 +53,20 @@ def setup_and_step(losses, student, teacher, images, labels):
                               teacher, indices=torch.arange(4), num_train_samples=64)
         losses.setup(student, teacher, example)
         student.train()
-        s_logits, s_feats = s_taps(images)
-        out = StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, student, teacher,
-                          indices=torch.arange(4), num_train_samples=64)
+        views = losses.extra_views(images)  # SSKD's rotated copies: forwarded with the batch, as the trainer does
+        batch = torch.cat([images, *views.values()])
+        with torch.no_grad():
+            t_logits, t_feats = t_taps(batch)
+        s_logits, s_feats = s_taps(batch)
+
+        def part(start, end, labels_):
+            return StepOutputs(batch[start:end], labels_, s_logits[start:end], t_logits[start:end],
+                               {k: v[start:end] for k, v in s_feats.items()},
+                               {k: v[start:end] for k, v in t_feats.items()}, student, teacher,
+                               indices=torch.arange(4) if labels_ is not None else None, num_train_samples=64)
+
+        out, start = part(0, 4, labels), 4
+        for key, extra in views.items():
+            out.views[key] = part(start, start + len(extra), None)
+            start += len(extra)
         return sum(losses(out).values())

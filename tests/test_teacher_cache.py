@@ -115,6 +115,26 @@ def test_cached_run_matches_uncached_and_never_runs_the_teacher(tmp_path, digits
     assert_same_weights(plain, cached)
 
 
+def test_extra_views_run_the_teacher_on_them_alone_and_match_the_uncached_run(tmp_path, digits, teacher_state):
+    """SSKD's rotated copies are not in the cache: the teacher runs on them only (3 x the batch), the batch's own
+    outputs come from the cache, and the run equals the uncached one."""
+    losses = {"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}, "sskd": {"pretrain_epochs": 0}}
+    plain = make_trainer(tmp_path, "plain", digits, teacher_state, cache=False, losses=losses, epochs=2)
+    plain.fit()
+    cached = make_trainer(tmp_path, "cached", digits, teacher_state, losses=losses, epochs=2)
+    cached.prepare()
+    sizes = []
+    cached.teacher.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    cached.fit()
+    assert sizes == [3 * 32] * 6  # 2 epochs x 3 steps, each on the rotated copies alone
+    a, b = step_losses(plain), step_losses(cached)
+    assert len(a) == len(b) == 6
+    for row_a, row_b in zip(a, b):
+        for key in row_a:
+            assert row_b[key] == pytest.approx(row_a[key], rel=1e-5, abs=1e-7), (row_a["step"], key)
+    assert_same_weights(plain, cached)
+
+
 def _independent_teacher_outputs(trainer: Trainer, indices: torch.Tensor):
     """Logits and tapped tensors of the teacher in eval mode on (x / 255 - mean) / std, with its own hooks."""
     data = trainer.train_data

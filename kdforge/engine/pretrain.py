@@ -35,7 +35,7 @@ def run_pretrain_stages(trainer, logger, stop_requested=lambda: None) -> None:
             steps = 0
             for images, labels, indices in trainer.train_loader:
                 with trainer.precision.autocast():
-                    loss = method.pretrain_loss(trainer.forward(images, labels, indices))
+                    loss = method.pretrain_loss(trainer.forward(images, labels, indices).for_method(key))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 trainer.dist.average_gradients(params)  # not under DDP: the ranks average here

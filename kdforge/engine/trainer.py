@@ -478,16 +478,39 @@ class Trainer:
         """Teacher (no grad) and student forward with taps; call inside `precision.autocast()`.
 
         With a teacher cache and the batch's training-set `indices`, the teacher's outputs are looked up."""
+        views = self.losses.extra_views(images)
+        n = images.shape[0]
+        if views:  # one forward of the batch and the methods' extra images (BatchNorm sees them together)
+            images = torch.cat([images, *views.values()])
         t_logits, t_feats = None, {}
         if self.use_teacher:
             if self.teacher_cache is not None and indices is not None:
                 t_logits, t_feats = self.teacher_cache.lookup(indices)
+                if views:  # the cache holds the batch's own images; the teacher (eval mode) runs on the rest
+                    with torch.no_grad():
+                        v_logits, v_feats = self.teacher_taps(images[n:])
+                    t_logits = torch.cat([t_logits, v_logits])
+                    t_feats = {k: torch.cat([t_feats[k], v_feats[k]]) for k in t_feats}
             else:
                 with torch.no_grad():
                     t_logits, t_feats = self.teacher_taps(images)
         s_logits, s_feats = self.student_taps(images)
-        return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
-                           self.state.epoch, self.state.step, indices, len(self.train_data))
+        if not views:
+            return StepOutputs(images, labels, s_logits, t_logits, s_feats, t_feats, self.student, self.teacher,
+                               self.state.epoch, self.state.step, indices, len(self.train_data))
+
+        def part(start: int, end: int, labels_: torch.Tensor | None, indices_: torch.Tensor | None) -> StepOutputs:
+            return StepOutputs(images[start:end], labels_, s_logits[start:end],
+                               None if t_logits is None else t_logits[start:end],
+                               {k: v[start:end] for k, v in s_feats.items()},
+                               {k: v[start:end] for k, v in t_feats.items()}, self.student, self.teacher,
+                               self.state.epoch, self.state.step, indices_, len(self.train_data))
+
+        out, start = part(0, n, labels, indices), n
+        for key, extra in views.items():
+            out.views[key] = part(start, start + extra.shape[0], None, None)
+            start += extra.shape[0]
+        return out
 
     def _forward_and_losses(self, images: torch.Tensor, labels: torch.Tensor | None,
                             indices: torch.Tensor | None):

@@ -8,6 +8,7 @@ its own submodules, so they train with the student and are saved in checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,6 +32,14 @@ class StepOutputs:
     step: int = 0
     indices: torch.Tensor | None = None  # dataset indices of the batch (memory-bank methods)
     num_train_samples: int = 0  # size of the training set
+    #: {loss key: outputs on the extra images that method asked for (`Method.extra_views`)}, forwarded with the batch
+    views: dict[str, "StepOutputs"] = field(default_factory=dict)
+    #: the outputs on the extra images of the method being called (`for_method`); None without any
+    view: "StepOutputs | None" = None
+
+    def for_method(self, key: str) -> "StepOutputs":
+        """These outputs as the method of loss key `key` sees them: with its own extra view as `view`."""
+        return dataclasses.replace(self, view=self.views.get(key))
 
 
 class Method(nn.Module):
@@ -40,6 +49,7 @@ class Method(nn.Module):
       ``:input``) that the engine captures into `StepOutputs.*_features`.
     - `wrap_student(student, teacher)`: the network trained in place of the student (SimKD's).
     - `bind(student, teacher)`: resolve layer names (defaults for the pair, globs).
+    - `extra_views(images)`: more images to forward with each training batch (SSKD's rotations).
     - `setup(student, teacher, example)`: called once before training, with the
       outputs of a dry run on one batch, to build adapters from the real shapes.
     - `pretrain_epochs` / `pretrain_loss` / `pretrain_parameters`: a stage the engine
@@ -112,6 +122,11 @@ class Method(nn.Module):
         evaluated and is exported as one network that holds them.
         """
         return student
+
+    def extra_views(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Extra training images (e.g. SSKD's rotated copies) that both models run on with the batch, in
+        one forward (BatchNorm sees them with it); their outputs reach the method as `out.view`. None: none."""
+        return None
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
         """Build adapters from the shapes in `example`; nothing to do by default."""

@@ -92,6 +92,16 @@ class LossComposer(nn.Module):
             student = method.wrap_student(student, teacher)
         return student
 
+    def extra_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{loss key: extra images} of the active methods that ask for some (`Method.extra_views`)."""
+        views = {}
+        for key, method in self.methods.items():
+            if method in self.active():
+                extra = method.extra_views(images)
+                if extra is not None:
+                    views[key] = extra
+        return views
+
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         for method in self.active():
             method.bind(student, teacher)
@@ -107,7 +117,7 @@ class LossComposer(nn.Module):
             weight = self.weights[key]
             if weight == 0.0:
                 continue
-            value = method(out)
+            value = method(out.for_method(key) if out.views else out)
             parts = value.items() if isinstance(value, dict) else [(None, value)]
             for part, loss in parts:
                 name = key if part is None else f"{key}/{part}"

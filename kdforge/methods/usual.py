@@ -3,13 +3,14 @@
 The convention of the CRD benchmark (Tian et al., ICLR 2020; RepDistiller) and mdistiller: total
 loss = CE + beta * method, with the method's usual beta (`typical_weight`), and KD not added, except:
 
+- `sskd`: 0.1 CE + 0.9 KD (T = 4) + SSKD (its own 2.7 and 10 inside), its teacher head's 60 epochs scaled;
 - `simkd`: its L2 term alone, as its authors train it (the student classifies with the teacher's head);
 - `kd` itself: 0.1 CE + 0.9 KD at T = 4; `mlkd` (KD's defaults in its authors' code): 0.1 CE + 0.9 MLKD; `ctkd` (KD at a learnable temperature): 0.1 CE + 0.9 CTKD, its
   10 curriculum epochs scaled like the epoch counts below;
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
   RTK follows AFD, our interpretation);
 - methods whose schedule is counted in epochs of a 240-epoch CIFAR run (AB's, FT's and FSP's 30
-  pre-training epochs, DKD's and ReviewKD's 20 warm-up epochs) get that share of the run's epochs
+  pre-training epochs, SSKD's 60, DKD's and ReviewKD's 20 warm-up epochs) get that share of the run's epochs
   (`scaled_epochs`; our interpretation for short schedules; at 240 epochs it is the paper's value).
 """
 
@@ -27,7 +28,7 @@ REFERENCE_EPOCHS = 240
 KD_ADDED = ("afd", "rtk")
 #: method -> (parameter, epochs of a 240-epoch run)
 EPOCH_COUNTS = {"ab": ("pretrain_epochs", 30), "ft": ("pretrain_epochs", 30), "dkd": ("warmup", 20),
-                "reviewkd": ("warmup", 20), "fsp": ("pretrain_epochs", 30)}
+                "reviewkd": ("warmup", 20), "fsp": ("pretrain_epochs", 30), "sskd": ("pretrain_epochs", 60)}
 KD = {"weight": 0.9, "T": 4.0}
 
 
@@ -57,6 +58,8 @@ def usual_losses(method: str, epochs: int | None = None) -> dict[str, Any]:
     if method in EPOCH_COUNTS:
         parameter, usual = EPOCH_COUNTS[method]
         spec = {"weight": cls.typical_weight, parameter: scaled_epochs(usual, epochs)}
+    if method == "sskd":  # its authors' run: 0.1 CE + 0.9 KD + its two terms (weighted inside it)
+        return {"ce": 0.1, "kd": dict(KD), "sskd": spec}
     losses: dict[str, Any] = {"ce": 1.0}
     if method in KD_ADDED:
         losses["kd"] = dict(KD)
