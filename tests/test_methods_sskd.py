@@ -11,17 +11,18 @@ from kdforge.config import config_from_dict
 from kdforge.engine import Trainer, train_from_config
 from kdforge.engine.pretrain import run_pretrain_stages
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer
+from kdforge.methods import LossComposer, StepOutputs
 from kdforge.methods.sskd import kept_rows
 from kdforge.models import build_model
 
 
 def authors_kept_rows(rank_scores: torch.Tensor, target: torch.Tensor, ratio: float) -> torch.Tensor:
     """The authors' "error level ranking", as their student.py writes it: the target's position in an argsort,
-    every row ranked first plus int(wrong * ratio) of the others with the best positions."""
+    every row ranked first plus int(wrong * ratio) of the others with the best positions. Their argsort of the
+    positions leaves rows of equal position in any order; kdforge keeps row order (stable), and so does this."""
     order = torch.argsort(rank_scores, dim=1, descending=True)
     rank = torch.argmax(torch.eq(order, target[:, None]).long(), dim=1)
-    index = torch.argsort(rank)
+    index = torch.argsort(rank, stable=True)
     wrong = int(torch.nonzero(rank).numel())
     correct = rank.numel() - wrong
     return torch.sort(index[: correct + int(wrong * ratio)])[0]
@@ -102,35 +103,59 @@ def teacher_state(digits):
     return teacher.state_dict()
 
 
-def test_the_terms_equal_the_authors_formulation(tmp_path, digits):
-    trainer = make_trainer(tmp_path, digits, {"ce": 0.1, "sskd": {"pretrain_epochs": 0, "ratio_ss": 0.5}})
-    trainer.prepare()
-    method = trainer.losses.methods["sskd"]
-    for p in method.teacher_head.parameters():  # a teacher head that ranks some rows wrong
-        p.data.normal_(0, 0.5)
-    images, labels = digits[0].images[:16].float() / 16, digits[0].labels[:16]
-    trainer.student.eval()
-    out = trainer.forward(images, labels)
-    n = 16
-    # the batch and its copies ran through both models at once, each part as it would run alone (eval mode)
-    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in (1, 2, 3)])
-    torch.testing.assert_close(out.student_logits, trainer.student(images), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out.views["sskd"].student_logits, trainer.student(rotated), rtol=1e-4, atol=1e-5)
-    assert out.student_logits.shape[0] == n and out.views["sskd"].teacher_logits.shape[0] == 3 * n
+def normalized(data, count):
+    """The first `count` training images as the loader gives them: (x / 255 - mean) / std."""
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    return (data.images[:count].float() / 255 - mean) / std, data.labels[:count]
 
-    (t_tap,), (s_tap,) = method.teacher_layers, method.student_layers
+
+def test_the_batch_and_its_turned_copies_run_together_and_each_part_is_as_alone(tmp_path, digits, teacher_state):
+    trainer = make_trainer(tmp_path, digits, {"ce": 0.1, "sskd": {"pretrain_epochs": 0}}, teacher_state=teacher_state)
+    trainer.prepare()
+    images, labels = normalized(digits[0], 16)
+    trainer.student.eval()  # eval mode: each image's outputs do not depend on the rest of the batch
+    out = trainer.forward(images, labels)
+    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in (1, 2, 3)])
     view = out.views["sskd"]
-    t_rot_logits = view.teacher_logits
-    tf_rows = authors_kept_rows(t_rot_logits, labels.repeat(3), 1.0)
-    t_sim = pairwise_cosine(method.teacher_head(view.teacher_features[t_tap]), method.teacher_head(out.teacher_features[t_tap]))
-    s_sim = pairwise_cosine(method.student_head(view.student_features[s_tap]), method.student_head(out.student_features[s_tap]))
+    torch.testing.assert_close(out.student_logits, trainer.student(images), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(view.student_logits, trainer.student(rotated), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(view.teacher_logits, trainer.teacher(rotated), rtol=1e-4, atol=1e-5)
+    assert out.student_logits.shape[0] == 16 and view.labels is None
+    assert out.for_method("sskd").view is view and out.for_method("kd").view is None
+
+
+def test_the_terms_equal_the_authors_formulation():
+    n, d_s, d_t, classes = 12, 6, 10, 5
+    method = LossComposer.from_config({"sskd": {"ratio_ss": 0.5, "ratio_tf": 0.25}}).methods["sskd"]
+    method.teacher_layers, method.student_layers = ["t_emb"], ["s_emb"]
+    g = torch.Generator().manual_seed(0)
+
+    def outputs(rows, labels):
+        return StepOutputs(torch.zeros(rows, 1, 4, 4), labels, torch.randn(rows, classes, generator=g),
+                           3 * torch.randn(rows, classes, generator=g), {"s_emb": torch.randn(rows, d_s, generator=g)},
+                           {"t_emb": torch.randn(rows, d_t, generator=g)})
+
+    labels = torch.randint(0, classes, (n,), generator=g)
+    out = outputs(n, labels)
+    method.setup(None, None, out)
+    out.views["sskd"] = view = outputs(3 * n, None)
+    terms = method(out.for_method("sskd"))
+
+    tf_rows = authors_kept_rows(view.teacher_logits, labels.repeat(3), 0.25)
+    with torch.no_grad():
+        t_sim = pairwise_cosine(method.teacher_head(view.teacher_features["t_emb"]),
+                                method.teacher_head(out.teacher_features["t_emb"]))
+    s_sim = pairwise_cosine(method.student_head(view.student_features["s_emb"]),
+                            method.student_head(out.student_features["s_emb"]))
     own = torch.arange(n).repeat(3)
     ss_rows = authors_kept_rows(t_sim, own, 0.5)
-    assert 0 < len(ss_rows) < 3 * n  # some rows are filtered out: the filter is exercised
-    terms = trainer.losses(out)
-    torch.testing.assert_close(terms["sskd/tf"], 2.7 * kl_rows(view.student_logits, t_rot_logits, tf_rows, 4.0),
+    assert 0 < len(tf_rows) < 3 * n and 0 < len(ss_rows) < 3 * n  # both filters drop rows here
+    torch.testing.assert_close(terms["tf"], 2.7 * kl_rows(view.student_logits, view.teacher_logits, tf_rows, 4.0),
                                rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(terms["sskd/ss"], 10.0 * kl_rows(s_sim, t_sim, ss_rows, 0.5), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["ss"], 10.0 * kl_rows(s_sim, t_sim, ss_rows, 0.5), rtol=1e-4, atol=1e-6)
+    everything = torch.arange(3 * n)  # the filters matter: keeping every row gives other values
+    assert not torch.isclose(terms["tf"], 2.7 * kl_rows(view.student_logits, view.teacher_logits, everything, 4.0))
+    assert not torch.isclose(terms["ss"], 10.0 * kl_rows(s_sim, t_sim, everything, 0.5))
     # the head stage's loss: cross-entropy of the raw cosine similarities, the own original as the class
     torch.testing.assert_close(method.pretrain_loss(out.for_method("sskd")), F.cross_entropy(t_sim, own),
                                rtol=1e-4, atol=1e-6)
@@ -140,7 +165,7 @@ def test_gradients_reach_the_student_and_its_head_never_the_teacher_or_its_head(
     trainer = make_trainer(tmp_path, digits, {"ce": 0.1, "sskd": {"pretrain_epochs": 0}})
     trainer.prepare()
     method = trainer.losses.methods["sskd"]
-    images, labels = digits[0].images[:16].float() / 16, digits[0].labels[:16]
+    images, labels = normalized(digits[0], 16)
     terms = trainer.losses(trainer.forward(images, labels))
     (terms["sskd/tf"] + terms["sskd/ss"]).backward()
     assert all(p.grad is None for p in trainer.teacher.parameters())
