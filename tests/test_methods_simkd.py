@@ -104,7 +104,7 @@ def test_only_the_encoder_and_projector_train_and_the_head_holds_only_the_head()
 
 
 def test_bad_inputs_are_refused():
-    with pytest.raises(ConfigError, match="losses.simkd.factor"):
+    with pytest.raises(ConfigError, match="losses.simkd: factor: a positive integer"):
         LossComposer.from_config({"simkd": {"factor": 0}})
     with pytest.raises(ConfigError, match="losses.simkd.factor: 3 does not divide"):
         LossComposer.from_config({"simkd": {"factor": 3}}).wrap_student(build_model("resnet8", num_classes=10),

@@ -37,7 +37,7 @@ class SimKD(Method):
     def __init__(self, factor: int = 2):
         super().__init__()
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ConfigError(f"losses.simkd.factor: a positive integer, got {factor!r}")
+            raise ValueError(f"factor: a positive integer, got {factor!r}")
         self.factor = factor
 
     def wrap_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:

@@ -77,12 +77,12 @@ class SSKD(Method):
         super().__init__()
         for key, value in (("tf_T", tf_T), ("ss_T", ss_T)):
             if value <= 0:
-                raise ConfigError(f"losses.sskd.{key}: a temperature must be positive, got {value}")
+                raise ValueError(f"{key}: a temperature must be positive, got {value}")
         for key, value in (("ratio_tf", ratio_tf), ("ratio_ss", ratio_ss)):
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"losses.sskd.{key}: the share of wrong rows kept, in [0, 1], got {value}")
+                raise ValueError(f"{key}: the share of wrong rows kept, in [0, 1], got {value}")
         if pretrain_epochs < 0:
-            raise ConfigError(f"losses.sskd.pretrain_epochs: >= 0, got {pretrain_epochs}")
+            raise ValueError(f"pretrain_epochs: >= 0, got {pretrain_epochs}")
         self._given_t, self._given_s = teacher_layers, student_layers
         self.tf_weight, self.ss_weight, self.tf_T, self.ss_T = tf_weight, ss_weight, tf_T, ss_T
         self.ratio_tf, self.ratio_ss = ratio_tf, ratio_ss
