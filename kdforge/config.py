@@ -278,7 +278,7 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def coerce_value(value: Any, tp: Any, path: str) -> Any:
     """Return `value` checked (and gently converted) against the annotation `tp`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -289,10 +289,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return None
         options = [arg for arg in args if arg is not type(None)]
         if len(options) == 1:  # Optional[X]: X's own error names the inner key
-            return _coerce(value, options[0], path)
+            return coerce_value(value, options[0], path)
         for arg in options:
             try:
-                return _coerce(value, arg, path)
+                return coerce_value(value, arg, path)
             except ConfigError:
                 pass
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -309,12 +309,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if origin is tuple and len(args) != len(value) and Ellipsis not in args:
             raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
         item_types = args if origin is tuple and Ellipsis not in args else [args[0]] * len(value)
-        items = [_coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+        items = [coerce_value(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+        return {str(k): coerce_value(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -365,7 +365,7 @@ def _from_dict(cls: type, data: Any, path: str = "") -> Any:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = {**config_to_dict(default), **value}  # keys the file leaves out keep their defaults
-        kwargs[f.name] = _coerce(value, hints[f.name], f"{path}.{f.name}" if path else f.name)
+        kwargs[f.name] = coerce_value(value, hints[f.name], f"{path}.{f.name}" if path else f.name)
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check:
@@ -389,6 +389,12 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
     return plain(cfg)
+
+
+#: the keys that shape a run's trajectory: a resumed run must keep them, and runs that agree on them (but
+#: the seed) are the same experiment (recipes reuse such runs; the report groups them)
+TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
+                   "train.precision", "train.channels_last")
 
 
 def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:

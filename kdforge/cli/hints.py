@@ -134,7 +134,7 @@ def run(args) -> int:
 
 def report(selection, cached: bool = False) -> str:
     """The candidate layers with their clusters, the hints and the stage ends, as text."""
-    from kdforge.cli.info import _table
+    from kdforge.cli.text import table
 
     rows = []
     for i, (name, channels, cluster) in enumerate(zip(selection.layers, selection.channels, selection.assignment)):
@@ -151,7 +151,7 @@ def report(selection, cached: bool = False) -> str:
     seconds = selection.seconds
     timing = (f"time: probe {seconds.get('probe', 0):.1f} s, distances {seconds.get('distances', 0):.1f} s, "
               f"clustering {seconds.get('clustering', 0):.2f} s" if seconds and not cached else "")
-    return "\n".join([head, "", _table(["#", "layer", "C", "cluster", ""], rows, align_right={0, 2, 3}), "",
+    return "\n".join([head, "", table(["#", "layer", "C", "cluster", ""], rows, align_right={0, 2, 3}), "",
                       "clusters:", *clusters, f"hints:      {', '.join(selection.hints)}",
                       f"stage ends: {stage_ends}", *([timing] if timing else [])])
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdforge.config import RunConfig, config_from_dict, config_to_dict, with_current_defaults
+from kdforge.config import TRAJECTORY_KEYS, RunConfig, config_from_dict, config_to_dict, with_current_defaults
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights, remove_stale_temporaries
 from kdforge.engine.distributed import Distributed, refuse_unsupported, wrap_for_ddp
 from kdforge.engine.epoch_tally import EpochTally
@@ -244,10 +244,6 @@ class Trainer:
                         scaler=self.scaler.state_dict(), rng=rng_state())
         return ckpt
 
-    #: config keys that shape the trajectory: a resumed run must keep them
-    TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
-                       "train.precision", "train.channels_last")
-
     def _resume(self) -> None:
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
         ckpt = load_checkpoint(self.run_dir, "last", map_location="cpu")
@@ -269,7 +265,7 @@ class Trainer:
         now = config_to_dict(self.cfg)
         saved = with_current_defaults(saved)  # keys added to kdforge since that run was saved: their defaults
         changed = []
-        for key in self.TRAJECTORY_KEYS:
+        for key in TRAJECTORY_KEYS:
             a, b = saved, now
             for part in key.split("."):
                 a, b = a.get(part), b.get(part)

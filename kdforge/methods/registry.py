@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from kdforge.config import _coerce
+from kdforge.config import coerce_value
 from kdforge.errors import ConfigError, KDForgeError, suggest
 from kdforge.methods.base import Method
 
@@ -78,7 +78,7 @@ def build_method(name: str, params: dict[str, Any] | None = None, path: str | No
                 f"{where}.{key}: method '{name}' has no parameter '{key}'.{suggest(key, known)} "
                 f"Parameters: {', '.join(known) or 'none'} (see `kdforge methods {name}`)."
             )
-        kwargs[key] = _coerce(value, known[key].annotation, f"{where}.{key}")
+        kwargs[key] = coerce_value(value, known[key].annotation, f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

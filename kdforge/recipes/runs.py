@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict, config_to_dict, merge_configs, with_current_defaults
-from kdforge.engine import Trainer, train_from_config
+from kdforge.config import TRAJECTORY_KEYS, config_from_dict, config_to_dict, merge_configs, with_current_defaults
+from kdforge.engine import train_from_config
 from kdforge.errors import ConfigError
 
 #: settings a reused or resumed run must share with the one asked for (those a resume refuses to change)
-SAME = Trainer.TRAJECTORY_KEYS
+SAME = TRAJECTORY_KEYS
 #: base-config keys a recipe decides itself for each of its runs
 DECIDED = ("student", "teacher", "losses", "name", "output_dir", "seed", "hints")
 

@@ -91,19 +91,18 @@ def field_value(run: Run, field: str) -> Any:
 
 def trajectory_key(run: Run) -> dict[str, Any]:
     """What must agree for runs to differ only by seed: the config's settings that shape training
-    (`Trainer.TRAJECTORY_KEYS`, `train.max_steps`) without any `seed` (the run's, few-shot draws', ...),
+    (`config.TRAJECTORY_KEYS`, `train.max_steps`) without any `seed` (the run's, few-shot draws', ...),
     and the steps the run took. A checkpoint it starts from (teacher, student) counts by its run's
     name without the seed and by its architecture, so "KD from the teacher of its seed" groups
     over seeds while KD from a differently trained teacher of the same architecture does not."""
-    from kdforge.engine.trainer import Trainer
 
     if not run.config:  # no config.yaml: what the summary tells
         return {field: field_value(run, field) for field in NAMED} | {"losses": run.summary.get("losses")}
-    from kdforge.config import with_current_defaults
+    from kdforge.config import TRAJECTORY_KEYS, with_current_defaults
 
     config = with_current_defaults(run.config)  # a run saved before a key existed groups with today's
     key = {dotted: _without_seeds(value_at(config, dotted))
-           for dotted in (*Trainer.TRAJECTORY_KEYS, "train.max_steps") if dotted != "seed"}
+           for dotted in (*TRAJECTORY_KEYS, "train.max_steps") if dotted != "seed"}
     for role in ("teacher", "student"):
         section = key.get(role)
         if isinstance(section, dict) and section.get("checkpoint"):

@@ -1,0 +1,52 @@
+"""`kdforge layers MODEL`: a model's module names that can be tapped, with output shapes."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from kdforge.cli.args import positive_int
+from kdforge.cli.text import table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("layers", help="list a model's module names that can be tapped, with output shapes",
+                       description="Run one dummy image through MODEL and list every module name with its "
+                                   "type and output shape. Use these names for methods' layers; add "
+                                   "':input' to a name to tap the module's input instead.")
+    p.add_argument("model")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=positive_int, default=None, help="image size (default: the model's own)")
+    p.add_argument("--filter", default="*", help="glob over module names, e.g. 'layer*.?' for blocks")
+    p.add_argument("--all", action="store_true",
+                   help="list every module (default: skip BatchNorm/activation leaves)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from kdforge.features import layer_shapes
+    from kdforge.models import build_model, model_info
+
+    model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    size = args.input_size or model_info(args.model).input_size
+    example = torch.zeros(1, args.in_channels, size, size)
+    stages = set(getattr(model, "stage_names", []))
+    blocks = set(getattr(model, "block_names", []))
+    classifier = getattr(model, "classifier_name", None)
+    skip = () if args.all else ("BatchNorm", "ReLU", "ReLU6", "Identity", "Dropout", "Flatten")
+    rows = []
+    for name, kind, shape in layer_shapes(model, example):
+        if not fnmatch.fnmatchcase(name, args.filter) or kind.startswith(skip) and name not in stages | blocks:
+            continue
+        role = "stage end" if name in stages else "block" if name in blocks else \
+            "classifier" if name == classifier else ""
+        rows.append([name, kind, "x".join(map(str, shape)), role])
+    print(f"{args.model} at {args.in_channels}x{size}x{size}:")
+    print(table(["module", "type", "output shape", "role"], rows))
+    if classifier:
+        print(f"\nembedding (classifier input): '{classifier}:input'")
+    if any(name.endswith(".out_relu") for name, _ in model.named_modules()):
+        print("pre-activation block output: '<block>.out_relu:input' (out_relu modules are listed with --all)")
+    return 0
