@@ -24,7 +24,7 @@ from kdforge.features import FeatureTaps, expand_patterns
 from kdforge.methods import LossComposer, StepOutputs, build_method
 from kdforge.methods.adapters import resample_to
 from kdforge.methods.afd import LayerAttention, attention_value, value_distances
-from kdforge.methods.layers import default_layers
+from kdforge.methods.default_taps import default_layers
 from kdforge.methods.rtk import representative_keys
 from kdforge.models import build_model
 

@@ -21,7 +21,7 @@ from kdforge.models import (
     register_model,
 )
 from kdforge.models.complexity import format_macs
-from kdforge.models.layers import ZooModel
+from kdforge.models.zoo_base import ZooModel
 from kdforge.models.mobilenetv2 import MobileNetV2
 from kdforge.models.resnet import ResNet
 from kdforge.models.shufflenetv2 import ShuffleNetV2

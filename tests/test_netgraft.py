@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import ConfigError
-from kdforge.graft.adapters import identity_conv1x1
+from kdforge.graft.adapter_pairs import identity_conv1x1
 from kdforge.graft.network import GraftedNet
 from kdforge.models import build_model
 

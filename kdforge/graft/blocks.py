@@ -1,7 +1,7 @@
 """Cutting a zoo model into blocks by stage names, and running one block at a time.
 
 A zoo model runs ``stem -> stage 0 -> between 0 -> stage 1 -> ... -> last stage -> head``
-(`kdforge.models.layers.ZooModel`). A cut names the stages at which blocks end: block ``b``
+(`kdforge.models.zoo_base.ZooModel`). A cut names the stages at which blocks end: block ``b``
 runs the stages after the previous block's end up to and including its own, each followed by
 what lies between it and the next stage (VGG's max-pool), and block 0 starts with the stem. The
 head stays apart: NetGraft grafts it as a unit of its own. Running every block and then the head

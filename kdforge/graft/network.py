@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import CheckpointError, ConfigError, suggest
-from kdforge.graft.adapters import fold_adapters, identity_conv1x1
+from kdforge.graft.adapter_pairs import fold_adapters, identity_conv1x1
 from kdforge.graft.blocks import block_ends, block_outputs, run_block, trace_blocks
 
 __all__ = ["GraftedNet", "HEAD"]

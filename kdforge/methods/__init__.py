@@ -12,13 +12,13 @@ from kdforge.methods.registry import (
 )
 
 def _register_builtin_methods() -> None:
-    """Import every module of this package, so each method file registers itself."""
+    """Import every module of this package, so each method file registers itself (the shared pieces,
+    e.g. `default_taps`, `adapters`, `logit_ops`, register nothing: importing them is harmless)."""
     import importlib
     import pkgutil
 
-    infrastructure = {"base", "compose", "registry", "layers", "adapters"}
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in infrastructure and not info.name.startswith("_"):
+        if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

@@ -156,7 +156,7 @@ def pair_layers(method: str, student: nn.Module, teacher: nn.Module | None,
     side's defaults, are a LayerError.
     """
     from kdforge.errors import LayerError
-    from kdforge.methods.layers import pair_from_end, resolve_layers
+    from kdforge.methods.default_taps import pair_from_end, resolve_layers
 
     if teacher is None:
         raise LayerError(f"{method}: needs a teacher model to tap")
@@ -183,7 +183,7 @@ def pair_layers(method: str, student: nn.Module, teacher: nn.Module | None,
 def require_dims(method: str, t_name: str, t: torch.Tensor, s_name: str, s: torch.Tensor,
                  dims: tuple[int, ...], what: str) -> None:
     """LayerError (naming both layers and shapes) unless both features have a rank in `dims`."""
-    from kdforge.methods.layers import shape_error
+    from kdforge.methods.default_taps import shape_error
 
     if t.dim() not in dims or s.dim() not in dims:
         raise shape_error(method, t_name, t, s_name, s, f"{method} needs {what}")

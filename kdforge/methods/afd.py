@@ -107,7 +107,7 @@ class AFD(Method):
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Teacher and student layers, each side on its own (every pair is weighted, none is fixed)."""
-        from kdforge.methods.layers import resolve_layers
+        from kdforge.methods.default_taps import resolve_layers
 
         if teacher is None:
             raise LayerError(f"{self.name}: needs a teacher model to tap")

@@ -65,7 +65,7 @@ class Method(nn.Module):
     default_taps: ClassVar[str] = "logits"
     #: the weight (beta) the method is usually given on CIFAR-100, shown by `kdforge methods`
     typical_weight: ClassVar[float] = 1.0
-    #: default tap points for `bind` (a kind of `methods/layers.py`); None: the method binds itself
+    #: default tap points for `bind` (a kind of `methods/default_taps.py`); None: the method binds itself
     layer_kind: ClassVar[str | None] = None
     #: epochs of a stage the engine runs before training (e.g. AB's initialisation); 0 for none
     pretrain_epochs: int = 0

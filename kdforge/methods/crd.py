@@ -13,7 +13,7 @@ from torch import nn
 from kdforge.errors import ConfigError, LayerError
 from kdforge.methods.adapters import LinearEmbed
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import resolve_layers, shape_error
+from kdforge.methods.default_taps import resolve_layers, shape_error
 from kdforge.methods.registry import register_method
 
 

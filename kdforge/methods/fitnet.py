@@ -8,7 +8,7 @@ from torch import nn
 
 from kdforge.methods.adapters import ConvRegressor, LinearEmbed
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import shape_error
+from kdforge.methods.default_taps import shape_error
 from kdforge.methods.registry import register_method
 
 

@@ -12,7 +12,7 @@ from kdforge.features import expand_patterns
 from kdforge.methods.ab import parameters_feeding
 from kdforge.methods.adapters import require_same_channel_maps
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import pair_from_end, stage_ends
+from kdforge.methods.default_taps import pair_from_end, stage_ends
 from kdforge.methods.registry import register_method
 
 

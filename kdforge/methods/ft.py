@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.methods.adapters import require_dims, resample_to, smaller_size
-from kdforge.methods.layers import last_layer
+from kdforge.methods.default_taps import last_layer
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 

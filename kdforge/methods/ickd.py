@@ -9,7 +9,7 @@ from torch import nn
 from kdforge.methods.ab import conv1x1_bn
 from kdforge.methods.adapters import require_dims
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import last_layer
+from kdforge.methods.default_taps import last_layer
 from kdforge.methods.registry import register_method
 from kdforge.methods.sp import normalized_gram
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kdforge.methods.layers import shape_error
+from kdforge.methods.default_taps import shape_error
 
 #: added to the standard deviation before dividing, as in the authors' code (Sun et al., CVPR 2024)
 STD_EPS = 1e-7

@@ -10,7 +10,7 @@ from kdforge.errors import LayerError
 from kdforge.features import expand_patterns
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.dkd import warmup_factor
-from kdforge.methods.layers import embedding, pair_from_end, shape_error, stage_ends, stage_ends_preact
+from kdforge.methods.default_taps import embedding, pair_from_end, shape_error, stage_ends, stage_ends_preact
 from kdforge.methods.registry import register_method
 
 #: pooled sizes of the hierarchical context loss, each used only below the map's own size

@@ -105,7 +105,7 @@ class RKD(Method):
         self.angle_weight = angle_weight
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:
-        from kdforge.methods.layers import shape_error
+        from kdforge.methods.default_taps import shape_error
 
         for t_name, s_name in zip(self.teacher_layers, self.student_layers):
             t, s = example.teacher_features[t_name], example.student_features[s_name]

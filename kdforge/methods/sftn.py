@@ -139,7 +139,7 @@ class SFTN(Method):
         different lengths are paired from the deepest stage (e.g. vgg13's five stages with
         MobileNetV2's four: layer2-5 with layer2, 3, 5, 7), as everywhere in kdforge.
         """
-        from kdforge.methods.layers import pair_from_end
+        from kdforge.methods.default_taps import pair_from_end
 
         stages = self._stages(student)
         student_stages = self._student(num_classes=2, in_channels=3).stage_names

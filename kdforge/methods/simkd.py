@@ -8,7 +8,7 @@ from torch import nn
 
 from kdforge.errors import ConfigError, LayerError
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.layers import stage_ends
+from kdforge.methods.default_taps import stage_ends
 from kdforge.methods.registry import register_method
 from kdforge.models.simkd import SimKDNet
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdforge.methods.layers import last_layer
+from kdforge.methods.default_taps import last_layer
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import register_method
 

@@ -9,7 +9,7 @@ from torch import nn
 from kdforge.methods.adapters import require_dims
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
-from kdforge.methods.layers import last_layer
+from kdforge.methods.default_taps import last_layer
 from kdforge.methods.registry import register_method
 
 #: the authors' BatchNorm epsilon (torchdistill's config and their ImageNet code)

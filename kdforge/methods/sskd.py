@@ -9,7 +9,7 @@ from torch import nn
 from kdforge.errors import ConfigError
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
-from kdforge.methods.layers import last_layer, shape_error
+from kdforge.methods.default_taps import last_layer, shape_error
 from kdforge.methods.registry import register_method
 
 #: the rotations each training image is copied at (quarter turns); the batch itself is the 0-degree copy

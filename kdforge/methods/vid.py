@@ -85,7 +85,7 @@ class VID(Method):
             t, s = example.teacher_features[t_name], example.student_features[s_name]
             require_dims(self.name, t_name, t, s_name, s, (2, 4), "feature maps (N, C, H, W) or vectors (N, D)")
             if t.dim() != s.dim():
-                from kdforge.methods.layers import shape_error
+                from kdforge.methods.default_taps import shape_error
                 raise shape_error(self.name, t_name, t, s_name, s,
                                   "one is a feature map and the other a vector; pair maps with maps")
             c_s, c_t = s.shape[1], t.shape[1]

@@ -2,7 +2,7 @@
 
 The student that NetGraft (Shen et al., AAAI 2021, arXiv 2012.04915) produces: its units were
 trained with an s2t/t2s adapter pair between them, and each pair folds into one 1x1 conv
-(`kdforge.graft.adapters.fold_adapters`) that runs after the stage (and what lies between it and
+(`kdforge.graft.adapter_pairs.fold_adapters`) that runs after the stage (and what lies between it and
 the next stage, e.g. a max-pool) and keeps its width. Freshly built, the convs are the identity,
 so ``adapted`` computes what its base model does.
 """
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from kdforge.errors import ConfigError
-from kdforge.graft.adapters import identity_conv1x1
-from kdforge.models.layers import ZooModel
+from kdforge.graft.adapter_pairs import identity_conv1x1
+from kdforge.models.zoo_base import ZooModel
 from kdforge.models.registry import build_model, register_model
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import ConfigError
-from kdforge.models.layers import ZooModel
+from kdforge.models.zoo_base import ZooModel
 from kdforge.models.path_norm import ActivePath, PathBatchNorm2d, path_state_key
 from kdforge.models.registry import register_model
 from kdforge.models.resnet import ResNet

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdforge.models.layers import ZooModel, conv1x1, conv3x3, sequential_block_names
+from kdforge.models.zoo_base import ZooModel, conv1x1, conv3x3, sequential_block_names
 from kdforge.models.registry import register_model
 
 # t (expansion; None = the builder's expand_ratio), c (channels at width 1), n (blocks), s (stride)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kdforge.models.layers import ZooModel, conv1x1, conv3x3, conv_bn, sequential_block_names
+from kdforge.models.zoo_base import ZooModel, conv1x1, conv3x3, conv_bn, sequential_block_names
 
 
 class BasicBlock(nn.Module):

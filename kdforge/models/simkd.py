@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.errors import ConfigError
-from kdforge.models.layers import ZooModel, conv1x1, conv3x3
+from kdforge.models.zoo_base import ZooModel, conv1x1, conv3x3
 from kdforge.models.registry import build_model, register_model
 
 

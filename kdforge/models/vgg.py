@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdforge.models.layers import ConvBNReLU, ZooModel, sequential_block_names
+from kdforge.models.zoo_base import ConvBNReLU, ZooModel, sequential_block_names
 from kdforge.models.registry import register_model
 
 CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {

@@ -31,7 +31,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from kdforge.models.layers import ZooModel, conv3x3
+from kdforge.models.zoo_base import ZooModel, conv3x3
 from kdforge.models.registry import register_model
 
 _PAPER = "Shen et al. 2021 (NetGraft, AAAI; arXiv 2012.04915)"
