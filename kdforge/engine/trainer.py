@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -50,6 +50,15 @@ __all__ = ["Trainer", "TrainState", "NonFiniteLossError", "model_record_of"]
 def model_record_of(model: nn.Module) -> dict[str, Any] | None:
     """How to rebuild `model` from the zoo (set by `build_model`), or None for a custom model."""
     return getattr(model, "zoo_record", None)
+
+
+class StepResult(NamedTuple):
+    """What one training step gives back."""
+
+    losses: dict[str, torch.Tensor]  # the weighted terms by name
+    values: torch.Tensor  # their detached float values, one vector
+    logits: torch.Tensor  # the student's logits on the batch
+    applied: bool  # whether the update was applied (False: a non-finite step, skipped)
 
 
 @dataclass
@@ -514,9 +523,9 @@ class Trainer:
         out = self.forward(images, labels, indices)
         return self.losses(out), out.student_logits
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None):
-        """Forward, backward and update; returns (losses, their detached float values as one vector,
-        student logits, whether the update was applied)."""
+    def _step(self, images: torch.Tensor, labels: torch.Tensor | None,
+              indices: torch.Tensor | None = None) -> StepResult:
+        """Forward, backward and update."""
         with self.precision.autocast():
             losses, logits = (self._ddp or self._forward_and_losses)(images, labels, indices)
         values = torch.stack([v.detach().float() for v in losses.values()])
@@ -531,7 +540,7 @@ class Trainer:
             self.scaler.update()
         self._lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
-        return losses, values, logits, applied
+        return StepResult(losses, values, logits, applied)
 
     def _dot_task_terms(self) -> set[str]:
         """The loss keys DOT treats as the task (the `ce` terms); errors for a run DOT cannot train."""
