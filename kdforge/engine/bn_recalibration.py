@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from kdforge.models.capabilities import MultiPathNet
+
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
@@ -28,7 +30,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
     momenta = [m.momentum for m in norms]
     modes = [(m, m.training) for m in model.modules()]
     if forwards is None:  # a multi-path model: every path, else the paths not run would keep reset statistics
-        forwards = model.calibration_forwards() if hasattr(model, "calibration_forwards") else [model]
+        forwards = model.calibration_forwards() if isinstance(model, MultiPathNet) else [model]
     forwards = list(forwards)
     count = 0
     try:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdforge.errors import ConfigError
+from kdforge.models.capabilities import MultiPathNet
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class DistillStep(nn.Module):
 def may_skip_parameters(student: nn.Module, losses) -> bool:
     """Whether a training step can leave trainable parameters unused: adapters trained only by a
     pre-training stage (AB's connectors), or the paths of a depth-dynamic student."""
-    return hasattr(student, "path_complexity") or any(m.pretrain_epochs > 0 for m in losses.methods.values())
+    return isinstance(student, MultiPathNet) or any(m.pretrain_epochs > 0 for m in losses.methods.values())
 
 
 def wrap_for_ddp(student: nn.Module, losses, step, device: torch.device, find_unused: bool | None) -> nn.Module:

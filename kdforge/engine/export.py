@@ -26,6 +26,7 @@ from kdforge.engine.export_formats import (FORMATS, SUFFIXES, load_runner, requi
 from kdforge.engine.export_metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
                                             subnet_state, write_metadata)
 from kdforge.errors import CheckpointError, ConfigError, suggest
+from kdforge.models.capabilities import GraftedNet
 
 #: batch sizes that check an export against its source (two: an ONNX graph's batch size is dynamic)
 CHECK_BATCHES = (4, 3)
@@ -204,7 +205,7 @@ def _student(net, record: dict, subnet: str | None, origin: str) -> tuple[_Stude
         subnet = _check_subnet(net, subnet, origin)
         return _Student(net.plain_names[subnet], plain(net.plain_names[subnet], {}), net.subnet_state_dict(subnet),
                         lambda x: net(x, subnet), 0.0), subnet
-    if hasattr(net, "fold"):  # NetGraft's grafted network: the student alone, adapter pairs folded
+    if isinstance(net, GraftedNet):  # NetGraft's grafted network: the student alone, adapter pairs folded
         if subnet is not None:
             raise ConfigError(f"{origin} holds a grafted network, which has no sub-nets; export it without --subnet")
         folded = net.fold().eval()

@@ -13,6 +13,7 @@ from kdforge.engine.distributed import Distributed, init_from_environment, shutd
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
+from kdforge.models.capabilities import GraftedNet
 
 
 class RunData(NamedTuple):
@@ -178,7 +179,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
         teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher", sources)
     student = losses.wrap_student(student, teacher)  # e.g. SimKD's: projector and the teacher's head
-    if hasattr(student, "adopt_teacher"):  # NetGraft's grafted network holds the frozen teacher
+    if isinstance(student, GraftedNet):  # NetGraft's grafted network holds the frozen teacher
         if teacher is None:
             raise ConfigError("student.model grafted runs inside the teacher: set teacher.checkpoint and a loss "
                               "that uses the teacher (losses: {netgraft: 1})")

@@ -39,6 +39,7 @@ from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.features import FeatureTaps
+from kdforge.models.capabilities import MultiPathNet
 from kdforge.methods.base import StepOutputs
 from kdforge.methods.compose import LossComposer
 from kdforge.models.complexity import count_macs
@@ -382,12 +383,12 @@ class Trainer:
         """After the last epoch, recompute BN statistics if the model asks (`bn_recalibration_batches`,
         e.g. a depth-dynamic net with ``bn: recalibrate``): one forward per path (`calibration_forwards`)
         over the first batches of a fixed, augmented epoch order."""
-        batches = getattr(self.student, "bn_recalibration_batches", 0)
+        batches = self.student.bn_recalibration_batches if isinstance(self.student, MultiPathNet) else 0
         if not batches:
             return
         from kdforge.engine.bn_recalibration import recalibrate_bn
 
-        forwards = getattr(self.student, "calibration_forwards", lambda: None)()
+        forwards = self.student.calibration_forwards()
         self.train_loader.set_epoch(self.cfg.schedule.epochs)
         images = (batch[0] for _, batch in zip(range(batches), self.train_loader))
         with self.precision.autocast():
@@ -682,7 +683,7 @@ class Trainer:
         heads = {key[len("eval_top1/"):]: value for key, value in last.items() if key.startswith("eval_top1/")}
         if heads:
             summary["heads_top1_last"] = heads
-        if hasattr(self.student, "path_complexity"):  # a depth-dynamic net: every path's size, cost, top-1
+        if isinstance(self.student, MultiPathNet):  # a depth-dynamic net: every path's size, cost, top-1
             summary["paths"] = self._path_summary(heads, summary["top1_last"])
         if not self.dist.is_main:
             return summary
@@ -705,7 +706,7 @@ class Trainer:
         data = self.train_data
         paths = self.student.path_complexity(data.image_size, data.in_channels)
         by_name = {key.rsplit("/", 1)[-1]: value for key, value in heads.items()}
-        full = getattr(self.student, "full_name", None)
+        full = self.student.full_name
         return {name: {"top1_last": full_top1 if name == full else by_name.get(name), **cost}
                 for name, cost in paths.items()}
 

@@ -14,6 +14,7 @@ from kdforge.methods.adapters import ConvRegressor
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
 from kdforge.methods.registry import register_method
+from kdforge.models.capabilities import StagedNet
 
 
 def branch_transform(in_channels: int, out_channels: int, in_size: tuple[int, int],
@@ -121,7 +122,7 @@ class SFTN(Method):
 
         model = build_model(self.student_name, num_classes=num_classes, in_channels=in_channels,
                             **self.student_options)
-        if not hasattr(model, "forward_from"):
+        if not isinstance(model, StagedNet):
             raise LayerError(f"sftn: {type(model).__name__} has no forward_from(stage, x); branches need it")
         return model
 
