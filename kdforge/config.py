@@ -374,8 +374,13 @@ def _from_dict(cls: type, data: Any, path: str = "") -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a validated RunConfig from a nested dict (as read from YAML)."""
-    return _from_dict(RunConfig, data)
+    """Build a validated RunConfig from a nested dict (as read from YAML); the `losses:` section too: an
+    unknown method, parameter or bad weight is a ConfigError naming `losses.<key>` before any work."""
+    cfg = _from_dict(RunConfig, data)
+    from kdforge.methods.compose import LossComposer  # the methods' own checks (they read this module)
+
+    LossComposer.from_config(cfg.losses)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

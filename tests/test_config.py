@@ -1,7 +1,7 @@
 import pytest
 
 from kdforge.config import RunConfig, config_from_dict, config_to_dict, load_config
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, KDForgeError
 
 
 def test_defaults_and_yaml_merge(tmp_path):
@@ -68,3 +68,14 @@ def test_several_files_merge_in_order(tmp_path):
     assert cfg.optim.lr == 0.01 and cfg.optim.momentum == 0.8  # merged key by key
     assert cfg.student.model == "resnet8x4"
     assert cfg.losses == {"ce": 1.0, "at": 1000}  # replaced whole, not merged
+
+
+def test_loss_specs_are_checked_when_the_config_is_built():
+    """An unknown method, parameter or weight fails in config_from_dict, as any other section does."""
+    with pytest.raises(KDForgeError, match="losses.kdd: unknown method 'kdd'"):
+        config_from_dict({"losses": {"kdd": 1.0}})
+    with pytest.raises(ConfigError, match="losses.kd.TT: method 'kd' has no parameter 'TT'"):
+        config_from_dict({"losses": {"kd": {"TT": 2}}})
+    with pytest.raises(ConfigError, match="losses.kd.weight"):
+        config_from_dict({"losses": {"kd": {"weight": "heavy"}}})
+    assert config_from_dict({"losses": {"kd": {"weight": 0.9, "T": 2}}}).losses == {"kd": {"weight": 0.9, "T": 2}}
