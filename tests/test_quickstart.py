@@ -38,3 +38,24 @@ def test_quickstart_chains_runs_and_reports(tmp_path):
         pixels = np.asarray(image.convert("L"))
         assert image.size == size, name
         assert len(np.unique(pixels)) > 10 and pixels.std() > 10, name
+
+
+def test_quickstart_is_restartable_and_refuses_a_folder_of_other_settings(tmp_path, monkeypatch):
+    """Run again, it reuses every finished run (no training); other epochs in the same folder are an error
+    that names the setting; `fresh` trains again."""
+    import pytest
+
+    from kdforge.engine import trainer as trainer_module
+    from kdforge.errors import ConfigError
+
+    quick = {"train": {"max_steps": 2, "tensorboard": False, "device": "cpu"}}
+    first = run_quickstart(tmp_path, seeds=(0,), epochs=1, progress=False, overrides=quick)
+    fits = []
+    fit = trainer_module.Trainer.fit
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
+    again = run_quickstart(tmp_path, seeds=(0,), epochs=1, progress=False, overrides=quick)
+    assert fits == [] and again["table"] == first["table"]
+    with pytest.raises(ConfigError, match="schedule"):
+        run_quickstart(tmp_path, seeds=(0,), epochs=2, progress=False, overrides=quick)
+    run_quickstart(tmp_path, seeds=(0,), epochs=2, progress=False, overrides=quick, fresh=True)
+    assert len(fits) == 3

@@ -2,7 +2,9 @@
 
 Each of the 3 x len(seeds) trainings is an ordinary engine run with its own folder;
 the recipe only chains them (the KD run of seed s distils from the teacher of seed s)
-and ends with `kdforge report` on them: `<out>/report/` holds the table (mean ± std over
+and, like the other recipes, is restartable: a finished run is reused, an interrupted one
+resumed, and a folder holding a run made with other settings is an error (`fresh=True`
+trains every run again). It ends with `kdforge report` on them: `<out>/report/` holds the table (mean ± std over
 seeds), the learning curves, top-1 vs size and cost, and one HTML page of it all.
 """
 
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict
+from kdforge.config import config_from_dict, merge_configs
 from kdforge.engine import train_from_config
-from kdforge.recipes.runs import teacher_section
+from kdforge.recipes.runs import run_planned, teacher_section
 from kdforge.report import write_report
 
 #: What every quickstart run shares; the three roles differ only in model and losses.
@@ -50,8 +52,10 @@ def roles(teacher: str, student: str) -> list[Role]:
 
 def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "resnet20",
                    student: str = "resnet8", seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
-                   overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train all runs, then report on them; returns write_report's result (groups, table, files)."""
+                   overrides: dict[str, Any] | None = None, progress: bool = True,
+                   fresh: bool = False) -> dict[str, Any]:
+    """Train all runs (reusing finished ones unless `fresh`), then report on them; returns write_report's
+    result (groups, table, files)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     the_roles = roles(teacher, student)
@@ -60,8 +64,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "r
         teacher_dir = None
         for i, role in enumerate(the_roles):
             name = f"{role.folder}-seed{seed}"
-            data = copy.deepcopy(BASE)
-            _merge(data, overrides or {})
+            data = merge_configs(copy.deepcopy(BASE), overrides or {})
             data.update(name=name, seed=seed, output_dir=str(output_dir), losses=role.losses,
                         student={"model": role.model})
             if epochs is not None:
@@ -69,16 +72,8 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", teacher: str = "r
             data["train"]["progress"] = progress
             if role.uses_teacher:
                 data["teacher"] = teacher_section(data, teacher_dir)  # its last epoch (best.pt only on a val split)
-            summary = train_from_config(config_from_dict(data), overwrite=True)
+            summary = (train_from_config(config_from_dict(data), overwrite=True) if fresh else run_planned(data))
             if role.label == "teacher":
                 teacher_dir = Path(summary["run_dir"])
             run_dirs[i].append(Path(summary["run_dir"]))
     return write_report([d for dirs in run_dirs for d in dirs], out=output_dir / "report")
-
-
-def _merge(into: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
