@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kdforge.engine.export_formats import as_runner, load_runner, write_onnx, write_torchscript
+from kdforge.deploy.formats import as_runner, load_runner, write_onnx, write_torchscript
 from kdforge.models import build_model
 from kdforge.models.complexity import count_macs, format_macs
 

@@ -100,7 +100,7 @@ def restore(kept: Path, runs: Path) -> int:
 
 def keep(run_dir: Path, kept: Path, is_teacher: bool, which: str) -> None:
     """Copy a finished run's small files to `kept`; a teacher also as a slim checkpoint of `which`."""
-    from kdforge.engine.export import export_model
+    from kdforge.deploy.export import export_model
 
     dest = kept / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)

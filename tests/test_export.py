@@ -13,7 +13,7 @@ from kdforge.data import load_dataset
 from kdforge.data.augment import normalize
 from kdforge.engine import train_from_config
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_model
-from kdforge.engine.export import export_model
+from kdforge.deploy.export import export_model
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.models import build_model
 from kdforge.models.dynamic import DepthDynamicNet

@@ -13,9 +13,9 @@ from test_export import logged_epochs, run_cli, tiny_run
 
 from kdforge.data import load_dataset, normalize
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_model
-from kdforge.engine.export import export_model
-from kdforge.engine.export_formats import EMBEDDED_METADATA
-from kdforge.engine.export_metadata import metadata_path
+from kdforge.deploy.export import export_model
+from kdforge.deploy.formats import EMBEDDED_METADATA
+from kdforge.deploy.metadata import metadata_path
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.models import build_model, count_macs, count_parameters
 
@@ -189,7 +189,7 @@ def test_cli_prints_one_line(run, tmp_path, capsys):
 
 
 def test_a_check_that_fails_removes_the_files(run, tmp_path, monkeypatch):
-    import kdforge.engine.export as export
+    import kdforge.deploy.export as export
 
     original = export.load_runner
 
@@ -245,7 +245,7 @@ def folder_bytes(folder) -> dict:
 
 @pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])
 def test_a_failed_export_keeps_the_earlier_one(run, tmp_path, monkeypatch, fmt):
-    import kdforge.engine.export as export
+    import kdforge.deploy.export as export
 
     out = tmp_path / f"m{'.onnx' if fmt == 'onnx' else '.pt'}"
     export_model(run[0], format=fmt, out=out)
@@ -282,7 +282,7 @@ def test_a_failed_export_keeps_the_earlier_one(run, tmp_path, monkeypatch, fmt):
 
 
 def test_a_failed_export_leaves_no_folder_behind(run, tmp_path, monkeypatch):
-    import kdforge.engine.export as export
+    import kdforge.deploy.export as export
 
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -318,7 +318,7 @@ def test_first_line():
 
 def test_error_messages_keep_the_first_line_of_the_cause(run, tmp_path, monkeypatch):
     import kdforge.engine.checkpoint as checkpoint
-    import kdforge.engine.export_formats as formats
+    import kdforge.deploy.formats as formats
 
     long = "x" * 400
 

@@ -8,7 +8,7 @@ import pytest
 from kdforge.config import config_from_dict
 from kdforge.engine import train_from_config
 from kdforge.engine.checkpoint import load_checkpoint, load_model
-from kdforge.engine.export import export_model
+from kdforge.deploy.export import export_model
 from kdforge.errors import ConfigError, LayerError
 from kdforge.features import FeatureTaps
 from kdforge.methods import LossComposer, StepOutputs

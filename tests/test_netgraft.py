@@ -249,7 +249,7 @@ def test_recipe_rerun_trains_nothing(recipe):
 
 
 def test_export_of_a_grafted_run_folds_the_adapters_and_checks_the_logits(recipe, tmp_path):
-    from kdforge.engine.export import export_model
+    from kdforge.deploy.export import export_model
 
     tmp, _, _, _ = recipe
     folder = tmp / "ng" / "shots2" / "seed0"

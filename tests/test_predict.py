@@ -10,8 +10,8 @@ from test_export import run_cli, tiny_run
 
 from kdforge.data import load_dataset, normalize
 from kdforge.engine.checkpoint import load_model
-from kdforge.engine.export import export_model
-from kdforge.engine.predict import load_deployed, predict
+from kdforge.deploy.export import export_model
+from kdforge.deploy.predict import load_deployed, predict
 
 TOLERANCE = 1e-4
 FORMATS = ("state_dict", "torchscript", "onnx")

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from kdforge.attention_report import attention_report, plot_attention
+    from kdforge.report.attention import attention_report, plot_attention
     from kdforge.engine.checkpoint import run_folder
     from kdforge.errors import ConfigError
 

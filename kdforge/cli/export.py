@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdforge.engine.export_formats import FORMATS
+from kdforge.deploy.formats import FORMATS
 
 #: `--subnet` given without a name: list the sub-nets
 _LIST = ""
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from kdforge.engine.export import export_model
+    from kdforge.deploy.export import export_model
     from kdforge.models.complexity import format_macs
 
     result = export_model(args.source, subnet=args.subnet, which=args.which, out=args.out, format=args.format)

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from kdforge.engine.predict import image_files, load_deployed, predict
+    from kdforge.deploy.predict import image_files, load_deployed, predict
 
     paths, skipped = image_files(args.images)
     model = load_deployed(args.model)

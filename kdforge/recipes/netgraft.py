@@ -236,7 +236,7 @@ def _graft_run(base, folder: Path, name: str, seed: int, data: dict, options: di
 
 def _run_group(group: dict, which: str) -> dict[str, Any]:
     """Stage 1, stage 2 and the export of one (shots, seed); returns the final student's test metrics."""
-    from kdforge.engine.export import export_model
+    from kdforge.deploy.export import export_model
 
     for data in group["stage1"].values():
         run_planned(data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 
-from kdforge.engine.export_metadata import path_top1
+from kdforge.deploy.metadata import path_top1
 from kdforge.report.collect import Run
 
 

@@ -4,7 +4,7 @@ A `ddnn` run holds several weight-shared networks; `export_model(run, subnet="re
 writes the resnet8 path as an ordinary resnet8 (its exact weights, with that path's own
 BatchNorm). NetGraft's grafted network is written as its student alone, adapter pairs folded.
 In every format the model is the student in eval mode, fp32, on the CPU; a metadata JSON
-(`export_metadata`) goes next to the file. The written file is run on a fixed random batch and
+(`deploy.metadata`) goes next to the file. The written file is run on a fixed random batch and
 its logits compared with the source's before it replaces anything at the destination (a
 ``state_dict`` export: bit for bit).
 """
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, model_from_record, run_folder
-from kdforge.engine.export_formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
+from kdforge.deploy.formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
                                            write_torchscript)
-from kdforge.engine.export_metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
+from kdforge.deploy.metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
                                             subnet_state, write_metadata)
 from kdforge.errors import CheckpointError, ConfigError, suggest
 from kdforge.models.capabilities import GraftedNet
@@ -65,10 +65,10 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     selects on test data; ``last.pt`` is the model at the end of training, the one the run's
     summary (``top1_last``, ``paths[...]['top1_last']``) reports. A run folder without best.pt
     gives its last.pt, and a .pt file is itself whatever `which` says: the metadata's and the
-    result's ``which`` is what was really loaded (`export_metadata.loaded_which`; None if unknown).
+    result's ``which`` is what was really loaded (`metadata.loaded_which`; None if unknown).
 
     A sub-net's ``state_dict`` export carries the run's training state rewritten for that path
-    (`export_metadata.subnet_state`: its own top-1 as ``eval_top1``, its own best), so that
+    (`metadata.subnet_state`: its own top-1 as ``eval_top1``, its own best), so that
     exporting the file again reports the path's accuracy.
 
     `out` defaults to ``<run folder>/export/<model name><suffix>`` (suffix ``.pt``,
@@ -159,7 +159,7 @@ def _make_folders(folder: Path) -> list[Path]:
 
 def _describe(model, student: _Student, net, ckpt: dict, subnet: str | None, format: str,
               out: Path) -> dict[str, Any]:
-    """The export's metadata, but for the check's result (see `export_metadata`).
+    """The export's metadata, but for the check's result (see `deploy.metadata`).
 
     A checkpoint that does not record its image size is exported at the model's own input size.
     ``which`` (in ``source`` and ``accuracy``) is the checkpoint really loaded (`loaded_which`).

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from kdforge.engine.export_formats import Runner, as_runner, embedded_metadata, is_torchscript, load_runner
-from kdforge.engine.export_metadata import (check_input, metadata_path, parse_metadata, preprocessing,
+from kdforge.deploy.formats import Runner, as_runner, embedded_metadata, is_torchscript, load_runner
+from kdforge.deploy.metadata import (check_input, metadata_path, parse_metadata, preprocessing,
                                             read_metadata)
 from kdforge.errors import CheckpointError, ConfigError
 
