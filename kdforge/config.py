@@ -379,7 +379,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     cfg = _from_dict(RunConfig, data)
     from kdforge.methods.compose import LossComposer  # the methods' own checks (they read this module)
 
-    LossComposer.from_config(cfg.losses)
+    try:
+        LossComposer.from_config(cfg.losses)
+    except KDForgeError as exc:  # an unknown method too: a config error like any other section's
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

@@ -94,9 +94,9 @@ class LossComposer(nn.Module):
 
     def extra_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """{loss key: extra images} of the active methods that ask for some (`Method.extra_views`)."""
-        views = {}
+        views, active = {}, self.active()
         for key, method in self.methods.items():
-            if method in self.active():
+            if method in active:
                 extra = method.extra_views(images)
                 if extra is not None:
                     views[key] = extra

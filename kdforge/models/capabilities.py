@@ -45,7 +45,3 @@ class GraftedNet(Protocol):
 
     def fold(self) -> nn.Module: ...
 
-
-def zoo_record(model: nn.Module) -> dict[str, Any] | None:
-    """How to rebuild `model` from the zoo ({name, num_classes, in_channels, options}); None for another model."""
-    return getattr(model, "zoo_record", None)

@@ -30,17 +30,11 @@ from kdforge.models.registry import build_model, register_model
 
 def last_stage_shape(model: ZooModel, in_channels: int) -> tuple[int, int]:
     """(channels, side) of the last stage's output on one blank image of the model's input size."""
-    seen: list[torch.Tensor] = []
-    handle = model.get_submodule(model.stage_names[-1]).register_forward_hook(lambda m, a, out: seen.append(out))
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, model.input_size, model.input_size))
-    finally:
-        handle.remove()
-        model.train(training)
-    return seen[-1].shape[1], seen[-1].shape[2]
+    from kdforge.graft.blocks import block_outputs
+
+    blank = torch.zeros(1, in_channels, model.input_size, model.input_size)
+    (out,) = block_outputs(model, [len(model.stage_names) - 1], blank)  # every stage as one block, eval mode
+    return out.shape[1], out.shape[2]
 
 
 def head_only(teacher: ZooModel, feature: torch.Tensor) -> ZooModel:
