@@ -12,6 +12,11 @@ put back at the start, so a later session or a GPU machine continues the same ru
     python benchmarks/fashion_claims.py --claim ddnn       # one EKD-trained resnet20/14/8 vs each alone
     python benchmarks/fashion_claims.py --claim netgraft   # NetGraft vs KD on 1, 5, 10 label-free shots
     python benchmarks/fashion_claims.py --claim pursuhint  # clustered hints vs stage ends, resnet56 teacher
+    python benchmarks/fashion_claims.py --claim ddnn --epochs 30   # the same claim on a longer schedule
+
+`--epochs N` (other than the table's 10) trains every run of the claim for N epochs (the cosine schedule
+stretched, the same warm-up) in its own folders, runs/fashion-<claim>-e<N> and
+benchmarks/results/fashion-<claim>-e<N>/; nothing is reused from the 10-epoch table there.
 
 Where a claim's run is exactly a run of the standard table (same config: the resnet20 teachers, the
 resnet8 student alone), that run's committed files are put back under the claim's folder and reused,
@@ -58,13 +63,14 @@ TABLE_KEPT = HERE / "results" / "fashion"
 REUSED = "reused_from.txt"
 
 
-def reuse_table_run(table_name: str, runs: Path, name: str) -> None:
+def reuse_table_run(table_name: str, runs: Path, name: str, schedule: dict) -> None:
     """Put the standard table's finished run `table_name` (committed files, teacher checkpoint) in place as
     run `name` of a claim: the same config but for its name and folder, which check_folder then verifies.
-    Kept in the claim's folder only as a marker naming the table run."""
+    Kept in the claim's folder only as a marker naming the table run. Nothing is reused when the claim's
+    `schedule` is not the table's (`--epochs`)."""
     source = TABLE_KEPT / table_name
-    if not (source / "summary.json").is_file():
-        return  # not in the table: the claim trains it
+    if not (source / "summary.json").is_file() or schedule != TABLE.RECIPE["schedule"]:
+        return  # not in the table (or another schedule): the claim trains it
     target = runs / name
     target.mkdir(parents=True, exist_ok=True)
     for file in TABLE.RUN_FILES:
@@ -89,7 +95,7 @@ def claim_rtk(base: dict, runs: Path, seeds: list[int], progress: bool) -> dict:
     from kdforge.recipes.compare import run_compare
 
     for seed in seeds:
-        reuse_table_run(f"teacher-seed{seed}", runs, f"teacher-seed{seed}")
+        reuse_table_run(f"teacher-seed{seed}", runs, f"teacher-seed{seed}", base["schedule"])
     base = copy.deepcopy(base)
     base["student"] = {"model": RTK_STUDENT}
     result = run_compare(base, RTK_METHODS, seeds, runs, teacher_model=TABLE.TEACHER, progress=progress)
@@ -275,14 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train every run for this many epochs (default: the table's 10) in folders named -e<N>")
     args = p.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
 
     from kdforge.recipes.runs import teacher_which
 
-    runs = Path("runs") / f"fashion-{args.claim}"
-    kept = HERE / "results" / f"fashion-{args.claim}"
-    kept.mkdir(parents=True, exist_ok=True)
     base = TABLE.recipe(False, args.root)
+    folder = f"fashion-{args.claim}"
+    if args.epochs is not None and args.epochs != base["schedule"]["epochs"]:
+        base["schedule"]["epochs"] = args.epochs
+        folder += f"-e{args.epochs}"
+    runs = Path("runs") / folder
+    kept = HERE / "results" / folder
+    kept.mkdir(parents=True, exist_ok=True)
     restored = TABLE.restore(kept, runs)
     if restored:
         print(f"restored {restored} finished run(s) from {kept}", flush=True)
