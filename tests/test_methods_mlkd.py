@@ -93,3 +93,75 @@ def test_mlkd_standardize_makes_the_instance_term_blind_to_the_logit_scale():
 def test_mlkd_rejects_bad_temperatures(params):
     with pytest.raises(ConfigError, match="losses.mlkd"):
         build_method("mlkd", params)
+
+
+# ---------------------------------------------------------------- the two-view form (strong_view: true)
+
+def two_views(s, t, s2, t2, labels=None):
+    weak = StepOutputs(images=torch.zeros(s.shape[0], 1), labels=labels, student_logits=s, teacher_logits=t)
+    weak.view = StepOutputs(images=torch.zeros(s.shape[0], 1), labels=None, student_logits=s2, teacher_logits=t2)
+    return weak
+
+
+def test_strong_view_adds_the_authors_second_kd_term_and_the_strong_copys_ce():
+    """strong_instance = sum over T in 3, 4, 5 of T^2 KL on the strong pair + over T in 2, 6 on the weak pair
+    (unscaled, as the authors' KD_ours.py sums it); strong_ce = 0.1 / 0.9 * CE of the strong copy; the weak
+    parts are those of the one-view form."""
+    B = 7
+    s, t, s2, t2 = (torch.randn(B, 5) * k for k in (2, 3, 2, 3))
+    labels = torch.randint(0, 5, (B,))
+    parts = build_method("mlkd", {"strong_view": True})(two_views(s, t, s2, t2, labels))
+    strong = direct_mlkd(s2.double(), t2.double(), (3.0, 4.0, 5.0), False)[0]
+    weak_rest = direct_mlkd(s.double(), t.double(), (2.0, 6.0), False)[0]
+    assert parts["strong_instance"].item() == pytest.approx(strong + weak_rest, rel=1e-4)
+    ce = sum(-math.log(softmax(row, 1.0)[y]) for row, y in zip(s2.double().tolist(), labels.tolist())) / B
+    assert parts["strong_ce"].item() == pytest.approx(ce * 0.1 / 0.9, rel=1e-5)
+    one_view = build_method("mlkd")(out(s, t))
+    for key in ("instance", "batch", "class"):
+        assert torch.equal(parts[key], one_view[key]), key
+
+
+def test_strong_view_reaches_only_the_student_on_both_views():
+    s, s2 = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    t, t2 = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    parts = build_method("mlkd", {"strong_view": True})(two_views(s, t, s2, t2, torch.arange(6) % 5))
+    (parts["strong_instance"] + parts["strong_ce"]).backward()
+    assert s.grad.abs().sum() > 0 and s2.grad.abs().sum() > 0
+    assert t.grad is None and t2.grad is None
+
+
+def test_strong_view_needs_labels_for_its_ce_only():
+    assert build_method("mlkd", {"strong_view": True}).needs_labels
+    assert not build_method("mlkd", {"strong_view": True, "strong_ce": 0.0}).needs_labels
+    assert not build_method("mlkd").needs_labels
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    with pytest.raises(ValueError, match="strong_ce"):
+        build_method("mlkd", {"strong_view": True})(two_views(s, t, s, t))
+    label_free = build_method("mlkd", {"strong_view": True, "strong_ce": 0.0})(two_views(s, t, s, t))
+    assert "strong_ce" not in label_free
+    with pytest.raises(ValueError, match="out.view"):
+        build_method("mlkd", {"strong_view": True})(out(s, t))
+
+
+@pytest.mark.parametrize("params", [{"strong_view": True, "strong_temperatures": [4.0, 8.0]},
+                                    {"strong_view": True, "strong_ce": -1.0}])
+def test_strong_view_rejects_bad_settings(params):
+    with pytest.raises(ConfigError, match="losses.mlkd"):
+        build_method("mlkd", params)
+
+
+def test_the_strong_copy_is_the_batch_strongly_augmented_in_the_loaders_normalisation():
+    from kdforge.data.augment import PixelNormalization
+
+    norm = PixelNormalization((0.3,), (0.2,))
+    pixels = torch.rand(16, 1, 12, 12)
+    images = norm.from_unit(pixels)
+    assert build_method("mlkd").extra_views(images, norm) is None
+    torch.manual_seed(0)
+    view = build_method("mlkd", {"strong_view": True}).extra_views(images, norm)
+    assert view.shape == images.shape and view.dtype == images.dtype
+    back = norm.to_unit(view)
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5  # pixel values, normalised as the batch
+    changed = (back - pixels).abs().flatten(1).amax(1) > 1e-3
+    assert changed.sum() >= 12  # nearly every image changed (an identity pair with no Cutout leaves one alone)
+

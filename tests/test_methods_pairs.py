@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdforge.data.augment import PixelNormalization
 from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
 from kdforge.methods import LossComposer, StepOutputs, method_class, method_names
 from kdforge.models import build_model
 
 PAIRS = [p.stem.split("-") for p in sorted((Path(__file__).parent.parent / "configs/cifar100/pairs").glob("*.yaml"))]
+UNIT = PixelNormalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # CIFAR-like images for MLKD's strong view
 METHODS = [m for m in method_names() if method_class(m).needs_teacher]
 #: methods that need the same channels at each tap in both models, and the pairs of the table where they have them
 #: (the same family and widths: RepDistiller's FSP rows); on the other pairs they must refuse before training
@@ -53,7 +55,7 @@ def setup_and_step(losses, student, teacher, images, labels):
                               teacher, indices=torch.arange(4), num_train_samples=64)
         losses.setup(student, teacher, example)
         student.train()
-        views = losses.extra_views(images)  # SSKD's rotated copies: forwarded with the batch, as the trainer does
+        views = losses.extra_views(images, UNIT)  # SSKD's rotated copies: forwarded with the batch, as the trainer does
         batch = torch.cat([images, *views.values()])
         with torch.no_grad():
             t_logits, t_feats = t_taps(batch)

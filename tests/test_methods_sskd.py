@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.config import config_from_dict
+from kdforge.data.augment import PixelNormalization
 from kdforge.engine import Trainer, train_from_config
 from kdforge.engine.pretrain import run_pretrain_stages
 from kdforge.errors import ConfigError
 from kdforge.methods import LossComposer, StepOutputs
 from kdforge.methods.sskd import kept_rows
 from kdforge.models import build_model
+
+UNIT = PixelNormalization((0.0,), (1.0,))  # rotations ignore the normalisation
 
 
 def authors_kept_rows(rank_scores: torch.Tensor, target: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -53,7 +56,7 @@ def test_kept_rows_keeps_the_right_rows_and_the_best_share_of_the_wrong():
 def test_extra_views_are_the_batch_turned_by_quarter_turns():
     losses = LossComposer.from_config({"sskd": 1.0})
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float).view(2, 1, 3, 3)
-    views = losses.extra_views(x)["sskd"]
+    views = losses.extra_views(x, UNIT)["sskd"]
 
     def turn(t):  # one quarter turn counter-clockwise: the last column becomes the first row
         return t.transpose(2, 3).flip(2)
@@ -61,7 +64,7 @@ def test_extra_views_are_the_batch_turned_by_quarter_turns():
     assert torch.equal(turn(turn(x)), x.flip(2).flip(3))  # two turns: upside down
     assert torch.equal(views, torch.cat([turn(x), turn(turn(x)), turn(turn(turn(x)))]))
     with pytest.raises(ConfigError, match="square images"):
-        losses.extra_views(torch.zeros(2, 1, 3, 4))
+        losses.extra_views(torch.zeros(2, 1, 3, 4), UNIT)
 
 
 def make_trainer(tmp_path, digits, losses, lr=0.05, teacher_state=None, **train):

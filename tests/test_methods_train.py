@@ -243,3 +243,17 @@ def test_kd_and_feature_methods_compose(teacher_dir, tmp_path):
              if json.loads(l)["kind"] == "step"]
     assert {"ce", "kd", *( [feature] if feature else [])} <= set(steps[0])
     assert steps[0]["loss"] == pytest.approx(sum(v for k, v in steps[0].items() if k in losses), rel=1e-5)
+
+
+def test_mlkd_two_views_train_and_their_strong_terms_fall(teacher_dir, tmp_path):
+    """MLKD's two-view form (`strong_view: true`) through the engine: the strong copy runs with the batch, and
+    both of its terms fall while the student learns."""
+    cfg = config_from_dict({**COMMON, "name": "mlkd2", "output_dir": str(tmp_path), "student": {"model": "resnet8"},
+                            "teacher": {"checkpoint": str(teacher_dir)},
+                            "losses": {"ce": 0.1, "mlkd": {"weight": 0.9, "strong_view": True}}})
+    summary = train_from_config(cfg)
+    epochs = [json.loads(l) for l in (tmp_path / "mlkd2" / "log.jsonl").read_text().splitlines()
+              if json.loads(l)["kind"] == "epoch"]
+    for part in ("strong_instance", "strong_ce", "instance"):
+        assert epochs[-1][f"train_mlkd/{part}"] < (1 - TERM_FALL) * epochs[0][f"train_mlkd/{part}"], part
+    assert summary["top1_last"] > 50  # chance is 10 %

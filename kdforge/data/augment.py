@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_crop", "random_hflip", "normalize", "Augment"]
+__all__ = ["random_crop", "random_hflip", "normalize", "PixelNormalization", "Augment"]
 
 
 def _check_batch(x: torch.Tensor, fn: str) -> None:
@@ -78,6 +78,26 @@ def normalize(
         raise TypeError(f"normalize: expected uint8 or floating-point images, got {x.dtype}")
     y.sub_(_stats(mean, y, work)).div_(_stats(std, y, work))
     return y if y.dtype == dtype else y.to(dtype)
+
+
+@dataclass(frozen=True)
+class PixelNormalization:
+    """The per-channel mean and std (in [0, 1] units) a loader normalises with. `to_unit` maps its images
+    back to pixel values in [0, 1] (float32), `from_unit` forth: for augmentations of a training batch that
+    need pixel values (MLKD's strong view)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * _stats(self.std, x, torch.float32) + _stats(self.mean, x, torch.float32)
+
+    def from_unit(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return normalize(x, self.mean, self.std, dtype=dtype)
+
+    def mean_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """The mean as a (C,) float32 tensor on `like`'s device."""
+        return torch.tensor(self.mean, dtype=torch.float32, device=like.device)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdforge.config import TRAJECTORY_KEYS, RunConfig, config_from_dict, config_to_dict, with_current_defaults
+from kdforge.data.augment import PixelNormalization
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, load_weights, remove_stale_temporaries
 from kdforge.engine.distributed import Distributed, refuse_unsupported, wrap_for_ddp
 from kdforge.engine.epoch_tally import EpochTally
@@ -97,6 +98,7 @@ class Trainer:
         self.teacher = teacher
         self.losses = losses
         self.train_data = train_data
+        self.normalization = PixelNormalization(train_data.mean, train_data.std)  # for methods' extra views
         self.eval_data = eval_data
         self.val_data = val_data
         self.checkpoint_sources = dict(checkpoint_sources or {})
@@ -484,7 +486,7 @@ class Trainer:
         """Teacher (no grad) and student forward with taps; call inside `precision.autocast()`.
 
         With a teacher cache and the batch's training-set `indices`, the teacher's outputs are looked up."""
-        views = self.losses.extra_views(images)
+        views = self.losses.extra_views(images, self.normalization)
         n = images.shape[0]
         if views:  # one forward of the batch and the methods' extra images (BatchNorm sees them together)
             images = torch.cat([images, *views.values()])

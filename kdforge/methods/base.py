@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from kdforge.data.augment import PixelNormalization
+
 
 @dataclass
 class StepOutputs:
@@ -49,7 +51,7 @@ class Method(nn.Module):
       ``:input``) that the engine captures into `StepOutputs.*_features`.
     - `wrap_student(student, teacher)`: the network trained in place of the student (SimKD's).
     - `bind(student, teacher)`: resolve layer names (defaults for the pair, globs).
-    - `extra_views(images)`: more images to forward with each training batch (SSKD's rotations).
+    - `extra_views(images, normalization)`: more images to forward with each training batch (SSKD's rotations, MLKD's strong view).
     - `setup(student, teacher, example)`: called once before training, with the
       outputs of a dry run on one batch, to build adapters from the real shapes.
     - `pretrain_epochs` / `pretrain_loss` / `pretrain_parameters`: a stage the engine
@@ -123,9 +125,10 @@ class Method(nn.Module):
         """
         return student
 
-    def extra_views(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Extra training images (e.g. SSKD's rotated copies) that both models run on with the batch, in
-        one forward (BatchNorm sees them with it); their outputs reach the method as `out.view`. None: none."""
+    def extra_views(self, images: torch.Tensor, normalization: PixelNormalization) -> torch.Tensor | None:
+        """Extra training images (SSKD's rotated copies, MLKD's strong view) that both models run on with the
+        batch, in one forward (BatchNorm sees them with it); their outputs reach the method as `out.view`.
+        `images` are normalised as `normalization` says (its `to_unit` gives pixel values). None: none."""
         return None
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: StepOutputs) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.data.augment import PixelNormalization
 from kdforge.errors import ConfigError
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.registry import build_method
@@ -92,12 +93,12 @@ class LossComposer(nn.Module):
             student = method.wrap_student(student, teacher)
         return student
 
-    def extra_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_views(self, images: torch.Tensor, normalization: PixelNormalization) -> dict[str, torch.Tensor]:
         """{loss key: extra images} of the active methods that ask for some (`Method.extra_views`)."""
         views, active = {}, self.active()
         for key, method in self.methods.items():
             if method in active:
-                extra = method.extra_views(images)
+                extra = method.extra_views(images, normalization)
                 if extra is not None:
                     views[key] = extra
         return views

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.data.augment import PixelNormalization
 from kdforge.errors import ConfigError
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.kd import kd_loss
@@ -90,7 +91,7 @@ class SSKD(Method):
         self.student_head: nn.Module | None = None
         self.teacher_head: nn.Module | None = None
 
-    def extra_views(self, images: torch.Tensor) -> torch.Tensor:
+    def extra_views(self, images: torch.Tensor, normalization: PixelNormalization) -> torch.Tensor:
         if images.shape[-1] != images.shape[-2]:
             raise ConfigError(f"losses.sskd turns images by quarter turns, which needs square images; "
                               f"got {images.shape[-2]}x{images.shape[-1]}")
