@@ -27,5 +27,9 @@ class CheckpointError(KDForgeError, ValueError):
 
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' Did you mean: a, b?' for the close matches of `name` in `choices`, or ''."""
-    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return did_you_mean(difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5))
+
+
+def did_you_mean(matches: list[str]) -> str:
+    """' Did you mean: a, b?' for close matches already found (e.g. by `Registry.close_matches`), or ''."""
     return f" Did you mean: {', '.join(matches)}?" if matches else ""

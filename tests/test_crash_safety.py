@@ -88,8 +88,8 @@ def test_sigterm_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_pat
 def test_checkpoint_every_steps_writes_last_inside_epochs(tmp_path, digits):
     t = trainer(tmp_path, digits, "every", checkpoint_every_steps=3, max_steps=7)
     saved = []
-    real = t._checkpoint
-    t._checkpoint = lambda with_optimizer=True: saved.append(t.state.step) or real(with_optimizer)
+    real = t.checkpoint
+    t.checkpoint = lambda with_optimizer=True: saved.append(t.state.step) or real(with_optimizer)
     t.fit()
     assert saved[:2] == [3, 6]  # then max_steps ends the run at step 7 with an epoch record
     assert load_checkpoint(tmp_path / "every", "last")["state"]["step"] == 7

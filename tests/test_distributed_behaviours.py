@@ -27,7 +27,8 @@ from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 from kdforge.engine.logger import RunLogger, read_log
 from kdforge.engine.optim import build_optimizer
 from kdforge.engine.precision import resolve_precision
-from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, run_pretrain_stages, train_only_what_is_trained
+from kdforge.engine.hooks import PretrainHook
+from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, train_only_what_is_trained
 from kdforge.engine.run import build_zoo_model
 from kdforge.methods import LossComposer
 from test_distributed import NoBatchNorm  # tests/ is on the path: one copy of the BN-free student
@@ -125,7 +126,8 @@ def _ab_scenario(out, rank):
     run_dir = out / "ab"
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(run_dir, tensorboard=False, enabled=rank == 0)
-    run_pretrain_stages(trainer, logger)
+    trainer.logger = logger
+    PretrainHook().run_stages(trainer)
     logger.close()
     torch.save({"student": trainer.student.state_dict(), "losses": trainer.losses.state_dict()},
                run_dir / f"rank{rank}.pt")

@@ -470,16 +470,17 @@ def snapshot(module):
 
 def fit_recording_pretrain(trainer, monkeypatch):
     """fit(), with snapshots of student, teacher and methods around the engine's pre-training stages."""
-    import kdforge.engine.pretrain as pretrain
+    from kdforge.engine.hooks import PretrainHook
 
     snaps = {}
+    run_stages = PretrainHook.run_stages
 
-    def recorded(tr, logger, *stop):
+    def recorded(hook, tr):
         snaps["before"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
-        pretrain.run_pretrain_stages(tr, logger, *stop)
+        run_stages(hook, tr)
         snaps["after"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
 
-    monkeypatch.setattr("kdforge.engine.trainer.run_pretrain_stages", recorded)
+    monkeypatch.setattr(PretrainHook, "run_stages", recorded)
     trainer.fit()
     records = [json.loads(line) for line in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
     return snaps, [r for r in records if r["kind"] == "pretrain"]

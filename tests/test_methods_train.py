@@ -20,6 +20,7 @@ import kdforge.engine.trainer as trainer_module
 from kdforge.config import config_from_dict
 from kdforge.data import TensorLoader
 from kdforge.engine import train_from_config
+from kdforge.engine.hooks import PretrainHook
 from kdforge.methods import method_class, method_names
 
 DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
@@ -120,7 +121,7 @@ class Probe:
 @pytest.fixture
 def probe(monkeypatch):
     probes: list[Probe] = []
-    fit, pretrain = trainer_module.Trainer.fit, trainer_module.run_pretrain_stages
+    fit, run_stages = trainer_module.Trainer.fit, PretrainHook.run_stages
 
     def pretrained_only(trainer, key):
         return trainer.losses.weights[key] == 0 and trainer.losses.methods[key].pretrain_epochs > 0
@@ -135,16 +136,16 @@ def probe(monkeypatch):
             p.after = measure_pairing(self, p.key, pretrain=False)
         return summary
 
-    def probed_pretrain(trainer, logger, *stop):
+    def probed_pretrain(hook, trainer):
         p = probes[-1]
         if pretrained_only(trainer, p.key):
             p.before = measure_pairing(trainer, p.key, pretrain=True)
-        pretrain(trainer, logger, *stop)
+        run_stages(hook, trainer)
         if pretrained_only(trainer, p.key):
             p.after = measure_pairing(trainer, p.key, pretrain=True)
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", probed_fit)
-    monkeypatch.setattr(trainer_module, "run_pretrain_stages", probed_pretrain)
+    monkeypatch.setattr(PretrainHook, "run_stages", probed_pretrain)
 
     def start(key):
         probes.append(Probe(key))

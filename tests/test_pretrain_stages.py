@@ -155,16 +155,17 @@ def make_trainer(tmp_path, digits, losses, student="resnet8", stage_epochs=4):
 
 def around_the_stage(trainer, monkeypatch):
     """fit(); returns deep copies of (student, teacher, methods) just before and just after the stages."""
-    import kdforge.engine.pretrain as pretrain
+    from kdforge.engine.hooks import PretrainHook
 
     snaps = {}
+    run_stages = PretrainHook.run_stages
 
-    def recorded(tr, logger, *stop):
+    def recorded(hook, tr):
         snaps["before"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
-        pretrain.run_pretrain_stages(tr, logger, *stop)
+        run_stages(hook, tr)
         snaps["after"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
 
-    monkeypatch.setattr("kdforge.engine.trainer.run_pretrain_stages", recorded)
+    monkeypatch.setattr(PretrainHook, "run_stages", recorded)
     trainer.fit()
     return snaps["before"], snaps["after"]
 

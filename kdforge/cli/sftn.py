@@ -32,16 +32,16 @@ def run(args) -> int:
     from kdforge.config import parse_override, set_by_path
     from kdforge.errors import ConfigError
     from kdforge.methods import method_class
+    from kdforge.recipes.runs import refuse_decided
     from kdforge.recipes.sftn import DIGITS_BASE, run_sftn_pipeline
 
     base = recipe_base(args, DIGITS_BASE)
     student_overrides: dict = {}
     for text in args.student_overrides:
         set_by_path(student_overrides, *parse_override(text))
-    for key in ("student", "teacher", "losses", "name", "output_dir", "seed", "hints"):
-        if key in base or key in student_overrides:
-            raise ConfigError(f"the base config sets '{key}', which the pipeline decides; remove it "
-                              f"(use --teacher, --student, --methods, --seeds, --out)")
+    flags = "--teacher, --student, --methods, --seeds, --out"
+    refuse_decided(base, "pipeline", flags)
+    refuse_decided(student_overrides, "pipeline", flags)
     for method in args.methods:
         if not method_class(method).needs_teacher:
             raise ConfigError(f"--methods: {method} does not distil from a teacher")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from kdforge.registry import Registry
 
 from .errors import DataOptionError, UnknownDatasetError
 from .tensor_dataset import ImageTensorDataset
@@ -40,12 +41,18 @@ class DatasetSpec:
         return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
-_builtins_loaded = False
-
-
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
+
+
+def _discover() -> None:
+    from . import datasets  # noqa: F401  (registers the built-in loaders)
+
+
+#: names matched case-insensitively, ignoring ``-`` and ``_`` (``"CIFAR-10"`` finds ``cifar10``)
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset", "a `DatasetSpec`: loader(root, split, **options) -> ImageTensorDataset",
+    lambda name, close, names: UnknownDatasetError(name, names, close), key=_key, discover=_discover)
 
 
 def register_dataset(
@@ -58,39 +65,24 @@ def register_dataset(
     """
 
     def deco(fn: Loader) -> Loader:
-        key = _key(name)
-        if key in _REGISTRY and _REGISTRY[key].loader is not fn:
+        known = DATASETS.find(name)
+        if known is not None and known.loader is not fn:
             raise ValueError(f"a dataset named {name!r} is already registered")
-        _REGISTRY[key] = DatasetSpec(name=name, loader=fn, splits=splits, description=description)
+        if known is None:
+            DATASETS.add(name, DatasetSpec(name=name, loader=fn, splits=splits, description=description))
         return fn
 
     return deco
 
 
-def _ensure_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        from . import datasets  # noqa: F401  (registers the built-in loaders)
-
-        _builtins_loaded = True
-
-
 def dataset_names() -> list[str]:
     """Names of all registered datasets, sorted."""
-    _ensure_builtins()
-    return sorted(spec.name for spec in _REGISTRY.values())
+    return DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     """The registration of ``name``; raises :class:`UnknownDatasetError` with close matches."""
-    _ensure_builtins()
-    spec = _REGISTRY.get(_key(name))
-    if spec is None:
-        names = dataset_names()
-        by_key = {_key(n): n for n in names}
-        close = difflib.get_close_matches(_key(name), list(by_key), n=3, cutoff=0.5)
-        raise UnknownDatasetError(name, names, [by_key[c] for c in close])
-    return spec
+    return DATASETS.get(name)
 
 
 def load_dataset(

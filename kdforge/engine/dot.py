@@ -9,6 +9,9 @@ and weight decay is added once, to the task gradient where both exist (as the au
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 
 
@@ -66,3 +69,31 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr)
         self._kd_grads = {}
         return loss
+
+
+def dot_task_terms(losses, precision) -> set[str]:
+    """The loss keys DOT treats as the task (the `ce` terms); errors for a run DOT cannot train."""
+    from kdforge.errors import ConfigError
+
+    where = "optim.name: dot"
+    if precision.name == "fp16":
+        raise ConfigError(f"{where} does not support fp16 loss scaling (as its authors' code); use "
+                          f"train.precision: bf16 or fp32")
+    active = {key for key, weight in losses.weights.items() if weight != 0}
+    task = {key for key in active if losses.methods[key].name == "ce"}
+    if not task or not active - task:
+        raise ConfigError(f"{where} needs a `ce` term and at least one distillation term of non-zero weight "
+                          f"(losses: {', '.join(sorted(active)) or 'none'})")
+    return task
+
+
+def dot_update(optimizer: DistillationOrientedSGD, losses: dict[str, torch.Tensor], task_keys: set[str]) -> None:
+    """DOT's step: the distillation terms' gradient, kept; then the task terms' gradient; one update."""
+    is_task = [key.split("/", 1)[0] in task_keys for key in losses]
+    distill = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if not t])
+    task = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if t])
+    distill.backward(retain_graph=True)
+    optimizer.keep_distillation_grads()
+    optimizer.zero_grad(set_to_none=True)
+    task.backward()
+    optimizer.step()

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+
+
+class EpochTotals(NamedTuple):
+    """An epoch's training totals over all ranks."""
+
+    names: list[str]  # the loss terms
+    means: list[float]  # each term's mean over the epoch's steps
+    correct: int  # training images the student classified right
+    seen: int  # training images the applied steps used
+    seconds: float  # time in the epoch's steps
 
 
 class EpochTally:
@@ -41,13 +51,13 @@ class EpochTally:
         self.seen += logits.shape[0]
         self.steps += 1
 
-    def totals(self, dist) -> tuple[list[str], list[float], int, int, float]:
-        """(loss names, mean of each over the epoch's steps, correct, images, seconds), over all ranks."""
+    def totals(self, dist) -> "EpochTotals":
+        """The epoch's totals over all ranks."""
         if self.names is None:
-            return [], [], 0, 0, self._time()
+            return EpochTotals([], [], 0, 0, self._time())
         means = dist.all_reduce_sum(self.sums / max(self.steps, 1)) / dist.world_size
         correct, seen = self._counts(dist)
-        return self.names, means.tolist(), correct, seen, self._time()
+        return EpochTotals(self.names, means.tolist(), correct, seen, self._time())
 
     def _counts(self, dist) -> tuple[int, int]:
         """(correct, images) summed over ranks."""

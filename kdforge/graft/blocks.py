@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import ConfigError
+from kdforge.models.capabilities import CuttableNet
 
 __all__ = ["block_ends", "run_block", "trace_blocks", "block_outputs"]
 
@@ -26,10 +27,10 @@ def block_ends(model: nn.Module, names: Sequence[str] | None, role: str) -> list
     `names` must be stage names of `model` (`model.stage_names`), in forward order, the last
     one the model's last stage. `role` ('teacher' / 'student') names the model in errors.
     """
-    stages = list(getattr(model, "stage_names", None) or [])
-    if not stages or not all(hasattr(model, attr) for attr in ("stem", "_stage", "_between", "head")):
+    if not isinstance(model, CuttableNet) or not model.stage_names:
         raise ConfigError(f"{role}: {type(model).__name__} is not a zoo model with stages; NetGraft cuts zoo models "
                           f"(see `kdforge models`)")
+    stages = list(model.stage_names)
     if names is None:
         return list(range(len(stages)))
     names = list(names)

@@ -194,7 +194,7 @@ class GraftedNet(nn.Module):
             raise ConfigError(f"only a network with every unit grafted is the student; {missing} "
                               f"{'is' if len(missing) == 1 else 'are'} still the teacher's (train the last stage-2 "
                               f"run, graft {self.units})")
-        from kdforge.models.adapted import AdaptedNet
+        from kdforge.graft.adapted import AdaptedNet
 
         student = copy.deepcopy(self.student).eval()
         self._copy_shared_blocks(student)  # the shared blocks are the teacher's

@@ -23,6 +23,7 @@ def _register_builtin_methods() -> None:
 
 
 _register_builtin_methods()
+import kdforge.graft.method  # noqa: E402,F401  (NetGraft's loss, kept with NetGraft)
 
 __all__ = [
     "Method", "StepOutputs", "LossComposer", "UnknownMethodError", "build_method",

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdforge.config import coerce_value
-from kdforge.errors import ConfigError, KDForgeError, suggest
+from kdforge.errors import ConfigError, KDForgeError, did_you_mean, suggest
 from kdforge.methods.base import Method
-
-_METHODS: dict[str, type[Method]] = {}
+from kdforge.registry import Registry
 
 
 class UnknownMethodError(KDForgeError, KeyError):
@@ -19,24 +18,31 @@ class UnknownMethodError(KDForgeError, KeyError):
         return str(self.args[0])
 
 
+def _unknown(name: str, close: list[str], names: list[str]) -> UnknownMethodError:
+    return UnknownMethodError(f"unknown method '{name}'.{did_you_mean(close)} `kdforge methods` lists them all.")
+
+
+def _discover() -> None:
+    import kdforge.methods  # noqa: F401  (each method file registers itself)
+
+
+#: every method file of `kdforge/methods/` registers its class here (importing the package does)
+METHODS: Registry[type[Method]] = Registry(
+    "method", "a `Method` subclass, built as cls(**params) from a `losses:` entry; see methods/base.py", _unknown,
+    discover=_discover)
+
+
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make `cls` available under `cls.name`."""
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    _METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in _METHODS:
-        raise UnknownMethodError(
-            f"unknown method '{name}'.{suggest(name, _METHODS)} `kdforge methods` lists them all."
-        )
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 @dataclass

@@ -3,7 +3,7 @@
     model = build_model("resnet8x4", num_classes=100)
 
 Every model's `forward(x)` returns logits and the instance carries `stage_names`,
-`block_names`, `classifier_name` and `input_size` (see `layers.ZooModel`).
+`block_names`, `classifier_name` and `input_size` (see `zoo_base.ZooModel`).
 """
 
 from kdforge.models.registry import (
@@ -17,9 +17,7 @@ from kdforge.models.registry import (
 
 # Importing the family modules registers their models.
 from kdforge.models import (  # noqa: E402,F401  isort: skip
-    adapted,
     dynamic,
-    grafted,
     mobilenetv2,
     resnet_cifar,
     resnet_imagenet,
@@ -30,6 +28,7 @@ from kdforge.models import (  # noqa: E402,F401  isort: skip
     vgg_nobn,
     wrn,
 )
+from kdforge.graft import adapted, grafted  # noqa: E402,F401  (NetGraft's composites, kept with NetGraft)
 from kdforge.models.complexity import count_macs, count_parameters  # noqa: E402
 
 __all__ = [

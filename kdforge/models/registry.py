@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdforge.errors import ConfigError, KDForgeError, suggest
+from kdforge.errors import ConfigError, KDForgeError, did_you_mean, suggest
+from kdforge.registry import Registry
 
 Builder = Callable[..., nn.Module]
 
@@ -39,7 +40,18 @@ class UnknownModelError(KDForgeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-_MODELS: dict[str, ModelInfo] = {}
+def _unknown(name: str, close: list[str], names: list[str]) -> UnknownModelError:
+    return UnknownModelError(f"unknown model '{name}'.{did_you_mean(close)} `kdforge models` lists all names.")
+
+
+def _discover() -> None:
+    import kdforge.models  # noqa: F401  (each family's file registers its builders)
+
+
+#: every zoo family's file registers its builders here (importing `kdforge.models` does)
+MODELS: Registry[ModelInfo] = Registry(
+    "model", "a `ModelInfo`: builder(num_classes=, in_channels=, **options) -> nn.Module", _unknown,
+    discover=_discover)
 
 
 def register_model(name: str, *, family: str, input_size: int, paper: str = "",
@@ -52,9 +64,9 @@ def register_model(name: str, *, family: str, input_size: int, paper: str = "",
         raise ValueError(f"input_size of model {name!r} must be 32 or 224, got {input_size}")
 
     def decorator(builder: Builder) -> Builder:
-        if not name or name in _MODELS:
-            raise ValueError(f"model name {name!r} is empty or already registered")
-        _MODELS[name] = ModelInfo(name, family, input_size, paper, builder, listed)
+        if name in MODELS:
+            raise ValueError(f"model name {name!r} is already registered")
+        MODELS.add(name, ModelInfo(name, family, input_size, paper, builder, listed))
         return builder
 
     return decorator
@@ -62,15 +74,11 @@ def register_model(name: str, *, family: str, input_size: int, paper: str = "",
 
 def model_names() -> list[str]:
     """Every listed model name, sorted (composites registered with ``listed=False`` are left out)."""
-    return sorted(name for name, info in _MODELS.items() if info.listed)
+    return MODELS.names(lambda info: info.listed)
 
 
 def model_info(name: str) -> ModelInfo:
-    if name not in _MODELS:
-        raise UnknownModelError(
-            f"unknown model '{name}'.{suggest(name, _MODELS)} `kdforge models` lists all names."
-        )
-    return _MODELS[name]
+    return MODELS.get(name)
 
 
 def check_options(name: str, options: Iterable[str]) -> ModelInfo:

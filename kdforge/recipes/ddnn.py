@@ -21,7 +21,7 @@ from typing import Any
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
 from kdforge.models.complexity import format_macs
-from kdforge.recipes.quickstart import BASE as DIGITS_BASE  # the quickstart's digits settings
+from kdforge.recipes.digits import DIGITS_BASE  # the quickstart's digits settings
 from kdforge.recipes.runs import check_folder, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
 from kdforge.report import write_report

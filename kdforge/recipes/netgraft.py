@@ -29,18 +29,15 @@ from typing import Any
 
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
+from kdforge.recipes.digits import digits_base
 from kdforge.recipes.runs import (check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_phrase,
                                   teacher_section, teacher_which)
 from kdforge.recipes.stats import format_mean_std, mean_std
 
 #: the default shared settings on the built-in digits: plain VGGs (no BatchNorm in the convs) diverge with the
 #: quickstart's SGD at 0.05, so the teacher and the baselines use Adam (teacher: 98.6% after 15 epochs, width 0.25)
-DIGITS_BASE: dict[str, Any] = {
-    "data": {"name": "digits", "batch_size": 64, "augment": {"crop_padding": 2, "hflip": False}},
-    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-    "schedule": {"name": "cosine", "epochs": 15, "warmup_epochs": 1.0},
-    "train": {"log_every": 10},
-}
+DIGITS_BASE: dict[str, Any] = digits_base({"optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+                                           "schedule": {"epochs": 15, "warmup_epochs": 1.0}})
 
 
 @dataclass

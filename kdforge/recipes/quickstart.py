@@ -17,16 +17,12 @@ from typing import Any
 
 from kdforge.config import config_from_dict, merge_configs
 from kdforge.engine import train_from_config
+from kdforge.recipes.digits import DIGITS_BASE
 from kdforge.recipes.runs import run_planned, teacher_section
 from kdforge.report import write_report
 
-#: What every quickstart run shares; the three roles differ only in model and losses.
-BASE: dict[str, Any] = {
-    "data": {"name": "digits", "batch_size": 64, "augment": {"crop_padding": 2, "hflip": False}},
-    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine", "epochs": 8, "warmup_epochs": 0.5},
-    "train": {"log_every": 10},
-}
+#: What every quickstart run shares (the recipes' one digits base); the three roles differ only in model and losses.
+BASE: dict[str, Any] = DIGITS_BASE
 
 
 @dataclass

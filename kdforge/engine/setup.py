@@ -1,0 +1,126 @@
+"""A run's set-up before its first step: device and precision, loaders, taps, the dry run, the teacher
+cache and the optimizer (`Trainer.prepare`). Every config or layer error is raised here, before training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdforge.data import Augment, TensorLoader
+from kdforge.engine.distributed import refuse_unsupported
+from kdforge.engine.dot import dot_task_terms
+from kdforge.engine.nonfinite import NonFiniteGuard
+from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.precision import resolve_device, resolve_precision
+from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
+from kdforge.errors import ConfigError
+from kdforge.features import FeatureTaps
+from kdforge.methods.base import StepOutputs
+
+
+def prepare(trainer) -> None:
+    """Set up `trainer` for training (see the module docstring); sets the attributes the loop and hooks use."""
+    cfg, tcfg = trainer.cfg, trainer.cfg.train
+    device = trainer.dist.device(resolve_device(tcfg.device))
+    trainer.precision = resolve_precision(tcfg.precision, tcfg.channels_last, device)
+    fmt = trainer.precision.memory_format()
+    if trainer.dist.enabled:
+        refuse_unsupported(trainer.losses, cfg.optim.name)
+        convert_sync_bn(trainer.student, tcfg.sync_bn, device)
+    trainer.student.to(device=device, memory_format=fmt)
+    trainer.use_teacher = trainer.teacher is not None and trainer.losses.needs_teacher
+    if trainer.use_teacher:
+        trainer.teacher.to(device=device, memory_format=fmt).eval().requires_grad_(False)
+    trainer.teacher_cache = None  # train.teacher_cache: teacher outputs by dataset index
+    if tcfg.teacher_cache and trainer.use_teacher:
+        check_teacher_cache(cfg)  # refused under random augmentation, before any forward pass
+
+    aug = cfg.data.augment
+    d = trainer.dist  # each rank takes its share of every global batch, and of the evaluation set
+    trainer.train_loader = TensorLoader(
+        trainer.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True,
+        drop_last=cfg.data.drops_last_batch, device=device,
+        augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip), seed=cfg.seed,
+        channels_last=trainer.precision.channels_last, with_indices=True, rank=d.rank, world_size=d.world_size)
+    if len(trainer.train_loader) == 0:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                          f"({len(trainer.train_data)} images)")
+    #: (record prefix, this rank's loader) of each evaluation set; a rank with an empty share still takes
+    #: part in the sums over ranks (with no batches)
+    trainer.eval_sets = [(prefix, eval_loader(trainer, data, device) or ())
+                         for prefix, data in (("eval", trainer.eval_data), ("val", trainer.val_data))
+                         if data is not None and len(data) > 0]
+
+    teacher = trainer.teacher if trainer.use_teacher else None
+    trainer.losses.bind(trainer.student, teacher)
+    runner = torch.compile(trainer.student) if tcfg.compile else None
+    trainer.student_taps = FeatureTaps(trainer.student, trainer.losses.student_taps, runner=runner, role="student")
+    trainer.teacher_taps = FeatureTaps(trainer.teacher, trainer.losses.teacher_taps, role="teacher") if teacher else None
+    dry_run(trainer, device)
+    if tcfg.teacher_cache and trainer.use_teacher:  # built with every tap, those of stages before training too
+        trainer.teacher_cache = TeacherCache.build(trainer.teacher_taps, trainer.train_data, trainer.precision,
+                                                   cfg.data.eval_batch_size, tcfg.teacher_cache_max_gb)
+    if tcfg.teacher_cache and tcfg.progress:
+        print(trainer.teacher_cache.describe() if trainer.teacher_cache is not None else
+              "train.teacher_cache: no loss needs the teacher, nothing to cache", flush=True)
+    trainer.losses.to(device=device)
+    if trainer.precision.channels_last:
+        trainer.losses.to(memory_format=torch.channels_last)
+
+    params = [*trainer.student.named_parameters(),
+              *((f"losses.{key}.{n}", p) for key, m in trainer.losses.methods.items() for n, p in m.named_parameters())]
+    trainer.dot_task_keys = dot_task_terms(trainer.losses, trainer.precision) if cfg.optim.name == "dot" else None
+    trainer.optimizer = build_optimizer(params, cfg.optim)
+    trainer.scheduler = build_scheduler(trainer.optimizer, cfg.schedule, len(trainer.train_loader))
+    trainer.scaler = trainer.precision.grad_scaler()
+    trainer.lr_used = trainer.optimizer.param_groups[0]["lr"]
+    trainer.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, trainer.dist)
+
+
+def eval_loader(trainer, data, device: torch.device) -> TensorLoader | None:
+    """A loader over this rank's share of an evaluation set (None for no or an empty set)."""
+    d = trainer.dist
+    share = None if data is None else (
+        data.subset(torch.arange(d.rank, len(data), d.world_size)) if d.enabled else data)
+    if share is None or len(share) == 0:
+        return None
+    return TensorLoader(share, trainer.cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+                        augment=None, seed=trainer.cfg.seed, channels_last=trainer.precision.channels_last)
+
+
+def convert_sync_bn(student: nn.Module, sync_bn: bool, device: torch.device) -> None:
+    """train.sync_bn: BatchNorm over the global batch (GPUs only: PyTorch has no CPU SyncBatchNorm)."""
+    if not sync_bn:
+        return
+    if device.type != "cuda":
+        raise ConfigError("train.sync_bn: SyncBatchNorm runs on GPUs only; on CPU each process normalises "
+                          "over its own share of the batch (set train.sync_bn=false)")
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    if converted is not student:
+        raise ConfigError("train.sync_bn: the student is a bare BatchNorm layer")
+
+
+@torch.no_grad()
+def dry_run(trainer, device: torch.device) -> None:
+    """One small batch through both models: check classes, let methods build adapters by shape."""
+    data = trainer.train_data
+    n = min(len(data), 8)
+    example_loader = TensorLoader(data.subset(torch.arange(n)), n, shuffle=False, drop_last=False, device=device,
+                                  augment=None, seed=0, channels_last=trainer.precision.channels_last)
+    images, labels = next(iter(example_loader))
+    labels = labels if data.has_labels else None
+    student = trainer.student
+    was_training = student.training
+    student.eval()
+    try:
+        s_logits, s_feats = trainer.student_taps.run_eager(images)
+        t_logits, t_feats = trainer.teacher_taps(images) if trainer.use_teacher else (None, {})
+    finally:
+        student.train(was_training)
+    for who, logits in (("student", s_logits), ("teacher", t_logits)):
+        if logits is not None and logits.shape[1] != data.num_classes:
+            raise ConfigError(f"the {who} outputs {logits.shape[1]} classes but the dataset "
+                              f"'{data.name}' has {data.num_classes}")
+    example = StepOutputs(images, labels, s_logits, t_logits, dict(s_feats), dict(t_feats), student,
+                          trainer.teacher, indices=torch.arange(n, device=device), num_train_samples=len(data))
+    trainer.losses.setup(student, trainer.teacher if trainer.use_teacher else None, example)
