@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import LayerError, suggest
+from kdforge.models.capabilities import model_record_of
 
 INPUT_SUFFIX = ":input"
 OUTPUT_SUFFIX = ":output"
@@ -44,7 +45,7 @@ def resolve_module(model: nn.Module, name: str, role: str = "") -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         hint = suggest(name, [n for n in modules if n], n=5)
-        zoo_name = (getattr(model, "zoo_record", None) or {}).get("name")
+        zoo_name = (model_record_of(model) or {}).get("name")
         who = f"{role} {zoo_name or type(model).__name__}".strip()
         raise LayerError(
             f"{who} has no module named '{name}'.{hint} "

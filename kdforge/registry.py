@@ -9,7 +9,7 @@ first lookup. Each registry's `contract` says what its entries are and how they 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -65,10 +65,6 @@ class Registry(Generic[T]):
         """The registered names (of the entries `where` accepts), sorted."""
         self._ensure_discovered()
         return sorted(name for name, entry in self._entries.values() if where(entry))
-
-    def items(self) -> Iterator[tuple[str, T]]:
-        self._ensure_discovered()
-        return iter(sorted(self._entries.values(), key=lambda pair: pair[0]))
 
     def close_matches(self, name: str, n: int = 3) -> list[str]:
         """Up to `n` registered names close to `name` (compared as keys), closest first."""

@@ -12,12 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdforge.config import config_from_dict
-from kdforge.engine import NonFiniteLossError, Trainer, load_checkpoint
+from digits_trainer import small_trainer
+from kdforge.engine import NonFiniteLossError, load_checkpoint
 from kdforge.engine.checkpoint import atomic_save, remove_stale_temporaries
 from kdforge.engine.interrupts import RunInterrupted
-from kdforge.engine.run import build_zoo_model
-from kdforge.methods import LossComposer
 from kdforge.methods.base import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +46,8 @@ class Probe(Method):
         return loss * float("nan") if self.calls in self.nan_at else loss
 
 
-def trainer(tmp_path, digits, name, probe=None, **train):
-    cfg = config_from_dict({
-        "name": name, "seed": 5, "output_dir": str(tmp_path),
-        "data": {"batch_size": 32, "eval_batch_size": 64, "augment": {"crop_padding": 2, "hflip": True}},
-        "optim": {"lr": 0.05}, "schedule": {"name": "cosine", "epochs": 2},
-        "train": {"progress": False, "tensorboard": False, "log_every": 3, "precision": "fp32", "device": "cpu",
-                  **train}})
-    torch.manual_seed(0)
-    student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
-    losses = LossComposer({"probe": probe or Probe()}, {"probe": 1.0})
-    return Trainer(student, losses, *digits, config=cfg, run_dir=tmp_path / name)
+def trainer(tmp_path, digits, name, probe=None, log_every=3, **train):
+    return small_trainer(tmp_path, digits, name, probe or Probe(), seed=5, log_every=log_every, **train)
 
 
 def same_weights(a, b, buffers=True):

@@ -4,15 +4,12 @@ continues exactly after SIGTERM or a crash and `--resume`; the loop's own hooks 
 import json
 
 import pytest
-import torch
 import torch.nn.functional as F
 
-from kdforge.config import config_from_dict
-from kdforge.engine import Trainer, load_checkpoint
+from digits_trainer import small_trainer
+from kdforge.engine import load_checkpoint
 from kdforge.engine.hooks import Hook, Hooks
 from kdforge.engine.interrupts import RunInterrupted
-from kdforge.engine.run import build_zoo_model
-from kdforge.methods import LossComposer
 from kdforge.methods.base import Method
 
 
@@ -69,16 +66,7 @@ class Counter(Hook):
 
 
 def trainer(tmp_path, digits, name, hook, **train):
-    cfg = config_from_dict({
-        "name": name, "seed": 3, "output_dir": str(tmp_path),
-        "data": {"batch_size": 32, "eval_batch_size": 64, "augment": {"crop_padding": 2, "hflip": True}},
-        "optim": {"lr": 0.05}, "schedule": {"name": "cosine", "epochs": 2},
-        "train": {"progress": False, "tensorboard": False, "log_every": 4, "precision": "fp32", "device": "cpu",
-                  **train}})
-    torch.manual_seed(0)
-    student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
-    return Trainer(student, LossComposer({"ce_probe": CE()}, {"ce_probe": 1.0}), *digits, config=cfg,
-                   run_dir=tmp_path / name, hooks=[hook])
+    return small_trainer(tmp_path, digits, name, CE(), seed=3, log_every=4, hooks=[hook], **train)
 
 
 @pytest.fixture(scope="module")

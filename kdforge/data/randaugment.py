@@ -201,8 +201,9 @@ def rand_augment(x: torch.Tensor, fill: torch.Tensor, n: int = 2, max_cutout: fl
     chosen = torch.randint(0, len(OPERATIONS), (n, b), generator=generator, device=x.device)
     draws = torch.rand(n, b, generator=generator, device=x.device)
     for round_ in range(n):
-        for index, (operation, low, high) in enumerate(OPERATIONS):
-            images = (chosen[round_] == index).nonzero().squeeze(1)
+        counts = torch.bincount(chosen[round_], minlength=len(OPERATIONS)).tolist()  # the round's one sync
+        by_operation = torch.split(torch.argsort(chosen[round_], stable=True), counts)  # each group in image order
+        for (operation, low, high), images in zip(OPERATIONS, by_operation):
             if images.numel() == 0 or operation is identity:
                 continue
             magnitude = low + (high - low) * draws[round_, images]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import CheckpointError
+from kdforge.models.capabilities import model_record_of
 
 FORMAT = "kdforge-checkpoint/1"
 
@@ -153,7 +154,7 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
             what = diffs[0] + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else "")
         else:  # a failure of the model's own load hooks
             what = " ".join(str(exc).split())[:300]
-        name = (getattr(model, "zoo_record", None) or {}).get("name") or type(model).__name__
+        name = (model_record_of(model) or {}).get("name") or type(model).__name__
         raise CheckpointError(f"{source} does not fit the {name} built here: {what}; was it saved from another "
                               f"model, or with other options?") from None
 

@@ -14,6 +14,8 @@ import operator
 
 import torch
 
+from kdforge.errors import ConfigError
+
 
 class DistillationOrientedSGD(torch.optim.Optimizer):
     """SGD whose task and distillation gradients keep separate momentum buffers (see the module docstring).
@@ -73,8 +75,6 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
 
 def dot_task_terms(losses, precision) -> set[str]:
     """The loss keys DOT treats as the task (the `ce` terms); errors for a run DOT cannot train."""
-    from kdforge.errors import ConfigError
-
     where = "optim.name: dot"
     if precision.name == "fp16":
         raise ConfigError(f"{where} does not support fp16 loss scaling (as its authors' code); use "

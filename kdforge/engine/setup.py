@@ -55,7 +55,8 @@ def prepare(trainer) -> None:
     trainer.losses.bind(trainer.student, teacher)
     runner = torch.compile(trainer.student) if tcfg.compile else None
     trainer.student_taps = FeatureTaps(trainer.student, trainer.losses.student_taps, runner=runner, role="student")
-    trainer.teacher_taps = FeatureTaps(trainer.teacher, trainer.losses.teacher_taps, role="teacher") if teacher else None
+    trainer.teacher_taps = (FeatureTaps(trainer.teacher, trainer.losses.teacher_taps, role="teacher")
+                            if trainer.use_teacher else None)
     dry_run(trainer, device)
     if tcfg.teacher_cache and trainer.use_teacher:  # built with every tap, those of stages before training too
         trainer.teacher_cache = TeacherCache.build(trainer.teacher_taps, trainer.train_data, trainer.precision,

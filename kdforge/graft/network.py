@@ -29,6 +29,7 @@ from torch import nn
 from kdforge.errors import CheckpointError, ConfigError, suggest
 from kdforge.graft.adapter_pairs import fold_adapters, identity_conv1x1
 from kdforge.graft.blocks import block_ends, block_outputs, run_block, trace_blocks
+from kdforge.models.capabilities import model_record_of
 
 __all__ = ["GraftedNet", "HEAD"]
 
@@ -200,7 +201,7 @@ class GraftedNet(nn.Module):
         self._copy_shared_blocks(student)  # the shared blocks are the teacher's
         after = [self.student.stage_names[self.s_ends[b]] for b in range(self.shared, len(self.s_ends))]
         net = AdaptedNet(student, after, self.in_channels)
-        record = getattr(self.student, "zoo_record", None)
+        record = model_record_of(self.student)
         if record is not None:  # how `build_model` rebuilds it, for checkpoints
             net.zoo_record = {"name": "adapted", "num_classes": record["num_classes"],
                               "in_channels": record["in_channels"],

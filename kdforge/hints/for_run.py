@@ -19,6 +19,7 @@ from kdforge.errors import ConfigError
 from kdforge.features import Tap, expand_patterns, resolve_module
 from kdforge.hints.cache import cached_select, checkpoint_fingerprint
 from kdforge.hints.selection import HintFileError, HintSelection
+from kdforge.models.capabilities import model_record_of
 
 RUN_FILE = "hints.json"
 
@@ -69,7 +70,7 @@ def _fits_teacher(selection: HintSelection, teacher: nn.Module, checkpoint: str 
             resolve_module(teacher, Tap.parse(layer).module)
         except Exception as exc:  # a LayerError naming close matches
             raise HintFileError(f"{where}: hint layer '{layer}' is not in the teacher ({exc})") from None
-    model = (getattr(teacher, "zoo_record", None) or {}).get("name")
+    model = (model_record_of(teacher) or {}).get("name")
     saved_model = selection.teacher.get("model")
     if model and saved_model and model != saved_model:
         raise HintFileError(f"{where} was selected for a {saved_model} teacher, but this run's teacher is a {model}")

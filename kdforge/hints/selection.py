@@ -23,6 +23,7 @@ from kdforge.errors import ConfigError, KDForgeError
 from kdforge.hints.clustering import cluster_layers
 from kdforge.hints.probe import candidate_layers, probe_features, probe_indices
 from kdforge.hints.similarity import METRICS, distance_matrix
+from kdforge.models.capabilities import model_record_of
 
 FORMAT = "kdforge-hints-1"
 ALL_METRICS = (*METRICS, "combined")
@@ -174,7 +175,7 @@ def select_hints(teacher: nn.Module, dataset, *, k: int, metric: str = "cca", ca
         distances=[[round(float(v), 6) for v in row] for row in distances.tolist()],
         centres=list(clusters.centres), assignment=list(clusters.assignment), iterations=clusters.iterations,
         converged=clusters.converged, stage_ends=stage_end_indices(teacher, layers),
-        teacher={"model": (getattr(teacher, "zoo_record", None) or {}).get("name", type(teacher).__name__)},
+        teacher={"model": (model_record_of(teacher) or {}).get("name", type(teacher).__name__)},
         probe={"dataset": getattr(dataset, "name", "?"), "n": len(indices), "seed": seed,
                "images_sha256": images},
         seconds={"probe": round(t_probe, 3), "distances": round(t_dist, 3),

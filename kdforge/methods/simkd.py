@@ -10,6 +10,7 @@ from kdforge.errors import ConfigError, LayerError
 from kdforge.methods.base import Method, StepOutputs
 from kdforge.methods.default_taps import stage_ends
 from kdforge.methods.registry import register_method
+from kdforge.models.capabilities import model_record_of
 from kdforge.models.simkd import SimKDNet
 
 #: the student's tap: the projected map that the teacher's head reads (`SimKDNet.projector`)
@@ -46,7 +47,7 @@ class SimKD(Method):
             return student
         if teacher is None:
             raise ConfigError("losses.simkd reuses the teacher's classifier: set teacher.checkpoint")
-        records = [getattr(m, "zoo_record", None) for m in (student, teacher)]
+        records = [model_record_of(m) for m in (student, teacher)]
         if not all(records):
             raise ConfigError("losses.simkd: the student and the teacher must be zoo models (built by name) so "
                               "the SimKD student can be rebuilt from its checkpoint")

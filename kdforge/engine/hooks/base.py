@@ -63,9 +63,6 @@ class Hooks:
         if repeated:
             raise ValueError(f"hooks: each hook needs its own name, {', '.join(repeated)} repeat (set `name`)")
 
-    def __iter__(self):
-        return iter(self.hooks)
-
     def before_train(self, trainer: Trainer) -> None:
         for hook in self.hooks:
             hook.before_train(trainer)
