@@ -6,6 +6,10 @@ Every method runs in the engine (`Trainer._step`) with CE on the same synthetic 
 
     python benchmarks/method_cost.py --device cuda --batch 64 --steps 30
     python benchmarks/method_cost.py --methods at fitnet crd --steps 5      # a quick CPU look
+    python benchmarks/method_cost.py --methods kd mlkd_strong kd_dot         # a config of configs/cifar100/methods/
+
+A name that is not a method's is the file configs/cifar100/methods/<name>.yaml: its losses (at that file's
+weights) and its optimizer (e.g. DOT's) are timed; a method's name runs CE + the method at its typical weight.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from kdforge.config import config_from_dict
 from kdforge.engine import Trainer
@@ -25,13 +31,30 @@ from kdforge.models import build_model
 from speed import pair_arguments, synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
 
 
+METHOD_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "cifar100" / "methods"
+
+
+def losses_and_optim(name: str) -> tuple[dict, dict]:
+    """What `name` times: CE + that method at its typical weight, or a CIFAR-100 method config's losses and optim."""
+    if name == "ce":
+        return {"ce": 1.0}, {}
+    if name in method_names():
+        return {"ce": 1.0, name: method_class(name).typical_weight or 1.0}, {}
+    path = METHOD_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"method_cost: {name!r} is neither a method ({', '.join(method_names())}) "
+                         f"nor a config in {METHOD_CONFIGS}")
+    spec = yaml.safe_load(path.read_text())
+    return spec["losses"], spec.get("optim", {})
+
+
 def measure(name: str, args, data, tmp: str) -> dict:
     torch.manual_seed(0)
     student = build_model(args.student, num_classes=args.classes)
     teacher = build_model(args.teacher, num_classes=args.classes)
-    losses = {"ce": 1.0} if name == "ce" else {"ce": 1.0, name: method_class(name).typical_weight or 1.0}
+    losses, optim = losses_and_optim(name)
     cfg = config_from_dict({
-        "name": name, "output_dir": tmp, "data": {"batch_size": args.batch},
+        "name": name, "output_dir": tmp, "data": {"batch_size": args.batch}, "optim": optim,
         "losses": losses, "schedule": {"name": "constant", "epochs": 1},
         "train": {"device": args.device, "precision": args.precision, "progress": False, "tensorboard": False},
     })
@@ -40,7 +63,7 @@ def measure(name: str, args, data, tmp: str) -> dict:
     student = composer.wrap_student(student, teacher)  # SimKD's network: its projector and the teacher's head
     trainer = Trainer(student, composer, data, None, teacher=teacher if composer.needs_teacher else None,
                       config=cfg, run_dir=f"{tmp}/{name}")
-    trainer._prepare()
+    trainer.prepare()
     trainer.train_loader.set_epoch(0)
     batches = list(trainer.train_loader)
     for images, labels, indices in batches[: args.warmup]:
@@ -72,11 +95,11 @@ def main() -> None:
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.teacher} -> {args.student}, batch {args.batch}, {args.steps} timed steps, {label}, "
           f"torch {torch.__version__}")
-    print(f"{'method':<8} {'ms/step':>9} {'extra params':>13} precision")
+    print(f"{'method':<12} {'ms/step':>9} {'extra params':>13} precision")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             r = measure(name, args, data, tmp)
-            print(f"{r['method']:<8} {r['ms_per_step']:>9.2f} {r['extra_params']:>13,} {r['precision']}", flush=True)
+            print(f"{r['method']:<12} {r['ms_per_step']:>9.2f} {r['extra_params']:>13,} {r['precision']}", flush=True)
 
 
 if __name__ == "__main__":

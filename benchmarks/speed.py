@@ -59,7 +59,7 @@ def make_trainer(args, precision_name: str, data: ImageTensorDataset, tmp: str) 
     })
     trainer = Trainer(student, LossComposer.from_config(cfg.losses), data, None, teacher=teacher, config=cfg,
                       run_dir=f"{tmp}/speed-{precision_name}")
-    trainer._prepare()
+    trainer.prepare()
     return trainer
 
 
@@ -97,9 +97,10 @@ def epoch_run(trainer: Trainer, logger: RunLogger) -> float:
         def set_postfix_str(self, *a, **k): pass
 
     trainer.state.batch_in_epoch = 0  # a whole epoch each time
+    trainer.logger, trainer.bar = logger, NoBar()  # what fit() sets before its epochs
     sync(trainer.precision.device)
     start = time.perf_counter()
-    trainer._train_epoch(logger, NoBar())
+    trainer._train_epoch()
     sync(trainer.precision.device)
     return time.perf_counter() - start
 
@@ -110,7 +111,7 @@ def measure(args, precision_name: str, tmp: str) -> dict:
     trainer = make_trainer(args, precision_name, data, tmp)
     loader = trainer.train_loader
     loader.set_epoch(0)
-    batches = [(x.clone(), y.clone()) for x, y in loader]  # same augmented batches for floor and step
+    batches = [(x.clone(), y.clone()) for x, y, _ in loader]  # same augmented batches for floor and step
     logger = RunLogger(trainer.run_dir, tensorboard=False, enabled=False)
     for _ in range(args.warmup):
         floor_run(trainer, batches[:3])

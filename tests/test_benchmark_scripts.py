@@ -1,7 +1,9 @@
-"""The CIFAR-100 shell recipes issue the right kdforge commands (run with a stand-in `kdforge`)."""
+"""The benchmark scripts: the CIFAR-100 shell recipes issue the right kdforge commands (run with a stand-in
+`kdforge`), and the Python benchmarks that drive the engine still run on it (tiny arguments)."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,41 @@ def test_keep_results_copies_the_small_text_files_and_never_a_checkpoint(tmp_pat
                            *(f"{run}/{name}" for run in ("teacher-seed0", "shots1/seed0/stage1-head")
                              for name in ("summary.json", "config.yaml", "log.jsonl"))])
     assert (tmp_path / "kept" / "teacher-seed0" / "log.jsonl").read_text() == "teacher-seed0/log.jsonl"
+
+
+def run_benchmark(script, *args):
+    """Run benchmarks/`script` with tiny arguments; its printed output (it must exit 0)."""
+    done = subprocess.run([sys.executable, script, *args], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+TINY_PAIR = ("--teacher", "resnet8", "--student", "resnet8", "--batch", "8")
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_on_the_engine_it_times():
+    out = run_benchmark("speed.py", *TINY_PAIR, "--steps", "2", "--rounds", "1", "--precisions", "fp32")
+    row = [line.split() for line in out.splitlines() if line.startswith("fp32")]
+    assert len(row) == 1 and float(row[0][3]) > 0  # step img/s
+
+
+@pytest.mark.slow
+def test_method_cost_times_methods_and_the_cifar100_method_configs():
+    out = run_benchmark("method_cost.py", *TINY_PAIR, "--steps", "1", "--warmup", "1",
+                        "--methods", "kd", "mlkd_strong", "kd_dot")
+    timed = {line.split()[0] for line in out.splitlines()[2:]}
+    assert timed == {"kd", "mlkd_strong", "kd_dot"}
+    bad = subprocess.run([sys.executable, "method_cost.py", "--methods", "no_such"], cwd=ROOT / "benchmarks",
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode != 0 and "'no_such' is neither a method" in bad.stderr
+
+
+@pytest.mark.slow
+def test_ekd_cost_and_teacher_cache_benchmarks_run():
+    out = run_benchmark("ekd_cost.py", "--full", "resnet20", "--subnets", "resnet8", "--rounds", "1",
+                        "--steps", "1", "--warmup", "1", "--batch", "8", "--classes", "10")
+    assert "ekd (switchable BN)" in out
+    out = run_benchmark("teacher_cache.py", *TINY_PAIR[:4], "--shots", "2", "--epochs", "2", "--batch", "10")
+    assert "| teacher cache |" in out
