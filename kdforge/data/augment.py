@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,8 +54,16 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None, p: f
 
 
 def _stats(v, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.as_tensor(v, dtype=dtype, device=like.device)
-    return t.reshape(-1, 1, 1)
+    """`v` as a (C, 1, 1) tensor on `like`'s device; a tuple's tensor is built once per device and dtype (no
+    host-to-device copy each batch). The result is read, never written in place."""
+    if isinstance(v, tuple):
+        return _stats_of_tuple(v, like.device, dtype)
+    return torch.as_tensor(v, dtype=dtype, device=like.device).reshape(-1, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_of_tuple(v: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(v, dtype=dtype, device=device).reshape(-1, 1, 1)
 
 
 def normalize(
@@ -96,8 +105,8 @@ class PixelNormalization:
         return normalize(x, self.mean, self.std, dtype=dtype)
 
     def mean_tensor(self, like: torch.Tensor) -> torch.Tensor:
-        """The mean as a (C,) float32 tensor on `like`'s device."""
-        return torch.tensor(self.mean, dtype=torch.float32, device=like.device)
+        """The mean as a (C,) float32 tensor on `like`'s device (built once per device)."""
+        return _stats(tuple(self.mean), like, torch.float32).view(-1)
 
 
 @dataclass(frozen=True)
