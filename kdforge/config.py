@@ -7,17 +7,13 @@ any work starts with an error naming the key path and the allowed keys or values
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from kdforge.errors import ConfigError, KDForgeError, suggest
+from kdforge.config_files import parse_override, read_yaml, set_by_path
+from kdforge.config_values import config_to_dict, dataclass_from_dict
+from kdforge.errors import ConfigError, KDForgeError
 
 
 @dataclass
@@ -272,111 +268,10 @@ def _positive(path: str, key: str, value: int) -> None:
         raise ConfigError(f"{path}.{key}: must be a positive integer, got {value}")
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def coerce_value(value: Any, tp: Any, path: str) -> Any:
-    """Return `value` checked (and gently converted) against the annotation `tp`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [arg for arg in args if arg is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own error names the inner key
-            return coerce_value(value, options[0], path)
-        for arg in options:
-            try:
-                return coerce_value(value, arg, path)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}.")
-        return value
-    if dataclasses.is_dataclass(tp):
-        shorthand = getattr(tp, "shorthand", None)
-        return _from_dict(tp, shorthand(value) if shorthand else value, path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list of {_type_name(args[0])}, got {value!r}")
-        if origin is tuple and len(args) != len(value) and Ellipsis not in args:
-            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
-        item_types = args if origin is tuple and Ellipsis not in args else [args[0]] * len(value)
-        items = [coerce_value(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): coerce_value(v, args[1], f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads 5e-4 as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # YAML's .nan/.inf, or 'nan'/'inf' as text: a run would train to NaN
-            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    raise TypeError(f"unsupported config annotation {tp!r} at {path}")
-
-
-def _from_dict(cls: type, data: Any, path: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(
-                f"unknown config key '{where}'.{suggest(str(key), names)} Allowed keys here: {', '.join(names)}."
-            )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = {**config_to_dict(default), **value}  # keys the file leaves out keep their defaults
-        kwargs[f.name] = coerce_value(value, hints[f.name], f"{path}.{f.name}" if path else f.name)
-    obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
-    if check:
-        check(path)
-    return obj
-
-
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a validated RunConfig from a nested dict (as read from YAML); the `losses:` section too: an
     unknown method, parameter or bad weight is a ConfigError naming `losses.<key>` before any work."""
-    cfg = _from_dict(RunConfig, data)
+    cfg = dataclass_from_dict(RunConfig, data)
     from kdforge.methods.compose import LossComposer  # the methods' own checks (they read this module)
 
     try:
@@ -384,19 +279,6 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     except KDForgeError as exc:  # an unknown method too: a config error like any other section's
         raise ConfigError(str(exc)) from None
     return cfg
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (tuples as lists), suitable for YAML/JSON."""
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-    return plain(cfg)
 
 
 #: the keys that shape a run's trajectory: a resumed run must keep them, and runs that agree on them (but
@@ -412,64 +294,6 @@ def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return config_to_dict(config_from_dict(saved))
     except ConfigError:
         return saved
-
-
-def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `data['a']['b'] = value` for `dotted == 'a.b'`, creating mappings on the way."""
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        elif keys[0] == "losses" and isinstance(child, (int, float)) and not isinstance(child, bool):
-            child = node[key] = {"weight": child}  # `kd: 0.9` is shorthand for `kd: {weight: 0.9}`
-        elif node is data and key == "hints" and isinstance(child, str):
-            child = node[key] = {"select": child}  # `hints: auto` is shorthand for `hints: {select: auto}`
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'optim.lr=0.1' -> ('optim.lr', 0.1); the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. optim.lr=0.1")
-    key, raw = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error on one line: 'line L, column C: problem'."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + " ".join(problem.split())
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder: give a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
-                          f"is it a YAML file?") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    return data
 
 
 def merge_configs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

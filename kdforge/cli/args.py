@@ -43,7 +43,8 @@ def recipe_base(args, default: dict) -> dict:
     then `--set` overrides (`args.overrides`) and `--epochs`. Checks `--out` first."""
     import copy
 
-    from kdforge.config import merge_configs, parse_override, read_yaml, set_by_path
+    from kdforge.config import merge_configs
+    from kdforge.config_files import parse_override, read_yaml, set_by_path
 
     check_out_folder(args.out)
     base: dict = copy.deepcopy(default) if not args.config else {}
@@ -59,7 +60,7 @@ def recipe_base(args, default: dict) -> dict:
 def method_overrides(method: str, texts: list[str], flag: str, exclude: tuple[str, ...] = (),
                      hint: str = "") -> dict:
     """{parameter: value} from `--<flag> KEY=VALUE` texts, each checked to be a parameter of `method`."""
-    from kdforge.config import parse_override
+    from kdforge.config_files import parse_override
     from kdforge.errors import ConfigError
     from kdforge.methods import method_params
 

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from kdforge.cli.args import method_overrides, recipe_base
-    from kdforge.config import parse_override, set_by_path
+    from kdforge.config_files import parse_override, set_by_path
     from kdforge.errors import ConfigError
     from kdforge.methods import method_class
     from kdforge.recipes.runs import refuse_decided

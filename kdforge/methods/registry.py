@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from kdforge.config import coerce_value
+from kdforge.config_values import coerce_value
 from kdforge.errors import ConfigError, KDForgeError, did_you_mean, suggest
 from kdforge.methods.base import Method
 from kdforge.registry import Registry

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdforge.config import config_from_dict, read_yaml
+from kdforge.config import config_from_dict
+from kdforge.config_files import read_yaml
 from kdforge.errors import ConfigError, KDForgeError
 from kdforge.methods.usual import usual_losses
 from kdforge.recipes.runs import check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_section
