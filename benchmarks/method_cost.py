@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from kdforge.config import config_from_dict
+from kdforge.config_files import read_yaml
 from kdforge.engine import Trainer
 from kdforge.engine.precision import resolve_device
 from kdforge.methods import LossComposer, method_class, method_names
@@ -44,7 +44,7 @@ def losses_and_optim(name: str) -> tuple[dict, dict]:
     if not path.is_file():
         raise SystemExit(f"method_cost: {name!r} is neither a method ({', '.join(method_names())}) "
                          f"nor a config in {METHOD_CONFIGS}")
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path)
     return spec["losses"], spec.get("optim", {})
 
 

@@ -136,10 +136,15 @@ def test_keep_results_copies_the_small_text_files_and_never_a_checkpoint(tmp_pat
     assert (tmp_path / "kept" / "teacher-seed0" / "log.jsonl").read_text() == "teacher-seed0/log.jsonl"
 
 
+def benchmark_process(script, *args):
+    """benchmarks/`script` run to its end on one torch thread (the finished process)."""
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600)
+
+
 def run_benchmark(script, *args):
     """Run benchmarks/`script` with tiny arguments; its printed output (it must exit 0)."""
-    done = subprocess.run([sys.executable, script, *args], cwd=ROOT / "benchmarks", capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600)
+    done = benchmark_process(script, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -160,8 +165,7 @@ def test_method_cost_times_methods_and_the_cifar100_method_configs():
                         "--methods", "kd", "mlkd_strong", "kd_dot")
     timed = {line.split()[0] for line in out.splitlines()[2:]}
     assert timed == {"kd", "mlkd_strong", "kd_dot"}
-    bad = subprocess.run([sys.executable, "method_cost.py", "--methods", "no_such"], cwd=ROOT / "benchmarks",
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    bad = benchmark_process("method_cost.py", "--methods", "no_such")
     assert bad.returncode != 0 and "'no_such' is neither a method" in bad.stderr
 
 
