@@ -23,7 +23,7 @@ import torch
 from kdforge.config import config_from_dict
 from kdforge.engine import Trainer
 from kdforge.engine.precision import resolve_device
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.models import build_model
 
 from speed import synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
@@ -38,7 +38,7 @@ def make_trainer(name: str, model: str, options: dict, losses: dict, args, data,
         "schedule": {"name": "constant", "epochs": 1},
         "train": {"device": args.device, "precision": args.precision, "progress": False, "tensorboard": False},
     })
-    trainer = Trainer(student, LossComposer.from_config(losses), data, None, config=cfg, run_dir=f"{tmp}/{name}")
+    trainer = Trainer(student, Losses.from_config(losses), data, None, config=cfg, run_dir=f"{tmp}/{name}")
     trainer.prepare()
     trainer.train_loader.set_epoch(0)
     return trainer

@@ -25,7 +25,7 @@ from kdforge.config import config_from_dict
 from kdforge.config_files import read_yaml
 from kdforge.engine import Trainer
 from kdforge.engine.precision import resolve_device
-from kdforge.methods import LossComposer, method_class, method_names
+from kdforge.methods import Losses, method_class, method_names
 from kdforge.models import build_model
 
 from speed import pair_arguments, synthetic_data, sync  # noqa: E402  (benchmarks/ is the script's folder)
@@ -58,7 +58,7 @@ def measure(name: str, args, data, tmp: str) -> dict:
         "losses": losses, "schedule": {"name": "constant", "epochs": 1},
         "train": {"device": args.device, "precision": args.precision, "progress": False, "tensorboard": False},
     })
-    composer = LossComposer.from_config(losses)
+    composer = Losses.from_config(losses)
     plain = sum(p.numel() for p in student.parameters())
     student = composer.wrap_student(student, teacher)  # SimKD's network: its projector and the teacher's head
     trainer = Trainer(student, composer, data, None, teacher=teacher if composer.needs_teacher else None,

@@ -27,7 +27,7 @@ from kdforge.data import ImageTensorDataset
 from kdforge.engine import Trainer
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.precision import resolve_device, resolve_precision
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.methods.kd import kd_loss
 from kdforge.models import build_model
 
@@ -57,7 +57,7 @@ def make_trainer(args, precision_name: str, data: ImageTensorDataset, tmp: str) 
         "train": {"device": args.device, "precision": precision_name, "progress": False,
                   "tensorboard": False, "log_every": args.log_every, "compile": args.compile},
     })
-    trainer = Trainer(student, LossComposer.from_config(cfg.losses), data, None, teacher=teacher, config=cfg,
+    trainer = Trainer(student, Losses.from_config(cfg.losses), data, None, teacher=teacher, config=cfg,
                       run_dir=f"{tmp}/speed-{precision_name}")
     trainer.prepare()
     return trainer

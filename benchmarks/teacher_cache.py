@@ -36,7 +36,7 @@ import torch
 from kdforge.config import config_from_dict
 from kdforge.engine import Trainer, load_datasets
 from kdforge.engine.precision import resolve_device
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.methods.kd import kd_loss
 from kdforge.models import build_model
 
@@ -60,7 +60,7 @@ def make_trainer(args, cache: bool, tmp: str) -> Trainer:
     torch.manual_seed(0)
     student = build_model(args.student, num_classes=train.num_classes, in_channels=train.in_channels)
     teacher = build_model(args.teacher, num_classes=train.num_classes, in_channels=train.in_channels)
-    return Trainer(student, LossComposer.from_config(cfg.losses), train, None, teacher=teacher, config=cfg,
+    return Trainer(student, Losses.from_config(cfg.losses), train, None, teacher=teacher, config=cfg,
                    run_dir=f"{tmp}/{cfg.name}")
 
 

@@ -182,7 +182,7 @@ class TrainConfig:
     #: also save checkpoints/last.pt every this many steps inside an epoch (None: at epoch ends only); a crash
     #: then loses at most these steps
     checkpoint_every_steps: int | None = None
-    #: a NaN/inf loss: 'stop' the run naming the term and step (no checkpoint is written after it), or 'skip'
+    #: a NaN/inf loss: 'stop' the run naming the loss and step (no checkpoint is written after it), or 'skip'
     #: that step's update and go on (costs one device sync per step)
     nonfinite: Literal["stop", "skip"] = "stop"
     sync_bn: bool = False  # distributed runs on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -272,10 +272,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a validated RunConfig from a nested dict (as read from YAML); the `losses:` section too: an
     unknown method, parameter or bad weight is a ConfigError naming `losses.<key>` before any work."""
     cfg = dataclass_from_dict(RunConfig, data)
-    from kdforge.methods.compose import LossComposer  # the methods' own checks (they read this module)
+    from kdforge.methods.losses import Losses  # the methods' own checks (they read this module)
 
     try:
-        LossComposer.from_config(cfg.losses)
+        Losses.from_config(cfg.losses)
     except KDForgeError as exc:  # an unknown method too: a config error like any other section's
         raise ConfigError(str(exc)) from None
     return cfg

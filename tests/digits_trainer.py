@@ -6,7 +6,7 @@ import torch
 from kdforge.config import config_from_dict
 from kdforge.engine import Trainer
 from kdforge.engine.run import build_zoo_model
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 
 
 def small_trainer(tmp_path, digits, name, method, *, seed, log_every, hooks=(), **train):
@@ -20,5 +20,5 @@ def small_trainer(tmp_path, digits, name, method, *, seed, log_every, hooks=(), 
                   "device": "cpu", **train}})
     torch.manual_seed(0)
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
-    return Trainer(student, LossComposer({method.name: method}, {method.name: 1.0}), *digits, config=cfg,
+    return Trainer(student, Losses({method.name: method}, {method.name: 1.0}), *digits, config=cfg,
                    run_dir=tmp_path / name, hooks=hooks)

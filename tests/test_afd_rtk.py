@@ -21,7 +21,7 @@ from kdforge.config import config_from_dict
 from kdforge.engine import Trainer, load_checkpoint, load_model, train_from_config
 from kdforge.errors import ConfigError, LayerError
 from kdforge.features import FeatureTaps, expand_patterns
-from kdforge.methods import LossComposer, StepOutputs, build_method
+from kdforge.methods import Losses, StepOutputs, build_method
 from kdforge.methods.adapters import resample_to
 from kdforge.methods.afd import LayerAttention, attention_value, value_distances
 from kdforge.methods.default_taps import default_layers
@@ -644,7 +644,7 @@ def test_engine_run_trains_the_attention_module(name, teacher_dir, digits, tmp_p
     teacher, _ = load_model(teacher_dir, "last")
     torch.manual_seed(0)
     student = build_model("resnet8", num_classes=10, in_channels=1)
-    losses = LossComposer.from_config(cfg.losses)
+    losses = Losses.from_config(cfg.losses)
     trainer = Trainer(student, losses, *digits, teacher=teacher, config=cfg, run_dir=tmp_path / name)
     trainer.prepare()
     method = losses.methods[name]

@@ -15,7 +15,7 @@ from kdforge.data.augment import normalize
 from kdforge.data.registry import dataset_names, dataset_spec
 from kdforge.engine import train_from_config
 from kdforge.engine.checkpoint import load_model
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.methods.afd import LayerAttention
 from kdforge.models import build_model, model_names
 
@@ -145,7 +145,7 @@ def test_afd_rtk_configs_validate(dataset):
     for path in files:
         cfg = load_config([CONFIGS / dataset / "base.yaml", path])
         assert cfg.student.model in model_names()
-        LossComposer.from_config(cfg.losses)
+        Losses.from_config(cfg.losses)
         assert cfg.data.name == dataset and dataset in dataset_names()
         splits = dataset_spec(dataset).splits
         assert (cfg.data.train_split, cfg.data.eval_split) == DATASETS[dataset]

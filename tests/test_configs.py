@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from kdforge.config import load_config
-from kdforge.methods import LossComposer, method_names
+from kdforge.methods import Losses, method_names
 from kdforge.models import model_names
 
 ROOT = Path(__file__).parent.parent / "configs"
@@ -16,7 +16,7 @@ METHODS = sorted((CIFAR / "methods").glob("*.yaml"))
 
 def check(cfg):
     assert cfg.student.model in model_names()
-    LossComposer.from_config(cfg.losses)  # every method and parameter exists
+    Losses.from_config(cfg.losses)  # every method and parameter exists
 
 
 @pytest.mark.parametrize("path", DIGITS + TEACHERS, ids=lambda p: p.stem)

@@ -84,9 +84,9 @@ def test_checkpoint_every_steps_writes_last_inside_epochs(tmp_path, digits):
     assert load_checkpoint(tmp_path / "every", "last")["state"]["step"] == 7
 
 
-def test_nan_stops_the_run_naming_term_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+def test_nan_stops_the_run_naming_loss_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
     t = trainer(tmp_path, digits, "nan", Probe(nan_at={5}), checkpoint_every_steps=2, log_every=50)
-    with pytest.raises(NonFiniteLossError, match=r"loss term\(s\) probe became non-finite at step 5 \(epoch 1\)"):
+    with pytest.raises(NonFiniteLossError, match=r"loss\(es\) probe became non-finite at step 5 \(epoch 1\)"):
         t.fit()
     ckpt = load_checkpoint(tmp_path / "nan", "last")
     assert ckpt["state"]["step"] == 4  # the save due at step 6 found the NaN first

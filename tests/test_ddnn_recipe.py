@@ -10,7 +10,7 @@ import pytest
 from kdforge.cli import main
 from kdforge.config import load_config
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.models import build_model, model_names
 from kdforge.models.complexity import format_macs
 from kdforge.recipes.ddnn import plan_ddnn
@@ -117,7 +117,7 @@ def test_depth_lists_train_independently_only_as_zoo_models(tmp_path):
 
 def check(cfg):
     assert cfg.student.model in model_names()
-    LossComposer.from_config(cfg.losses)
+    Losses.from_config(cfg.losses)
     return build_model(cfg.student.model, num_classes=10, **cfg.student.options)
 
 

@@ -19,7 +19,7 @@ from kdforge.engine.distributed import Distributed, may_skip_parameters
 from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 from kdforge.engine.run import build_zoo_model
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def _run(rank: int, world_size: int, out: str, rendezvous: str) -> None:
         "schedule": {"name": "cosine", "epochs": 2}, "losses": {"ce": 0.5, "kd": 0.5},
         "train": {"max_steps": 20, "log_every": 5, "precision": "fp32", "device": "cpu", "progress": False,
                   "tensorboard": False}})
-    losses = LossComposer.from_config({"ce": 0.5, "kd": 0.5, "vid": {"weight": 1.0, "student_layers": ["conv2"],
+    losses = Losses.from_config({"ce": 0.5, "kd": 0.5, "vid": {"weight": 1.0, "student_layers": ["conv2"],
                                                                    "teacher_layers": ["layer2"]}})
     train = load_dataset("digits", None, "train")
     test = load_dataset("digits", None, "test")
@@ -129,7 +129,7 @@ def test_distributed_settings_are_checked_before_training(tmp_path):
                                 "optim": optim or {}, "train": {"device": "cpu", "progress": False, **train_cfg}})
         student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
         teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "teacher")
-        return Trainer(student, LossComposer.from_config(losses), train, teacher=teacher, config=cfg,
+        return Trainer(student, Losses.from_config(losses), train, teacher=teacher, config=cfg,
                        distributed=as_rank0_of_2)
 
     with pytest.raises(ConfigError, match=r"losses \['crd'\] keep per-image state"):
@@ -144,10 +144,10 @@ def test_distributed_settings_are_checked_before_training(tmp_path):
 
 def test_ddp_looks_for_unused_parameters_only_where_a_step_can_skip_some():
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
-    assert not may_skip_parameters(student, LossComposer.from_config({"ce": 1, "fitnet": 1}))
-    assert may_skip_parameters(student, LossComposer.from_config({"ce": 1, "ab": 1}))  # connectors: pre-training only
+    assert not may_skip_parameters(student, Losses.from_config({"ce": 1, "fitnet": 1}))
+    assert may_skip_parameters(student, Losses.from_config({"ce": 1, "ab": 1}))  # connectors: pre-training only
     ddnn = build_zoo_model(config_from_dict({"student": {"model": "ddnn"}}).student, 10, 1, "student")
-    assert may_skip_parameters(ddnn, LossComposer.from_config({"ce": 1}))
+    assert may_skip_parameters(ddnn, Losses.from_config({"ce": 1}))
 
 
 def test_nproc_2_with_bad_input_is_one_line_and_exit_code_2(tmp_path):

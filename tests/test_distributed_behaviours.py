@@ -30,7 +30,7 @@ from kdforge.engine.precision import resolve_precision
 from kdforge.engine.hooks import PretrainHook
 from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, train_only_what_is_trained
 from kdforge.engine.run import build_zoo_model
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from test_distributed import NoBatchNorm  # tests/ is on the path: one copy of the BN-free student
 
 CPU = torch.device("cpu")
@@ -64,7 +64,7 @@ def _eval_trainer(out, distributed=None):
     """resnet8 (BatchNorm) trained with CE for one epoch of 2 steps; evaluated on test and a 101-image hold-out."""
     first, val, test = _data()
     losses = {"ce": 1.0}
-    return Trainer(_zoo("resnet8", 0), LossComposer.from_config(losses), first(128), test, val_data=val,
+    return Trainer(_zoo("resnet8", 0), Losses.from_config(losses), first(128), test, val_data=val,
                    config=_config(out, "eval", losses), run_dir=out / "eval", distributed=distributed)
 
 
@@ -76,7 +76,7 @@ def _ab_trainer(out, distributed=None):
     first, _, _ = _data()
     student, teacher = _zoo("resnet8", 0), _zoo("resnet8", 1)
     torch.manual_seed(2)  # the connectors' initialisation, at prepare()
-    trainer = Trainer(student, LossComposer.from_config(AB_LOSSES), first(128), teacher=teacher,
+    trainer = Trainer(student, Losses.from_config(AB_LOSSES), first(128), teacher=teacher,
                       config=_config(out, "ab", AB_LOSSES), run_dir=out / "ab", distributed=distributed)
     trainer.prepare()
     return trainer
@@ -93,7 +93,7 @@ def _cache_trainer(out, cache, distributed=None):
     student = NoBatchNorm()
     teacher = _zoo("resnet8", 1)
     torch.manual_seed(2)  # FitNet's regressor, at prepare()
-    return Trainer(student, LossComposer.from_config(CACHE_LOSSES), first(128), test.subset(torch.arange(100)),
+    return Trainer(student, Losses.from_config(CACHE_LOSSES), first(128), test.subset(torch.arange(100)),
                    teacher=teacher, config=_config(out, "cache", CACHE_LOSSES, epochs=2, teacher_cache=cache),
                    run_dir=out / "cache", distributed=distributed)
 
@@ -107,7 +107,7 @@ def _ekd_trainer(out, distributed=None):
     losses = {"ekd": 1.0}
     student = _zoo("ddnn", 0, **EKD_OPTIONS)
     torch.manual_seed(2)
-    return Trainer(student, LossComposer.from_config(losses), first(192), test, config=_config(out, "ekd", losses),
+    return Trainer(student, Losses.from_config(losses), first(192), test, config=_config(out, "ekd", losses),
                    run_dir=out / "ekd", distributed=distributed)
 
 

@@ -117,8 +117,8 @@ def test_trainer_splits_the_step_into_distillation_and_task_gradients(tmp_path, 
 
 
 @pytest.mark.parametrize("optim, losses, match", [
-    ({"name": "dot"}, {"ce": 1.0}, "needs a `ce` term and at least one distillation term"),
-    ({"name": "dot"}, {"kd": 1.0}, "needs a `ce` term"),
+    ({"name": "dot"}, {"ce": 1.0}, "needs a `ce` loss and at least one distillation loss"),
+    ({"name": "dot"}, {"kd": 1.0}, "needs a `ce` loss"),
     ({"name": "dot", "dot_delta": 0.2}, None, "optim.dot_delta"),
     ({"name": "dot", "nesterov": True}, None, "optim.nesterov"),
 ])

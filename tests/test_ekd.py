@@ -11,7 +11,7 @@ from kdforge.data import Augment, TensorLoader
 from kdforge.engine import Trainer, build_zoo_model, load_checkpoint, load_model
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs, build_method
+from kdforge.methods import Losses, StepOutputs, build_method
 from kdforge.models import build_model, count_macs, count_parameters
 from kdforge.models.dynamic import build_ddnn
 from kdforge.models.resnet import BasicBlock, ResNet
@@ -288,7 +288,7 @@ def make_trainer(tmp_path, name, digits):
     })
     torch.manual_seed(cfg.seed)
     student = build_zoo_model(cfg.student, 10, 1, "student")
-    return Trainer(student, LossComposer.from_config(cfg.losses), *digits, config=cfg, run_dir=tmp_path / name)
+    return Trainer(student, Losses.from_config(cfg.losses), *digits, config=cfg, run_dir=tmp_path / name)
 
 
 def top1(net, loader, path):

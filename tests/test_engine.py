@@ -12,7 +12,7 @@ from kdforge.engine.optim import lr_factor
 from kdforge.engine.precision import resolve_precision
 from kdforge.engine.run import build_zoo_model
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 from kdforge.models import build_model, count_macs, count_parameters
 
 
@@ -41,7 +41,7 @@ def make_trainer(tmp_path, name, digits, **extra):
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
     torch.manual_seed(123)  # the same random teacher in every trainer
     teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
-    losses = LossComposer.from_config(cfg.losses)
+    losses = Losses.from_config(cfg.losses)
     return Trainer(student, losses, train, test, teacher=teacher, config=cfg, run_dir=tmp_path / name)
 
 
@@ -108,14 +108,14 @@ def test_interrupted_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
 def test_kd_without_teacher_is_an_error(tmp_path, digits):
     cfg = make_cfg(tmp_path, "x")
     with pytest.raises(ConfigError, match="need a teacher"):
-        Trainer(build_zoo_model(cfg.student, 10, 1, "student"), LossComposer.from_config(cfg.losses),
+        Trainer(build_zoo_model(cfg.student, 10, 1, "student"), Losses.from_config(cfg.losses),
                 *digits, config=cfg)
 
 
 def test_class_count_mismatch_is_an_error(tmp_path, digits):
     cfg = make_cfg(tmp_path, "x", losses={"ce": 1.0})
     student = build_zoo_model(cfg.student, 100, 1, "student")
-    trainer = Trainer(student, LossComposer.from_config(cfg.losses), *digits, config=cfg)
+    trainer = Trainer(student, Losses.from_config(cfg.losses), *digits, config=cfg)
     with pytest.raises(ConfigError, match="100 classes"):
         trainer.fit()
 
@@ -198,7 +198,7 @@ def test_teacher_with_other_class_count_is_a_clear_error(tmp_path):
 
 def test_all_zero_weights_is_a_config_error():
     with pytest.raises(ConfigError, match="every weight is 0"):
-        LossComposer.from_config({"ce": 0, "kd": 0.0})
+        Losses.from_config({"ce": 0, "kd": 0.0})
 
 
 def test_warmup_never_exceeds_the_base_rate():

@@ -216,17 +216,17 @@ def run_cfg(tmp_path, teacher_dir, name, losses, hints, **extra):
 @pytest.fixture
 def seen(monkeypatch):
     """method name -> (teacher layers, student layers), as the engine binds them."""
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     bound = {}
-    original = LossComposer.bind
+    original = Losses.bind
 
     def spy(self, student, teacher):
         original(self, student, teacher)
         for method in self.active():
             bound[method.name] = (list(method.teacher_layers), list(method.student_layers))
 
-    monkeypatch.setattr(LossComposer, "bind", spy)
+    monkeypatch.setattr(Losses, "bind", spy)
     return bound
 
 

@@ -47,7 +47,7 @@ class Counter(Hook):
 
     def after_step(self, trainer, result):
         self.steps += 1
-        self.loss_sum += float(result.values.sum())
+        self.loss_sum += float(result.detached.sum())
         assert trainer.state.step == self.steps  # the count goes with the loop's, also after a resume
         if trainer.state.step == self.crash_at:
             raise Crash(f"crash after step {self.steps}")

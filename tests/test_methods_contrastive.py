@@ -11,7 +11,7 @@ from kdforge.engine import Trainer
 from kdforge.engine.run import build_zoo_model
 from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs, build_method
+from kdforge.methods import Losses, StepOutputs, build_method
 from kdforge.methods.crd import sample_negatives
 from kdforge.methods.kd import kd_loss
 from kdforge.models import build_model
@@ -487,7 +487,7 @@ def make_trainer(tmp_path, name, digits):
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
     torch.manual_seed(123)
     teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
-    return Trainer(student, LossComposer.from_config(cfg.losses), *digits, teacher=teacher, config=cfg,
+    return Trainer(student, Losses.from_config(cfg.losses), *digits, teacher=teacher, config=cfg,
                    run_dir=tmp_path / name)
 
 
@@ -593,7 +593,7 @@ def test_dkd_gradients_reach_only_the_student():
 @pytest.mark.parametrize("t_name, s_name", [("resnet32x4", "resnet8x4"), ("vgg13", "mobilenetv2")])
 def test_dkd_on_zoo_pairs(t_name, s_name):
     teacher, student = build_model(t_name, num_classes=10), build_model(s_name, num_classes=10)
-    composer = LossComposer.from_config({"ce": 1.0, "dkd": 1.0})
+    composer = Losses.from_config({"ce": 1.0, "dkd": 1.0})
     composer.bind(student, teacher)
     assert composer.teacher_taps == [] and composer.student_taps == []  # logits only
     images = torch.randn(4, 3, 32, 32)

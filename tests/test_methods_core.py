@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer, StepOutputs, build_method, method_names
+from kdforge.methods import Losses, StepOutputs, build_method, method_names
 from kdforge.methods.kd import kd_loss
 
 
@@ -67,7 +67,7 @@ def test_ce_equals_direct():
 
 
 def test_composer_weights_and_names():
-    composer = LossComposer.from_config({"ce": 0.1, "kd": {"weight": 0.9, "T": 4}, "kd:soft": {"T": 8}})
+    composer = Losses.from_config({"ce": 0.1, "kd": {"weight": 0.9, "T": 4}, "kd:soft": {"T": 8}})
     s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 1, 2])
     losses = composer(StepOutputs(images=torch.zeros(3, 1), labels=y, student_logits=s, teacher_logits=t))
     assert set(losses) == {"ce", "kd", "kd:soft"}
@@ -82,12 +82,12 @@ def test_unknown_method_names_the_key_and_suggests():
     from kdforge.methods.registry import UnknownMethodError
 
     with pytest.raises(UnknownMethodError) as info:
-        LossComposer.from_config({"ce": 1.0, "kdd": 1.0})
+        Losses.from_config({"ce": 1.0, "kdd": 1.0})
     # the key path, the name, the closest method first among the suggestions, where to look
     assert re.fullmatch(r"losses\.kdd: unknown method 'kdd'\. Did you mean: kd(, [a-z_]+)*\? "
                         r"`kdforge methods` lists them all\.", str(info.value)), str(info.value)
     with pytest.raises(UnknownMethodError) as info:
-        LossComposer.from_config({"kx:soft": {"T": 8}})  # a tagged key: the path keeps the tag, the name drops it
+        Losses.from_config({"kx:soft": {"T": 8}})  # a tagged key: the path keeps the tag, the name drops it
     assert str(info.value).startswith("losses.kx:soft: unknown method 'kx'.")
 
 
@@ -100,7 +100,7 @@ def test_unknown_method_names_the_key_and_suggests():
 ])
 def test_loss_config_errors(losses, message):
     with pytest.raises(ConfigError) as info:
-        LossComposer.from_config(losses)
+        Losses.from_config(losses)
     assert str(info.value) == message
 
 

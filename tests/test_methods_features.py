@@ -13,7 +13,7 @@ from torch import nn
 
 from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs, build_method, method_class
+from kdforge.methods import Losses, StepOutputs, build_method, method_class
 from kdforge.methods.adapters import ConvRegressor, LinearEmbed, pair_layers, resample_to
 from kdforge.models import build_model
 
@@ -412,7 +412,7 @@ def test_defaults_and_one_step_on_zoo_pair(zoo, pair):
 
 def test_composed_run_from_config(zoo):
     teacher, student = zoo["resnet32x4"], zoo["resnet8x4"]
-    composer = LossComposer.from_config({"ce": 1.0, "at": 1000, "fitnet": {"weight": 100, "bn": False},
+    composer = Losses.from_config({"ce": 1.0, "at": 1000, "fitnet": {"weight": 100, "bn": False},
                                          "cc": {"weight": 0.02, "embed": True, "order": 3}})
     composer.bind(student, teacher)
     assert set(composer.student_taps) == {"layer1", "layer2", "layer3", "layer2.0.out_relu:input", "fc:input"}

@@ -8,7 +8,7 @@ import torch
 from kdforge.data.augment import PixelNormalization
 from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs, method_class, method_names
+from kdforge.methods import Losses, StepOutputs, method_class, method_names
 from kdforge.models import build_model
 
 PAIRS = [p.stem.split("-") for p in sorted((Path(__file__).parent.parent / "configs/cifar100/pairs").glob("*.yaml"))]
@@ -28,7 +28,7 @@ def test_every_method_binds_and_steps_on_the_pair(teacher_name, student_name):
     student = build_model(student_name, num_classes=100)
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     for name in METHODS:
-        losses = LossComposer.from_config({name: 1.0})
+        losses = Losses.from_config({name: 1.0})
         net = losses.wrap_student(student, teacher)  # the student itself but for SimKD's network
         losses.bind(net, teacher)
         if name in SAME_CHANNELS and f"{teacher_name}-{student_name}" not in SAME_CHANNELS[name]:

@@ -449,7 +449,7 @@ def make_trainer(tmp_path, digits, losses):
     from kdforge.config import config_from_dict
     from kdforge.engine import Trainer
     from kdforge.engine.run import build_zoo_model
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     cfg = config_from_dict({
         "name": "run", "seed": 3, "output_dir": str(tmp_path), "losses": losses,
@@ -460,7 +460,7 @@ def make_trainer(tmp_path, digits, losses):
     torch.manual_seed(cfg.seed)
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
     teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
-    return Trainer(student, LossComposer.from_config(cfg.losses), digits[0], digits[1], teacher=teacher,
+    return Trainer(student, Losses.from_config(cfg.losses), digits[0], digits[1], teacher=teacher,
                    config=cfg, run_dir=tmp_path / "run")
 
 

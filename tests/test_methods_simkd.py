@@ -11,7 +11,7 @@ from kdforge.engine.checkpoint import load_checkpoint, load_model
 from kdforge.deploy.export import export_model
 from kdforge.errors import ConfigError, LayerError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs
+from kdforge.methods import Losses, StepOutputs
 from kdforge.models import build_model
 from kdforge.models.simkd import SimKDNet
 
@@ -41,7 +41,7 @@ def projector_by_hand(net, x):
 def wrapped(teacher_name, student_name, **kw):
     teacher = build_model(teacher_name, num_classes=10).eval().requires_grad_(False)
     student = build_model(student_name, num_classes=10)
-    losses = LossComposer.from_config({"simkd": {"weight": 1.0, **kw}})
+    losses = Losses.from_config({"simkd": {"weight": 1.0, **kw}})
     net = losses.wrap_student(student, teacher)
     losses.bind(net, teacher)
     return losses, net, student, teacher
@@ -80,7 +80,7 @@ def test_aligned_features_give_the_teachers_logits_exactly():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
-    net = LossComposer.from_config({"simkd": 1.0}).wrap_student(build_model("resnet8", num_classes=10), teacher)
+    net = Losses.from_config({"simkd": 1.0}).wrap_student(build_model("resnet8", num_classes=10), teacher)
     net.train()
     f_t = last_map(teacher, torch.randn(4, 3, 32, 32))
     assert torch.equal(net.teacher_head.head(f_t), teacher.head(f_t))
@@ -105,13 +105,13 @@ def test_only_the_encoder_and_projector_train_and_the_head_holds_only_the_head()
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ConfigError, match="losses.simkd: factor: a positive integer"):
-        LossComposer.from_config({"simkd": {"factor": 0}})
+        Losses.from_config({"simkd": {"factor": 0}})
     with pytest.raises(ConfigError, match="losses.simkd.factor: 3 does not divide"):
-        LossComposer.from_config({"simkd": {"factor": 3}}).wrap_student(build_model("resnet8", num_classes=10),
+        Losses.from_config({"simkd": {"factor": 3}}).wrap_student(build_model("resnet8", num_classes=10),
                                                                         build_model("wrn_16_2", num_classes=10))
     with pytest.raises(ConfigError, match="teacher.checkpoint"):
-        LossComposer.from_config({"simkd": 1.0}).wrap_student(build_model("resnet8", num_classes=10), None)
-    losses = LossComposer.from_config({"simkd": 1.0})
+        Losses.from_config({"simkd": 1.0}).wrap_student(build_model("resnet8", num_classes=10), None)
+    losses = Losses.from_config({"simkd": 1.0})
     with pytest.raises(LayerError, match="SimKD network"):
         losses.bind(build_model("resnet8", num_classes=10), build_model("wrn_16_2", num_classes=10))
 

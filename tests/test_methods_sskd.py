@@ -12,7 +12,7 @@ from kdforge.data.augment import PixelNormalization
 from kdforge.engine import Trainer, train_from_config
 from kdforge.engine.hooks import PretrainHook
 from kdforge.errors import ConfigError
-from kdforge.methods import LossComposer, StepOutputs
+from kdforge.methods import Losses, StepOutputs
 from kdforge.methods.sskd import kept_rows
 from kdforge.models import build_model
 
@@ -54,7 +54,7 @@ def test_kept_rows_keeps_the_right_rows_and_the_best_share_of_the_wrong():
 
 
 def test_extra_views_are_the_batch_turned_by_quarter_turns():
-    losses = LossComposer.from_config({"sskd": 1.0})
+    losses = Losses.from_config({"sskd": 1.0})
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float).view(2, 1, 3, 3)
     views = losses.extra_views(x, UNIT)["sskd"]
 
@@ -79,7 +79,7 @@ def make_trainer(tmp_path, digits, losses, lr=0.05, teacher_state=None, **train)
                                                                                           in_channels=1)
     if teacher_state is not None:
         teacher.load_state_dict(teacher_state)
-    composer = LossComposer.from_config(cfg.losses)
+    composer = Losses.from_config(cfg.losses)
     return Trainer(student, composer, *digits, teacher=teacher, config=cfg, run_dir=tmp_path / "sskd")
 
 
@@ -129,7 +129,7 @@ def test_the_batch_and_its_turned_copies_run_together_and_each_part_is_as_alone(
 
 def test_the_terms_equal_the_authors_formulation():
     n, d_s, d_t, classes = 12, 6, 10, 5
-    method = LossComposer.from_config({"sskd": {"ratio_ss": 0.5, "ratio_tf": 0.25}}).methods["sskd"]
+    method = Losses.from_config({"sskd": {"ratio_ss": 0.5, "ratio_tf": 0.25}}).methods["sskd"]
     method.teacher_layers, method.student_layers = ["t_emb"], ["s_emb"]
     g = torch.Generator().manual_seed(0)
 

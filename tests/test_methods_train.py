@@ -169,7 +169,7 @@ def term_per_epoch(name, log, weight):
         return [r["loss"] for r in log if r["kind"] == "pretrain" and r["method"] == name]
     epochs = [r for r in log if r["kind"] == "epoch"]
     parts = [k for k in epochs[0] if k == f"train_{name}" or k.startswith(f"train_{name}/")]
-    assert parts, f"no logged loss term for {name}"
+    assert parts, f"no logged loss value for {name}"
     return [sum(e[k] for k in parts) for e in epochs]
 
 

@@ -137,7 +137,7 @@ def digits(digits_head):
 def make_trainer(tmp_path, digits, losses, student="resnet8", stage_epochs=4):
     from kdforge.config import config_from_dict
     from kdforge.engine.run import build_zoo_model
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     cfg = config_from_dict({
         "name": "run", "seed": 3, "output_dir": str(tmp_path), "losses": losses,
@@ -149,7 +149,7 @@ def make_trainer(tmp_path, digits, losses, student="resnet8", stage_epochs=4):
     torch.manual_seed(cfg.seed)
     student = build_zoo_model(config_from_dict({"student": {"model": student}}).student, 10, 1, "student")
     teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
-    return Trainer(student, LossComposer.from_config(cfg.losses), digits[0], digits[1], teacher=teacher,
+    return Trainer(student, Losses.from_config(cfg.losses), digits[0], digits[1], teacher=teacher,
                    config=cfg, run_dir=tmp_path / "run")
 
 

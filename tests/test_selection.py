@@ -135,14 +135,14 @@ def test_a_validation_split_chooses_best_and_the_test_split_is_only_reported(tmp
 
 def few_shot_trainer(tmp_path, shots: int, **data):
     from kdforge.engine import Trainer
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     batch = max(1, int(64 * shots / 10))  # NetGraft's batch for n shots
     cfg = run_config(tmp_path, f"shots{shots}", losses={"ce": 1.0},
                      data={"batch_size": batch, "few_shot": {"shots": shots, "seed": 0, "labels": True}, **data})
     loaded = load_run_data(cfg)
     student = build_zoo_model(cfg.student, 10, 1, "student")
-    return Trainer(student, LossComposer.from_config(cfg.losses), loaded.train, loaded.evaluation, config=cfg,
+    return Trainer(student, Losses.from_config(cfg.losses), loaded.train, loaded.evaluation, config=cfg,
                    run_dir=tmp_path / cfg.name), batch
 
 

@@ -13,7 +13,7 @@ from kdforge.engine import train_from_config
 from kdforge.engine.checkpoint import load_model
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
-from kdforge.methods import LossComposer, StepOutputs, build_method
+from kdforge.methods import Losses, StepOutputs, build_method
 from kdforge.models import build_model
 
 ROOT = Path(__file__).parent.parent
@@ -159,7 +159,7 @@ def test_cli_takes_branch_reduction(tmp_path, capsys):
 
 
 def grads_after(trained, method, out, part):
-    """Gradients of the trained network's parameters from one loss term, on a fresh forward pass."""
+    """Gradients of the trained network's parameters from one loss, on a fresh forward pass."""
     trained.zero_grad()
     method.zero_grad()
     with FeatureTaps(trained, method.student_layers) as taps:
@@ -195,7 +195,7 @@ def test_gradient_routing():
 
 def test_config_errors_and_listing(capsys):
     with pytest.raises(ConfigError, match="student"):
-        LossComposer.from_config({"sftn": 1.0})
+        Losses.from_config({"sftn": 1.0})
     with pytest.raises(ConfigError, match="sftn.branches"):
         method = build_method("sftn", {"student": "resnet8", "branches": [2]})
         method.bind(build_model("resnet20", num_classes=10), None)
@@ -217,7 +217,7 @@ def test_sftn_run_logs_branches_and_saves_a_plain_teacher(tmp_path):
                             "losses": {"sftn": {"student": "resnet8"}}})
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     trained = build_model("resnet14", num_classes=10, in_channels=1)
-    losses = LossComposer.from_config(cfg.losses)
+    losses = Losses.from_config(cfg.losses)
     trainer = Trainer(trained, losses, train, test, config=cfg, run_dir=tmp_path / "sftn")
     summary = trainer.fit()
     epochs = [json.loads(line) for line in (tmp_path / "sftn" / "log.jsonl").read_text().splitlines()

@@ -22,7 +22,7 @@ from kdforge.engine.run import build_zoo_model
 from kdforge.engine.teacher_cache import TeacherCache
 from kdforge.errors import ConfigError
 from kdforge.features import Tap, resolve_module
-from kdforge.methods import LossComposer
+from kdforge.methods import Losses
 
 NO_AUGMENT = {"crop_padding": 0, "hflip": False}
 KD = {"ce": 0.5, "kd": {"weight": 0.5, "T": 4.0}}
@@ -67,7 +67,7 @@ def make_trainer(tmp_path, name, digits, teacher_state, *, cache=True, losses=KD
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
     teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
     teacher.load_state_dict(teacher_state)  # the same trained teacher in every trainer
-    composer = LossComposer.from_config(cfg.losses)
+    composer = Losses.from_config(cfg.losses)
     return Trainer(student, composer, *digits, teacher=teacher if composer.needs_teacher else None, config=cfg,
                    run_dir=tmp_path / name)
 

@@ -22,7 +22,7 @@ from kdforge.engine.optim import build_optimizer
 from kdforge.engine.precision import resolve_precision
 from kdforge.engine.run import build_zoo_model
 from kdforge.engine.seeding import seed_everything
-from kdforge.methods import LossComposer, StepOutputs
+from kdforge.methods import Losses, StepOutputs
 from kdforge.models import build_model
 
 FP32_CPU = resolve_precision("fp32", False, torch.device("cpu"))
@@ -47,7 +47,7 @@ def make_trainer(tmp_path, name, digits, train=None, **extra):
     cfg = run_cfg(tmp_path, name, train, data={"few_shot": None}, **extra)  # the data is given here
     torch.manual_seed(cfg.seed)
     student = build_zoo_model(cfg.student, 10, 1, "student")
-    return Trainer(student, LossComposer.from_config(cfg.losses), *digits, config=cfg, run_dir=tmp_path / name)
+    return Trainer(student, Losses.from_config(cfg.losses), *digits, config=cfg, run_dir=tmp_path / name)
 
 
 def run_cli(capsys, *argv):
@@ -185,7 +185,7 @@ def test_deterministic_runs_are_bit_identical_and_set_torch_flags(tmp_path):
 def test_ce_label_smoothing_equals_the_written_out_formula(eps):
     """(1 - eps) * NLL + eps * mean over classes of -log p, averaged over the batch."""
     logits, labels = torch.randn(6, 5) * 2, torch.tensor([0, 4, 2, 2, 1, 3])
-    composer = LossComposer.from_config({"ce": {"weight": 1.0, "label_smoothing": eps}})
+    composer = Losses.from_config({"ce": {"weight": 1.0, "label_smoothing": eps}})
     got = composer(StepOutputs(images=torch.zeros(6, 1), labels=labels, student_logits=logits))["ce"]
     total = 0.0
     for row, y in zip(logits.double().tolist(), labels.tolist()):

@@ -73,8 +73,8 @@ class DistillationOrientedSGD(torch.optim.Optimizer):
         return loss
 
 
-def dot_task_terms(losses, precision) -> set[str]:
-    """The loss keys DOT treats as the task (the `ce` terms); errors for a run DOT cannot train."""
+def dot_task_keys(losses, precision) -> set[str]:
+    """The keys of the losses DOT treats as the task (the `ce` losses); errors for a run DOT cannot train."""
     where = "optim.name: dot"
     if precision.name == "fp16":
         raise ConfigError(f"{where} does not support fp16 loss scaling (as its authors' code); use "
@@ -82,16 +82,16 @@ def dot_task_terms(losses, precision) -> set[str]:
     active = {key for key, weight in losses.weights.items() if weight != 0}
     task = {key for key in active if losses.methods[key].name == "ce"}
     if not task or not active - task:
-        raise ConfigError(f"{where} needs a `ce` term and at least one distillation term of non-zero weight "
+        raise ConfigError(f"{where} needs a `ce` loss and at least one distillation loss of non-zero weight "
                           f"(losses: {', '.join(sorted(active)) or 'none'})")
     return task
 
 
-def dot_update(optimizer: DistillationOrientedSGD, losses: dict[str, torch.Tensor], task_keys: set[str]) -> None:
-    """DOT's step: the distillation terms' gradient, kept; then the task terms' gradient; one update."""
-    is_task = [key.split("/", 1)[0] in task_keys for key in losses]
-    distill = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if not t])
-    task = functools.reduce(operator.add, [v for v, t in zip(losses.values(), is_task) if t])
+def dot_update(optimizer: DistillationOrientedSGD, loss_values: dict[str, torch.Tensor], task_keys: set[str]) -> None:
+    """DOT's step: the distillation losses' gradient, kept; then the task losses' gradient; one update."""
+    is_task = [key.split("/", 1)[0] in task_keys for key in loss_values]
+    distill = functools.reduce(operator.add, [v for v, t in zip(loss_values.values(), is_task) if not t])
+    task = functools.reduce(operator.add, [v for v, t in zip(loss_values.values(), is_task) if t])
     distill.backward(retain_graph=True)
     optimizer.keep_distillation_grads()
     optimizer.zero_grad(set_to_none=True)

@@ -11,8 +11,8 @@ import torch
 class EpochTotals(NamedTuple):
     """An epoch's training totals over all ranks."""
 
-    names: list[str]  # the loss terms
-    means: list[float]  # each term's mean over the epoch's steps
+    names: list[str]  # the loss values' names
+    means: list[float]  # each one's mean over the epoch's steps
     correct: int  # training images the student classified right
     seen: int  # training images the applied steps used
     seconds: float  # time in the epoch's steps

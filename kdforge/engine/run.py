@@ -156,7 +156,7 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
 
 def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | None,
            dist: Distributed) -> dict[str, Any]:
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     if resume and stopped_before_first_checkpoint(Path(cfg.output_dir) / cfg.name):
         if dist.is_main:
@@ -166,7 +166,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     seed_everything(cfg.seed, cfg.train.deterministic)
     train, evaluation, validation = load_run_data(cfg)
-    losses = LossComposer.from_config(cfg.losses)
+    losses = Losses.from_config(cfg.losses)
     if losses.needs_labels and not train.has_labels:
         needing = [k for k, m in losses.methods.items() if m.needs_labels and m in losses.active()]
         raise ConfigError(f"losses {needing} need labels, but the few-shot training set is label-free: drop them "

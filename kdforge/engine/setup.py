@@ -8,7 +8,7 @@ from torch import nn
 
 from kdforge.data import Augment, TensorLoader
 from kdforge.engine.distributed import refuse_unsupported
-from kdforge.engine.dot import dot_task_terms
+from kdforge.engine.dot import dot_task_keys
 from kdforge.engine.nonfinite import NonFiniteGuard
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import resolve_device, resolve_precision
@@ -70,7 +70,7 @@ def prepare(trainer) -> None:
 
     params = [*trainer.student.named_parameters(),
               *((f"losses.{key}.{n}", p) for key, m in trainer.losses.methods.items() for n, p in m.named_parameters())]
-    trainer.dot_task_keys = dot_task_terms(trainer.losses, trainer.precision) if cfg.optim.name == "dot" else None
+    trainer.dot_task_keys = dot_task_keys(trainer.losses, trainer.precision) if cfg.optim.name == "dot" else None
     trainer.optimizer = build_optimizer(params, cfg.optim)
     trainer.scheduler = build_scheduler(trainer.optimizer, cfg.schedule, len(trainer.train_loader))
     trainer.scaler = trainer.precision.grad_scaler()

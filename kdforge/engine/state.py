@@ -12,8 +12,8 @@ import torch
 class StepResult(NamedTuple):
     """What one training step gives back."""
 
-    losses: dict[str, torch.Tensor]  # the weighted terms by name
-    values: torch.Tensor  # their detached float values, one vector
+    loss_values: dict[str, torch.Tensor]  # the step's loss values by name (`Losses.forward`)
+    detached: torch.Tensor  # the same, detached, as one float vector
     logits: torch.Tensor  # the student's logits on the batch
     applied: bool  # whether the update was applied (False: a non-finite step, skipped)
 

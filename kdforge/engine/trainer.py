@@ -1,7 +1,7 @@
 """The one training loop of kdforge: every method and every recipe stage runs through it.
 
 Per step: teacher forward (eval mode, no grad) with taps -> student forward with taps ->
-the run's methods turn those outputs into named, weighted losses -> one backward and
+the run's losses (`Losses`) turn those outputs into loss values by name -> one backward and
 optimizer step. Everything around the steps is a hook (`engine/hooks/`): the stages before
 training, BN recalibration, evaluation, step and epoch records, checkpoints and the summary,
 then any hooks the caller adds; a hook's state is saved in checkpoints. Metrics stay on the
@@ -41,7 +41,7 @@ from kdforge.engine.state import StepResult, TrainState
 from kdforge.engine.training_checkpoint import checkpoint_of, resume as resume_from_last
 from kdforge.errors import ConfigError
 from kdforge.methods.base import StepOutputs
-from kdforge.methods.compose import LossComposer
+from kdforge.methods.losses import Losses
 from kdforge.models.capabilities import model_record_of
 
 __all__ = ["Trainer", "TrainState", "StepResult", "NonFiniteLossError", "model_record_of", "default_hooks"]
@@ -66,7 +66,7 @@ class Trainer:
     the loop's own (`default_hooks`).
     """
 
-    def __init__(self, student: nn.Module, losses: LossComposer, train_data, eval_data=None, *,
+    def __init__(self, student: nn.Module, losses: Losses, train_data, eval_data=None, *,
                  val_data=None, teacher: nn.Module | None = None, config: RunConfig | None = None,
                  run_dir: str | Path | None = None, distributed: Distributed | None = None,
                  checkpoint_sources: dict[str, dict[str, Any]] | None = None, hooks: Sequence[Hook] = ()):
@@ -137,7 +137,7 @@ class Trainer:
         try:
             self.hooks.before_train(self)
             if self.dist.enabled and self._ddp is None:  # after pre-training: DDP starts every rank from rank 0's
-                self._ddp = wrap_for_ddp(self.student, self.losses, self._forward_and_losses,  # weights
+                self._ddp = wrap_for_ddp(self.student, self.losses, self._forward_loss_values,  # weights
                                          self.precision.device, self.cfg.train.ddp_find_unused)
             self.bar = tqdm(total=epochs * steps, initial=self.state.epoch * steps + self.state.batch_in_epoch,
                             desc=self.cfg.name, disable=not self.cfg.train.progress, dynamic_ncols=True, leave=True,
@@ -178,7 +178,7 @@ class Trainer:
         for images, labels, indices in self.train_loader:
             result = self._step(images, labels if has_labels else None, indices)
             if result.applied:
-                self.tally.add(list(result.losses), result.values, result.logits, labels if has_labels else None)
+                self.tally.add(list(result.loss_values), result.detached, result.logits, labels if has_labels else None)
             self.state.step += 1
             self.state.batch_in_epoch += 1
             self.bar.update(1)
@@ -239,9 +239,9 @@ class Trainer:
             start += extra.shape[0]
         return out
 
-    def _forward_and_losses(self, images: torch.Tensor, labels: torch.Tensor | None,
-                            indices: torch.Tensor | None):
-        """One step's forward: (named losses, student logits); what DDP wraps in a distributed run."""
+    def _forward_loss_values(self, images: torch.Tensor, labels: torch.Tensor | None,
+                             indices: torch.Tensor | None):
+        """One step's forward: (loss values by name, student logits); what DDP wraps in a distributed run."""
         out = self.forward(images, labels, indices)
         return self.losses(out), out.student_logits
 
@@ -249,20 +249,20 @@ class Trainer:
               indices: torch.Tensor | None = None) -> StepResult:
         """Forward, backward and update."""
         with self.precision.autocast():
-            losses, logits = (self._ddp or self._forward_and_losses)(images, labels, indices)
-        values = torch.stack([v.detach().float() for v in losses.values()])
-        applied = self.nonfinite.observe(list(losses), values, self.state.step + 1)
+            loss_values, logits = (self._ddp or self._forward_loss_values)(images, labels, indices)
+        detached = torch.stack([v.detach().float() for v in loss_values.values()])
+        applied = self.nonfinite.observe(list(loss_values), detached, self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         if applied and self.dot_task_keys is not None:
-            dot_update(self.optimizer, losses, self.dot_task_keys)
+            dot_update(self.optimizer, loss_values, self.dot_task_keys)
         elif applied:
-            total = functools.reduce(operator.add, losses.values())
+            total = functools.reduce(operator.add, loss_values.values())
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.lr_used = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
         self.scheduler.step()
-        return StepResult(losses, values, logits, applied)
+        return StepResult(loss_values, detached, logits, applied)
 
     # ------------------------------------------------------------------ time and stopping
     def elapsed(self) -> float:

@@ -1,7 +1,7 @@
 """Distillation methods on one contract (see `base.py`); importing this registers them all."""
 
 from kdforge.methods.base import Method, StepOutputs
-from kdforge.methods.compose import LossComposer
+from kdforge.methods.losses import Losses
 from kdforge.methods.registry import (
     UnknownMethodError,
     build_method,
@@ -26,6 +26,6 @@ _register_builtin_methods()
 import kdforge.graft.method  # noqa: E402,F401  (NetGraft's loss, kept with NetGraft)
 
 __all__ = [
-    "Method", "StepOutputs", "LossComposer", "UnknownMethodError", "build_method",
+    "Method", "StepOutputs", "Losses", "UnknownMethodError", "build_method",
     "method_class", "method_names", "method_params", "register_method",
 ]

@@ -104,23 +104,23 @@ class EKD(Method):
         return net.continue_path(name, out.student_features[self._branches[name]], 0, first_stage_done)
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        losses: dict[str, torch.Tensor] = {}
+        parts: dict[str, torch.Tensor] = {}
         if self.full_ce:
-            losses["full_ce"] = self.full_ce * F.cross_entropy(out.student_logits, out.labels)
+            parts["full_ce"] = self.full_ce * F.cross_entropy(out.student_logits, out.labels)
         target = out.student_logits.detach()
         maps = [self_attention(out.student_features[s].detach(), self.attention) for s in self._stages] \
             if self.lambda_at else []
         for name in self.subnets:
             logits, stages = self._subnet(out, name)
-            if self.lambda_ce:  # like the other terms: a zero weight adds no (all-zero) gradient
-                losses[f"{name}/ce"] = self.lambda_ce * F.cross_entropy(logits, out.labels)
+            if self.lambda_ce:  # like the other parts: a zero weight adds no (all-zero) gradient
+                parts[f"{name}/ce"] = self.lambda_ce * F.cross_entropy(logits, out.labels)
             if self.lambda_kl:
-                losses[f"{name}/kl"] = self.lambda_kl * kd_loss(logits, target, self.T)
+                parts[f"{name}/kl"] = self.lambda_kl * kd_loss(logits, target, self.T)
             if self.lambda_at:
                 distance = [(self_attention(f, self.attention) - a).pow(2).sum(dim=1).mean()
                             for f, a in zip(stages, maps)]
-                losses[f"{name}/at"] = self.lambda_at * torch.stack(distance).sum()
-        return losses
+                parts[f"{name}/at"] = self.lambda_at * torch.stack(distance).sum()
+        return parts
 
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         return {name: self._subnet(out, name)[0] for name in self.subnets}

@@ -95,10 +95,10 @@ def rebuild_trainer(ckpt: dict[str, Any], split: str | None = None, device: str 
     from kdforge.engine.run import build_zoo_model, load_datasets
     from kdforge.engine.trainer import Trainer
     from kdforge.errors import CheckpointError, ConfigError
-    from kdforge.methods import LossComposer
+    from kdforge.methods import Losses
 
     cfg = config_from_dict(ckpt["config"])
-    losses = LossComposer.from_config(cfg.losses)
+    losses = Losses.from_config(cfg.losses)
     if not attention_losses(losses):
         raise ConfigError(f"{ckpt['path']}: the run has no layer-attention loss (afd or rtk); "
                           f"its losses are {', '.join(losses.methods) or 'none'}")

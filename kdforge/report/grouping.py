@@ -39,7 +39,7 @@ def value_at(config: dict[str, Any], dotted: str) -> Any:
 def method_of(run: Run) -> str:
     """The run's losses with a non-zero weight, in the config's order, joined by '+' (e.g. 'ce+kd'); a
     weight-0 method that acts through its pre-training stage (AB's initialisation) as 'ab (stage)'."""
-    from kdforge.methods.compose import parse_loss_spec
+    from kdforge.methods.losses import parse_loss_spec
 
     losses = run.config.get("losses")
     if not isinstance(losses, dict):

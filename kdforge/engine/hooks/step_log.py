@@ -1,4 +1,4 @@
-"""Step records: every `train.log_every` steps, the mean of each term over ranks, the rate and the learning rate."""
+"""Step records: every `train.log_every` steps, the mean of each loss value over ranks, the rate and the learning rate."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class StepLogHook(Hook):
             return
         now = time.perf_counter()
         dist = trainer.dist
-        row = dict(zip(result.losses, (dist.all_reduce_sum(result.values) / dist.world_size).tolist()))  # one sync
+        row = dict(zip(result.loss_values, (dist.all_reduce_sum(result.detached) / dist.world_size).tolist()))  # one sync
         trainer.nonfinite.check(state.epoch)
         row["loss"] = sum(row.values())
         row.update(step=state.step, lr=trainer.lr_used,

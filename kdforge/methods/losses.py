@@ -1,4 +1,10 @@
-"""A weighted sum of named methods: what a run's `losses:` section builds."""
+"""A run's losses: what its `losses:` section builds.
+
+The words, used the same everywhere: a *loss* is one entry of `losses:`, a key (`kd`, or
+`kd:strong` for a second one) with a *method* (the registered algorithm, `methods[key]`) and a
+*weight* (`weights[key]`); `Losses` holds a run's losses (`trainer.losses`); one step's
+*loss values* are `{name: weight * value}`, a name being the key or `key/part` for a method
+that returns several parts; they are logged as `train_<name>`."""
 
 from __future__ import annotations
 
@@ -39,8 +45,9 @@ def _weight(value: Any, path: str) -> float:
     return float(value)
 
 
-class LossComposer(nn.Module):
-    """Holds the run's methods and weights; returns every weighted loss by name."""
+class Losses(nn.Module):
+    """A run's losses (each a method and a weight, by key); called on a step's outputs, it gives the
+    step's loss values by name."""
 
     def __init__(self, methods: dict[str, Method], weights: dict[str, float]):
         super().__init__()
@@ -52,7 +59,7 @@ class LossComposer(nn.Module):
         self.weights = dict(weights)
 
     @classmethod
-    def from_config(cls, losses: dict[str, Any]) -> "LossComposer":
+    def from_config(cls, losses: dict[str, Any]) -> "Losses":
         methods, weights = {}, {}
         for key, spec in losses.items():
             name, weight, params = parse_loss_spec(key, spec)
@@ -61,7 +68,7 @@ class LossComposer(nn.Module):
         return cls(methods, weights)
 
     def active(self, training_only: bool = False) -> list[Method]:
-        """Methods with a non-zero weight or (unless `training_only`) a stage before training;
+        """The methods of losses with a non-zero weight or (unless `training_only`) a stage before training;
         only these are bound and tapped."""
         return [m for key, m in self.methods.items()
                 if self.weights[key] != 0.0 or (m.pretrain_epochs > 0 and not training_only)]
@@ -112,8 +119,8 @@ class LossComposer(nn.Module):
             method.setup(student, teacher, example)
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        """{name: weight * loss}; a method returning a dict gives names 'key/part'."""
-        losses: dict[str, torch.Tensor] = {}
+        """The step's loss values, {name: weight * value}; a method returning a dict gives names 'key/part'."""
+        values: dict[str, torch.Tensor] = {}
         for key, method in self.methods.items():
             weight = self.weights[key]
             if weight == 0.0:
@@ -122,5 +129,5 @@ class LossComposer(nn.Module):
             parts = value.items() if isinstance(value, dict) else [(None, value)]
             for part, loss in parts:
                 name = key if part is None else f"{key}/{part}"
-                losses[name] = loss if weight == 1.0 else weight * loss
-        return losses
+                values[name] = loss if weight == 1.0 else weight * loss
+        return values
