@@ -103,15 +103,15 @@ def test_bad_input_fails_in_one_line_before_training(tmp_path, capsys, extra, me
 def test_depth_lists_train_independently_only_as_zoo_models(tmp_path):
     plan = dict(base=BASE, seeds=[0], output_dir=tmp_path, bn="switchable", ekd=None)
     zoo = plan_ddnn("resnet14", [[1, 1, 1]], independent=True, **plan)  # resnet8's layout
-    assert zoo["paths"] == ["resnet14", "d1-1-1"] and zoo["independent"] == ["resnet14", "resnet8"]
-    assert ("resnet8", 0) in zoo["runs"] and zoo["runs"][("resnet8", 0)]["student"] == {"model": "resnet8"}
+    assert zoo.paths == ["resnet14", "d1-1-1"] and zoo.independent == ["resnet14", "resnet8"]
+    assert zoo.run("resnet8", 0).config["student"] == {"model": "resnet8"}
     custom = plan_ddnn("resnet14", [[2, 1, 1]], independent=False, **plan)
-    assert custom["independent"] == [] and list(custom["runs"]) == [("ekd", 0)]
-    assert custom["runs"][("ekd", 0)]["student"]["options"]["subnets"] == [[2, 1, 1]]
+    assert custom.independent == [] and [(r.label, r.seed) for r in custom.runs] == [("ekd", 0)]
+    assert custom.run("ekd", 0).config["student"]["options"]["subnets"] == [[2, 1, 1]]
     with pytest.raises(ConfigError, match="no zoo model"):
         plan_ddnn("resnet14", [[2, 1, 1]], independent=True, **plan)
     only = plan_ddnn("resnet20", ["resnet14", "resnet8"], independent=True, **{**plan, "ekd": {"subnets": ["resnet8"]}})
-    assert only["paths"] == ["resnet20", "resnet8"]  # EKD trains only resnet8, so only it is compared
+    assert only.paths == ["resnet20", "resnet8"]  # EKD trains only resnet8, so only it is compared
     assert not any(tmp_path.iterdir())
 
 

@@ -268,16 +268,16 @@ def test_plan_scales_batch_and_stage1_rates_and_selects_on_the_holdout(recipe):
     plan = plan_netgraft(teacher, base=DIGITS_BASE, shots=[5], seeds=[1], output_dir=tmp / "plan", student="vgg16_nobn_thin",
                          student_options=W, shared=3, teacher_blocks=None, student_blocks=None, schedule=schedule,
                          select="holdout", holdout=2, baselines=False, kd_epochs=None)
-    group = plan["groups"][(5, 1)]
-    s1 = group["stage1"]
+    group = plan.groups[(5, 1)]
+    s1 = group.stage1
     assert s1["layer4"]["data"]["batch_size"] == 32  # int(64 * 5 / 10)
     assert s1["layer5"]["optim"]["lr"] == pytest.approx(2e-3 * 0.5)
     assert s1["layer5"]["optim"]["lr_groups"] == {"s2t.layer5.*": pytest.approx(5e-3), "t2s.layer5.*": pytest.approx(5e-3)}
     assert s1["layer4"]["optim"]["lr_groups"] == {"s2t.layer4.*": pytest.approx(5e-3)}  # no t2s before the first unit
     assert s1["head"]["schedule"]["epochs"] == 60
     assert s1["head"]["data"]["few_shot"] == {"shots": 5, "seed": 1, "holdout": 2, "labels": False}
-    assert plan["which"] == "best"
-    stage2 = [run for run, _, _ in group["stage2"]]
+    assert plan.which == "best"
+    stage2 = [run.config for run in group.stage2]
     assert [r["student"]["options"]["graft"] for r in stage2] == [["layer4", "layer5"], ["layer4", "layer5", "head"]]
     assert [r["optim"]["lr"] for r in stage2] == [1e-4, 1e-4]
     with pytest.raises(ConfigError, match="which the recipe decides"):

@@ -24,7 +24,8 @@ from kdforge.config import config_from_dict
 from kdforge.config_files import read_yaml
 from kdforge.errors import ConfigError, KDForgeError
 from kdforge.methods.usual import usual_losses
-from kdforge.recipes.runs import check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_section
+from kdforge.recipes.runs import (PlannedRun, check_folder, is_finished, plan_run, refuse_decided, run_planned,
+                                  teacher_section)
 from kdforge.recipes.stats import mean_std
 
 __all__ = ["MethodSpec", "method_spec", "plan_compare", "run_compare", "BASELINE", "TEACHER"]
@@ -76,13 +77,6 @@ def method_spec(text: str, epochs: int | None) -> MethodSpec:
 def _optim_section(base: dict[str, Any], spec: MethodSpec) -> dict[str, Any]:
     """{'optim': base's optimizer with the method file's DOT keys} where the file sets them, else nothing."""
     return {"optim": {**copy.deepcopy(base.get("optim") or {}), **spec.optim}} if spec.optim else {}
-
-
-@dataclass
-class PlannedRun:
-    label: str
-    seed: int
-    config: dict[str, Any]
 
 
 def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], output_dir: str | Path,
@@ -154,7 +148,7 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
     from kdforge.report import write_report
 
     out = Path(output_dir)
-    folders = [out / run.config["name"] for run in planned]
+    folders = [run.run_dir for run in planned]
     result = write_report(folders, out=out / "report", baseline=BASELINE)
     result["winner"] = validation_winner(result["groups"])
     result["planned"] = planned

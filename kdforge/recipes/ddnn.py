@@ -15,6 +15,7 @@ import copy
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,31 @@ from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
 from kdforge.models.complexity import format_macs
 from kdforge.recipes.digits import DIGITS_BASE  # the quickstart's digits settings
-from kdforge.recipes.runs import check_folder, plan_run, refuse_decided, run_planned
+from kdforge.recipes.runs import PlannedRun, check_folder, plan_run, refuse_decided, run_planned
 from kdforge.recipes.stats import format_mean_std, mean_std
 from kdforge.report import write_report
 
+#: the label of the EKD runs in a plan (the independent runs are labelled by their zoo model)
+EKD = "ekd"
+
+
+@dataclass
+class DdnnPlan:
+    """Everything `run_ddnn_pipeline` will train, checked before the first run."""
+
+    full: str  # the full net's zoo name
+    subnets: list  # as given: zoo names or per-stage depth lists
+    bn: str
+    ekd: dict[str, Any]  # EKD's parameters
+    paths: list[str]  # the full net, then each sub-net EKD trains
+    models: dict[str, str | None]  # path -> its zoo model (None: a depth list no zoo model has)
+    depths: dict[str, list[int]]  # path -> blocks per stage
+    independent: list[str]  # the zoo models trained alone (none with independent=False)
+    runs: list[PlannedRun]  # seed by seed: the EKD run, then each independent one
+
+    def run(self, label: str, seed: int) -> PlannedRun:
+        """The planned run `label` (EKD or a zoo model) of `seed`."""
+        return next(r for r in self.runs if r.label == label and r.seed == seed)
 
 
 def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[str, Any] | None = None,
@@ -49,13 +71,13 @@ def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base
     ekd_runs: list[dict] = []
     alone: dict[str, list[dict]] = {}
     for seed in seeds:
-        ekd_runs.append(run_planned(plan["runs"][("ekd", seed)]))
-        for model in plan["independent"]:
-            alone.setdefault(model, []).append(run_planned(plan["runs"][(model, seed)]))
+        ekd_runs.append(run_planned(plan.run(EKD, seed).config))
+        for model in plan.independent:
+            alone.setdefault(model, []).append(run_planned(plan.run(model, seed).config))
     rows, time = _rows(plan, ekd_runs, alone)
     table = _markdown(rows, time, plan, len(seeds))
     (output_dir / "results.md").write_text(table + "\n")
-    results = {"full": full, "subnets": plan["subnets"], "bn": bn, "ekd": plan["ekd"], "seeds": list(seeds),
+    results = {"full": full, "subnets": plan.subnets, "bn": bn, "ekd": plan.ekd, "seeds": list(seeds),
                "independent": independent, "rows": rows, "s_per_epoch": time}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     runs = [Path(r["run_dir"]) for r in ekd_runs] + [Path(r["run_dir"]) for runs in alone.values() for r in runs]
@@ -64,8 +86,8 @@ def run_ddnn_pipeline(full: str, subnets: Sequence[str | Sequence[int]], *, base
 
 
 def plan_ddnn(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[str, Any], seeds: Sequence[int],
-              output_dir: Path, bn: str, ekd: dict[str, Any] | None, independent: bool) -> dict[str, Any]:
-    """Check everything and plan every run (no training): {'paths', 'independent', 'runs', ...}.
+              output_dir: Path, bn: str, ekd: dict[str, Any] | None, independent: bool) -> DdnnPlan:
+    """Check everything and plan every run (no training).
 
     Raises ConfigError for a model that is not a zoo ResNet, a sub-net that is not a prefix of
     the full net, EKD parameters it does not take, two paths of the same depths, a depth list
@@ -100,20 +122,19 @@ def plan_ddnn(full: str, subnets: Sequence[str | Sequence[int]], *, base: dict[s
                               f"model, so it cannot be trained independently; name zoo models (`kdforge models`) "
                               f"or use --no-independent")
     student = {"model": "ddnn", "options": {"full": full, "subnets": subnets, "bn": bn}}
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    runs: list[PlannedRun] = []
     for seed in seeds:
-        runs[("ekd", seed)] = plan_run(base, output_dir, f"ekd-seed{seed}", seed=seed, student=student,
-                                       losses={"ekd": {"weight": 1.0, **ekd}})
+        runs.append(PlannedRun(EKD, seed, plan_run(base, output_dir, f"ekd-seed{seed}", seed=seed, student=student,
+                                                   losses={"ekd": {"weight": 1.0, **ekd}})))
         if independent:
             for path in paths:
-                runs[(models[path], seed)] = plan_run(base, output_dir, f"alone-{models[path]}-seed{seed}",
-                                                      seed=seed, student={"model": models[path]},
-                                                      losses={"ce": 1.0})
-    for data in runs.values():
-        check_folder(data)  # every config valid, no folder holding a run made otherwise
-    return {"full": full, "subnets": subnets, "bn": bn, "ekd": ekd, "paths": paths, "models": models,
-            "depths": {p: list(net.depths(p)) for p in paths},
-            "independent": [models[p] for p in paths] if independent else [], "runs": runs}
+                runs.append(PlannedRun(models[path], seed, plan_run(
+                    base, output_dir, f"alone-{models[path]}-seed{seed}", seed=seed, student={"model": models[path]},
+                    losses={"ce": 1.0})))
+    for run in runs:
+        check_folder(run.config)  # every config valid, no folder holding a run made otherwise
+    return DdnnPlan(full, subnets, bn, ekd, paths, models, {p: list(net.depths(p)) for p in paths},
+                    [models[p] for p in paths] if independent else [], runs)
 
 
 def _plain_subnets(subnets: Sequence[str | Sequence[int]]) -> list:
@@ -139,13 +160,13 @@ def _top1s(values: list) -> list[float] | None:
     return None if any(v is None for v in values) else [float(v) for v in values]
 
 
-def _rows(plan: dict[str, Any], ekd_runs: list[dict], alone: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+def _rows(plan: DdnnPlan, ekd_runs: list[dict], alone: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     rows = []
-    for path in plan["paths"]:
-        model = plan["models"][path]
+    for path in plan.paths:
+        model = plan.models[path]
         first = ekd_runs[0]["paths"][path]
         ekd = _top1s([run["paths"][path]["top1_last"] for run in ekd_runs])
-        row = {"path": path, "model": model, "full": path == plan["full"], "depths": plan["depths"][path],
+        row = {"path": path, "model": model, "full": path == plan.full, "depths": plan.depths[path],
                "params": first["params"], "macs": first["macs"], "ekd_top1": ekd,
                "ekd": format_mean_std(ekd) if ekd else "-"}
         if model in alone:
@@ -165,10 +186,10 @@ def _rows(plan: dict[str, Any], ekd_runs: list[dict], alone: dict[str, list[dict
     return rows, time
 
 
-def _markdown(rows: list[dict], time: dict[str, Any], plan: dict[str, Any], n_seeds: int) -> str:
-    independent = bool(plan["independent"])
-    head = (f"top-1 % (last epoch, mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}); DDNN {plan['full']} "
-            f"trained with EKD, bn {plan['bn']}" + ("; independent: each depth trained alone (CE), same settings"
+def _markdown(rows: list[dict], time: dict[str, Any], plan: DdnnPlan, n_seeds: int) -> str:
+    independent = bool(plan.independent)
+    head = (f"top-1 % (last epoch, mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}); DDNN {plan.full} "
+            f"trained with EKD, bn {plan.bn}" + ("; independent: each depth trained alone (CE), same settings"
                                                     if independent else ""))
     columns = ["depth", "blocks per stage", "params", "MACs", "EKD top-1"]
     if independent:
@@ -187,7 +208,7 @@ def _markdown(rows: list[dict], time: dict[str, Any], plan: dict[str, Any], n_se
     if "independent_sum" in time:
         alone_mean = mean_std(time["independent_sum"])[0]
         ratio = ekd_mean / alone_mean if alone_mean > 0 else math.nan
-        line += (f" vs the {len(plan['independent'])} independent runs together {alone_mean:.2f} "
+        line += (f" vs the {len(plan.independent)} independent runs together {alone_mean:.2f} "
                  f"(EKD / independent = {ratio:.2f})")
     lines += ["", line]
     if independent:

@@ -30,8 +30,8 @@ from typing import Any
 from kdforge.config import merge_configs
 from kdforge.errors import ConfigError
 from kdforge.recipes.digits import digits_base
-from kdforge.recipes.runs import (check_folder, is_finished, plan_run, refuse_decided, run_planned, teacher_phrase,
-                                  teacher_section, teacher_which)
+from kdforge.recipes.runs import (check_folder, is_finished, plan_run, refuse_decided, run_dir_of, run_planned,
+                                  teacher_phrase, teacher_section, teacher_which)
 from kdforge.recipes.stats import format_mean_std, mean_std
 
 #: the default shared settings on the built-in digits: plain VGGs (no BatchNorm in the convs) diverge with the
@@ -81,6 +81,42 @@ SCHEDULES = {
 }
 
 
+@dataclass
+class Stage2Run:
+    """One stage-2 run: its config, the units it grafts (the chain so far) and the file it starts from."""
+
+    config: dict[str, Any]
+    chain: list[str]
+    init: Path
+
+
+@dataclass
+class GraftGroup:
+    """The runs of one (shots, seed): stage 1 per unit, stage 2 in order, and the KD baseline on the same images."""
+
+    folder: Path
+    stage1: dict[str, dict[str, Any]]  # unit -> its run's config
+    stage2: list[Stage2Run]
+    net: Any  # the grafted network with every unit grafted (its unit keys, folding)
+    kd_shots: dict[str, Any] | None  # None without baselines
+
+
+@dataclass
+class NetGraftPlan:
+    """Everything `run_netgraft_pipeline` will train, checked before the first run."""
+
+    groups: dict[tuple[int, int], GraftGroup]  # (shots, seed) -> its runs
+    kd_full: dict[int, dict[str, Any]]  # seed -> the full-data KD baseline's config (none without baselines)
+    units: list[str]
+    which: str  # the checkpoint every stage continues from: 'last' or 'best' (on the hold-out)
+    schedule: GraftSchedule
+    teacher: str
+    student: str
+    teacher_phrase: str
+    params: int  # the folded student's parameters
+    kd_epochs: int
+
+
 def schedule_for_teacher(teacher: str | Path, base: dict[str, Any]) -> str:
     """The paper's schedule for the teacher's label space: 'cifar100' for 100 or more classes, else 'cifar10'."""
     from kdforge.engine.checkpoint import load_checkpoint
@@ -105,19 +141,19 @@ def run_netgraft_pipeline(teacher: str | Path, *, base: dict[str, Any], shots: S
                          holdout=holdout, baselines=baselines, kd_epochs=kd_epochs)
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple, dict] = {}
-    for (n, seed), group in plan["groups"].items():
-        results[("netgraft", n, seed)] = _run_group(group, plan["which"])
-        if baselines:
-            run_planned(group["kd-shots"])
-            results[("kd-shots", n, seed)] = _test_top1(group["kd-shots"], plan["which"])
-    for seed, data in plan["kd-full"].items():
+    for (n, seed), group in plan.groups.items():
+        results[("netgraft", n, seed)] = _run_group(group, plan.which)
+        if group.kd_shots is not None:
+            run_planned(group.kd_shots)
+            results[("kd-shots", n, seed)] = _test_top1(group.kd_shots, plan.which)
+    for seed, data in plan.kd_full.items():
         run_planned(data)
         results[("kd-full", None, seed)] = _test_top1(data, "last")
     rows = _rows(plan, results)
     table = _markdown(rows, plan)
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "results.json").write_text(json.dumps(
-        {"teacher": str(teacher), "select": select, "schedule": asdict(plan["schedule"]), "rows": rows}, indent=2) + "\n")
+        {"teacher": str(teacher), "select": select, "schedule": asdict(plan.schedule), "rows": rows}, indent=2) + "\n")
     return {"rows": rows, "table": table}
 
 
@@ -128,14 +164,14 @@ def train_teacher(base: dict[str, Any], model: str, options: dict, output_dir: s
     data = plan_run(merge_configs(copy.deepcopy(base), {"train": {"progress": progress}}), Path(output_dir),
                     "teacher", student={"model": model, "options": dict(options)}, losses={"ce": 1.0})
     run_planned(data)
-    return str(_run_dir(data))
+    return str(run_dir_of(data))
 
 
 def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[int], seeds: Sequence[int],
                   output_dir: Path, student: str, student_options: dict | None, shared: int,
                   teacher_blocks: Sequence[str] | None, student_blocks: Sequence[str] | None,
                   schedule: GraftSchedule, select: str, holdout: int, baselines: bool,
-                  kd_epochs: int | None) -> dict[str, Any]:
+                  kd_epochs: int | None) -> NetGraftPlan:
     """Check everything and plan every run (no training); raises ConfigError on any mistake."""
     from kdforge.engine.checkpoint import load_checkpoint
     from kdforge.models import build_model
@@ -183,11 +219,12 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
             for j in range(1, len(units)):
                 chain = units[:j + 1]
                 init = folder / "inits" / f"to-{chain[-1]}.pt"
-                stage2.append((_graft_run(base, folder, f"stage2-to-{chain[-1]}", seed, data, options, chain,
-                                          str(init), teacher, schedule.lr_stage2, {}, epochs2[j - 1]), chain, init))
-            group = {"folder": folder, "stage1": stage1, "stage2": stage2, "net": net}
+                stage2.append(Stage2Run(_graft_run(base, folder, f"stage2-to-{chain[-1]}", seed, data, options, chain,
+                                                   str(init), teacher, schedule.lr_stage2, {}, epochs2[j - 1]),
+                                        chain, init))
+            group = GraftGroup(folder, stage1, stage2, net, None)
             if baselines:
-                group["kd-shots"] = plan_run(base, folder, "kd-shots", seed=seed, data=data,
+                group.kd_shots = plan_run(base, folder, "kd-shots", seed=seed, data=data,
                                              train=_train_section(base, kd_epochs),
                                              student={"model": student, "options": dict(student_options or {})},
                                              teacher=teacher_section(base, teacher),
@@ -202,16 +239,14 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
                                      teacher=teacher_section(base, teacher),
                                      losses={"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}})
     for group in groups.values():
-        for data in [*group["stage1"].values(), *(run for run, _, _ in group["stage2"])]:
+        for data in [*group.stage1.values(), *(run.config for run in group.stage2)]:
             check_folder(data)
-        if "kd-shots" in group:
-            check_folder(group["kd-shots"])
+        if group.kd_shots is not None:
+            check_folder(group.kd_shots)
     for data in kd_full.values():
         check_folder(data)
-    return {"groups": groups, "kd-full": kd_full, "units": units, "which": which, "select": select,
-            "holdout": holdout, "schedule": schedule, "teacher": teacher, "student": student,
-            "teacher_phrase": teacher_phrase(base),
-            "params": _params(net), "kd_epochs": kd_epochs}
+    return NetGraftPlan(groups, kd_full, units, which, schedule, teacher, student, teacher_phrase(base),
+                        _params(net), kd_epochs)
 
 
 def _train_section(base: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -231,20 +266,20 @@ def _graft_run(base, folder: Path, name: str, seed: int, data: dict, options: di
                     schedule={"name": "constant", "epochs": epochs, "warmup_epochs": 0.0})
 
 
-def _run_group(group: dict, which: str) -> dict[str, Any]:
+def _run_group(group: GraftGroup, which: str) -> dict[str, Any]:
     """Stage 1, stage 2 and the export of one (shots, seed); returns the final student's test metrics."""
     from kdforge.deploy.export import export_model
 
-    for data in group["stage1"].values():
+    for data in group.stage1.values():
         run_planned(data)
-    units = list(group["stage1"])
-    previous = _run_dir(group["stage1"][units[0]])
-    for data, chain, init in group["stage2"]:
-        if not is_finished(data) and not (_run_dir(data) / "checkpoints" / "last.pt").is_file():
-            _write_init(group["net"], previous, which, _run_dir(group["stage1"][chain[-1]]), chain[-1], init)
-        run_planned(data)
-        previous = _run_dir(data)
-    out = group["folder"] / "student.pt"
+    units = list(group.stage1)
+    previous = run_dir_of(group.stage1[units[0]])
+    for run in group.stage2:
+        if not is_finished(run.config) and not (run_dir_of(run.config) / "checkpoints" / "last.pt").is_file():
+            _write_init(group.net, previous, which, run_dir_of(group.stage1[run.chain[-1]]), run.chain[-1], run.init)
+        run_planned(run.config)
+        previous = run_dir_of(run.config)
+    out = group.folder / "student.pt"
     export_model(previous, which=which, out=out)
     from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 
@@ -269,11 +304,7 @@ def _write_init(net, previous: Path, which: str, unit_run: Path, unit: str, out:
 def _test_top1(data: dict, which: str) -> dict[str, Any]:
     from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 
-    return {"top1": evaluate_checkpoint(_run_dir(data), which, split=data.get("data", {}).get("eval_split"))["top1"]}
-
-
-def _run_dir(data: dict) -> Path:
-    return Path(data["output_dir"]) / data["name"]
+    return {"top1": evaluate_checkpoint(run_dir_of(data), which, split=data.get("data", {}).get("eval_split"))["top1"]}
 
 
 def _params(net) -> int:
@@ -281,7 +312,7 @@ def _params(net) -> int:
     return sum(p.numel() for p in net.fold().parameters())
 
 
-def _rows(plan: dict, results: dict) -> list[dict[str, Any]]:
+def _rows(plan: NetGraftPlan, results: dict) -> list[dict[str, Any]]:
     seeds = sorted({seed for (_, _, seed) in results})
     rows = []
     shots = sorted({n for (_, n, _) in results if n is not None})
@@ -298,12 +329,12 @@ def _rows(plan: dict, results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _markdown(rows: list[dict], plan: dict) -> str:
+def _markdown(rows: list[dict], plan: NetGraftPlan) -> str:
     labels = {"netgraft": "NetGraft (label-free)", "kd-shots": "KD, same n-shot images (label-free)",
               "kd-full": "KD + CE, full training set"}
-    lines = [f"student {plan['student']} ({plan['params']:,} params after folding), teacher {plan['teacher']}; "
-             f"test top-1 of the {'last epoch' if plan['which'] == 'last' else 'epoch best on the hold-out'} "
-             f"of every stage, mean ± std over seeds; teacher checkpoint: {plan['teacher_phrase']}",
+    lines = [f"student {plan.student} ({plan.params:,} params after folding), teacher {plan.teacher}; "
+             f"test top-1 of the {'last epoch' if plan.which == 'last' else 'epoch best on the hold-out'} "
+             f"of every stage, mean ± std over seeds; teacher checkpoint: {plan.teacher_phrase}",
              "", "| method | images per class | test top-1 (%) | per seed |", "|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {labels[row['method']]} | {row['shots'] if row['shots'] is not None else 'all'} | "
@@ -311,5 +342,5 @@ def _markdown(rows: list[dict], plan: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DIGITS_BASE", "GraftSchedule", "SCHEDULES", "plan_netgraft", "run_netgraft_pipeline", "schedule_for_teacher",
+__all__ = ["DIGITS_BASE", "GraftGroup", "GraftSchedule", "NetGraftPlan", "SCHEDULES", "Stage2Run", "plan_netgraft", "run_netgraft_pipeline", "schedule_for_teacher",
            "train_teacher"]

@@ -3,13 +3,15 @@
 A recipe (`kdforge sftn`, `kdforge ddnn`) is a sequence of ordinary engine runs, each in its
 own folder under the recipe's output folder, so that the whole recipe can be run again after a
 crash: `run_once` trains only what is missing. `plan_run` and `check_folder` let a recipe check
-every run's settings and folder before the first one trains.
+every run's settings and folder before the first one trains; a recipe's plan holds its runs as
+`PlannedRun`s (label, seed, config).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,24 @@ def teacher_phrase(base: dict[str, Any]) -> str:
     return "students use each teacher run's last epoch (checkpoints/last.pt; nothing selected on the test split)"
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a recipe's plan: its label in the recipe's table, its seed and its config mapping."""
+
+    label: str
+    seed: int | None
+    config: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.config)
+
+
+def run_dir_of(data: dict[str, Any]) -> Path:
+    """The folder of the planned run `data` (its `output_dir` / `name`)."""
+    return Path(data["output_dir"]) / data["name"]
+
+
 def plan_run(base: dict[str, Any], output_dir: Path, name: str, **sections) -> dict[str, Any]:
     """The config mapping of run `name`: `base`, its name and folder, then `sections` (whole sections)."""
     data = merge_configs(copy.deepcopy(base), {"name": name, "output_dir": str(output_dir)})
@@ -61,7 +81,7 @@ def check_folder(data: dict[str, Any]) -> None:
     import yaml
 
     wanted = config_to_dict(config_from_dict(data))
-    run_dir = Path(data["output_dir"]) / data["name"]
+    run_dir = run_dir_of(data)
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text()) or {}
@@ -79,13 +99,13 @@ def _at(config: dict[str, Any], dotted: str) -> Any:
 
 
 def is_finished(data: dict[str, Any]) -> bool:
-    return (Path(data["output_dir"]) / data["name"] / "summary.json").is_file()
+    return (run_dir_of(data) / "summary.json").is_file()
 
 
 def run_planned(data: dict[str, Any]) -> dict[str, Any]:
     """Train the planned run `data` (checked with `check_folder`), or return its summary if it is finished."""
     check_folder(data)
-    run_dir = Path(data["output_dir"]) / data["name"]
+    run_dir = run_dir_of(data)
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     resume = (run_dir / "checkpoints" / "last.pt").is_file()

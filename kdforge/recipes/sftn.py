@@ -16,7 +16,7 @@ from typing import Any
 from kdforge.config import merge_configs
 from kdforge.methods.usual import usual_losses
 from kdforge.recipes.digits import DIGITS_BASE  # the quickstart's digits settings
-from kdforge.recipes.runs import SAME, run_once, teacher_phrase, teacher_section  # noqa: F401  (shared with the other recipes; SAME re-exported)
+from kdforge.recipes.runs import run_once, teacher_phrase, teacher_section
 from kdforge.recipes.stats import format_mean_std
 from kdforge.report import write_report
 
