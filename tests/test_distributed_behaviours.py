@@ -27,7 +27,7 @@ from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 from kdforge.engine.logger import RunLogger, read_log
 from kdforge.engine.optim import build_optimizer
 from kdforge.engine.precision import resolve_precision
-from kdforge.engine.hooks import PretrainHook
+from kdforge.engine.hooks import run_pretrain_stages
 from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, train_only_what_is_trained
 from kdforge.engine.run import build_zoo_model
 from kdforge.methods import Losses
@@ -127,7 +127,7 @@ def _ab_scenario(out, rank):
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(run_dir, tensorboard=False, enabled=rank == 0)
     trainer.logger = logger
-    PretrainHook().run_stages(trainer)
+    run_pretrain_stages(trainer)
     logger.close()
     torch.save({"student": trainer.student.state_dict(), "losses": trainer.losses.state_dict()},
                run_dir / f"rank{rank}.pt")

@@ -114,10 +114,25 @@ def test_the_loops_own_hooks_come_in_order_around_the_callers():
     from kdforge.engine.trainer import default_hooks
 
     names = [type(h).__name__ for h in default_hooks([Counter()])]
-    assert names == ["PretrainHook", "BNRecalibrationHook", "EvaluationHook", "StepLogHook", "Counter",
+    assert names == ["AfterPretrainHook", "BNRecalibrationHook", "EvaluationHook", "StepLogHook", "Counter",
                      "EpochRecordHook", "CheckpointHook", "SummaryHook"]
 
 
 def test_two_hooks_of_one_name_are_refused():
     with pytest.raises(ValueError, match="counter"):
         Hooks([Counter(), Counter()])
+
+
+def test_methods_add_their_own_hooks_the_loop_calls_first():
+    from kdforge.engine.hooks import EvalHeadsHook, PretrainStageHook
+    from kdforge.engine.trainer import default_hooks
+    from kdforge.methods import Losses
+
+    losses = Losses.from_config({"ce": 1.0, "ab": {"weight": 0.0, "pretrain_epochs": 2}, "fitnet": 1.0, "kd": 0.0})
+    hooks = losses.loop_hooks()  # AB's stage runs at weight 0; FitNet has none by default; kd at 0 is inactive
+    assert [(type(h), h.key) for h in hooks] == [(PretrainStageHook, "ab")]
+    assert hooks[0].method is losses.methods["ab"] and hooks[0].name == "pretrain/ab"
+    ekd = Losses.from_config({"ekd": 1.0, "ab": {"weight": 1.0, "pretrain_epochs": 1}}).loop_hooks()
+    assert [(type(h), h.key) for h in ekd] == [(EvalHeadsHook, "ekd"), (PretrainStageHook, "ab")]
+    names = [type(h).__name__ for h in default_hooks([Counter()], ekd)]
+    assert names[:3] == ["EvalHeadsHook", "PretrainStageHook", "AfterPretrainHook"] and names[-1] == "SummaryHook"

@@ -470,17 +470,17 @@ def snapshot(module):
 
 def fit_recording_pretrain(trainer, monkeypatch):
     """fit(), with snapshots of student, teacher and methods around the engine's pre-training stages."""
-    from kdforge.engine.hooks import PretrainHook
+    from kdforge.engine.hooks import PretrainStageHook
 
     snaps = {}
-    run_stages = PretrainHook.run_stages
+    run_stage = PretrainStageHook.run_stage
 
     def recorded(hook, tr):
         snaps["before"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
-        run_stages(hook, tr)
+        run_stage(hook, tr)
         snaps["after"] = (snapshot(tr.student), snapshot(tr.teacher), snapshot(tr.losses))
 
-    monkeypatch.setattr(PretrainHook, "run_stages", recorded)
+    monkeypatch.setattr(PretrainStageHook, "run_stage", recorded)
     trainer.fit()
     records = [json.loads(line) for line in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
     return snaps, [r for r in records if r["kind"] == "pretrain"]

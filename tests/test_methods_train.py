@@ -20,7 +20,7 @@ import kdforge.engine.trainer as trainer_module
 from kdforge.config import config_from_dict
 from kdforge.data import TensorLoader
 from kdforge.engine import train_from_config
-from kdforge.engine.hooks import PretrainHook
+from kdforge.engine.hooks import PretrainStageHook
 from kdforge.methods import method_class, method_names
 
 DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
@@ -121,7 +121,7 @@ class Probe:
 @pytest.fixture
 def probe(monkeypatch):
     probes: list[Probe] = []
-    fit, run_stages = trainer_module.Trainer.fit, PretrainHook.run_stages
+    fit, run_stage = trainer_module.Trainer.fit, PretrainStageHook.run_stage
 
     def pretrained_only(trainer, key):
         return trainer.losses.weights[key] == 0 and trainer.losses.methods[key].pretrain_epochs > 0
@@ -140,12 +140,12 @@ def probe(monkeypatch):
         p = probes[-1]
         if pretrained_only(trainer, p.key):
             p.before = measure_pairing(trainer, p.key, pretrain=True)
-        run_stages(hook, trainer)
+        run_stage(hook, trainer)
         if pretrained_only(trainer, p.key):
             p.after = measure_pairing(trainer, p.key, pretrain=True)
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", probed_fit)
-    monkeypatch.setattr(PretrainHook, "run_stages", probed_pretrain)
+    monkeypatch.setattr(PretrainStageHook, "run_stage", probed_pretrain)
 
     def start(key):
         probes.append(Probe(key))

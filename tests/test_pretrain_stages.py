@@ -155,17 +155,17 @@ def make_trainer(tmp_path, digits, losses, student="resnet8", stage_epochs=4):
 
 def around_the_stage(trainer, monkeypatch):
     """fit(); returns deep copies of (student, teacher, methods) just before and just after the stages."""
-    from kdforge.engine.hooks import PretrainHook
+    from kdforge.engine.hooks import PretrainStageHook
 
     snaps = {}
-    run_stages = PretrainHook.run_stages
+    run_stage = PretrainStageHook.run_stage
 
     def recorded(hook, tr):
         snaps["before"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
-        run_stages(hook, tr)
+        run_stage(hook, tr)
         snaps["after"] = copy.deepcopy((tr.student, tr.teacher, tr.losses))
 
-    monkeypatch.setattr(PretrainHook, "run_stages", recorded)
+    monkeypatch.setattr(PretrainStageHook, "run_stage", recorded)
     trainer.fit()
     return snaps["before"], snaps["after"]
 

@@ -54,8 +54,10 @@ class Method(nn.Module):
     - `extra_views(images, normalization)`: more images to forward with each training batch (SSKD's rotations, MLKD's strong view).
     - `setup(student, teacher, example)`: called once before training, with the
       outputs of a dry run on one batch, to build adapters from the real shapes.
-    - `pretrain_epochs` / `pretrain_loss` / `pretrain_parameters`: a stage the engine
-      runs before training (AB's initialisation, FT's paraphraser), through the same loop.
+    - `pretrain_epochs` / `pretrain_loss` / `pretrain_parameters`: a stage run before
+      training (AB's initialisation, FT's paraphraser), through the same forward.
+    - `loop_hooks(key)`: hooks the method adds to the training loop (its stage, its own
+      classifier heads' evaluation); the loop tests no flags of the methods.
     - `forward(out)`: a loss tensor, or a dict of named loss tensors (summed).
     """
 
@@ -73,8 +75,6 @@ class Method(nn.Module):
     pretrain_epochs: int = 0
     #: takes PURSUhInT hint layer pairs (a run's `hints:`) when its own layers are not given
     uses_hints: ClassVar[bool] = False
-    #: has classifier heads of its own (`eval_heads`) whose top-1 the engine reports at each evaluation
-    has_eval_heads: ClassVar[bool] = False
     #: can train data-parallel (DDP); false where the method keeps state per training image
     supports_distributed: ClassVar[bool] = True
 
@@ -142,8 +142,18 @@ class Method(nn.Module):
         """What the stage before training optimises: the method's own adapters by default."""
         return list(self.parameters())
 
+    def loop_hooks(self, key: str) -> list:
+        """Hooks this method, as the loss `key`, adds to the training loop (`engine/hooks/`): by default
+        its stage before training when `pretrain_epochs > 0`. A method with classifier heads of its own
+        adds `EvalHeadsHook(key, self)` (see `eval_heads`)."""
+        if self.pretrain_epochs <= 0:
+            return []
+        from kdforge.engine.hooks.pretrain import PretrainStageHook
+
+        return [PretrainStageHook(key, self)]
+
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
-        """{name: logits} of the method's own classifier heads on an evaluation batch (`has_eval_heads`).
+        """{name: logits} of the method's own classifier heads on an evaluation batch (with `EvalHeadsHook`).
 
         `out` holds the images, labels, the trained network's logits and its taps; no teacher.
         """

@@ -57,7 +57,6 @@ class EKD(Method):
              "Network, arXiv:2103.00793 (2021)")
     needs_teacher = False
     needs_labels = True
-    has_eval_heads = True
     default_taps = "a ddnn student's stage ends and each sub-net's branch block (no teacher)"
 
     def __init__(self, full_ce: float = 1.0, lambda_ce: float = 1.0, lambda_kl: float = 1.0,
@@ -121,6 +120,12 @@ class EKD(Method):
                             for f, a in zip(stages, maps)]
                 parts[f"{name}/at"] = self.lambda_at * torch.stack(distance).sum()
         return parts
+
+    def loop_hooks(self, key: str) -> list:
+        """With the usual ones, an `EvalHeadsHook`: the top-1 of every sub-net at each evaluation."""
+        from kdforge.engine.hooks.evaluation import EvalHeadsHook
+
+        return [*super().loop_hooks(key), EvalHeadsHook(key, self)]
 
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         return {name: self._subnet(out, name)[0] for name in self.subnets}

@@ -100,6 +100,11 @@ class Losses(nn.Module):
             student = method.wrap_student(student, teacher)
         return student
 
+    def loop_hooks(self) -> list:
+        """The hooks the active methods add to the training loop (`Method.loop_hooks`), in the losses' order."""
+        active = self.active()
+        return [hook for key, m in self.methods.items() if m in active for hook in m.loop_hooks(key)]
+
     def extra_views(self, images: torch.Tensor, normalization: PixelNormalization) -> dict[str, torch.Tensor]:
         """{loss key: extra images} of the active methods that ask for some (`Method.extra_views`)."""
         views, active = {}, self.active()

@@ -93,7 +93,6 @@ class SFTN(Method):
     needs_labels = True
     default_taps = "the trained network's stage ends (branch points)"
     typical_weight = 1.0
-    has_eval_heads = True
 
     def __init__(self, student: str, student_options: dict[str, Any] | None = None, lambda_t: float = 1.0,
                  lambda_kl: float = 3.0, lambda_ce: float = 1.0, T: float = 1.0, detach_teacher: bool = False,
@@ -190,6 +189,12 @@ class SFTN(Method):
         ce = reduce(torch.stack([F.cross_entropy(z, out.labels) for z in branch]))
         return {"teacher_ce": self.lambda_t * F.cross_entropy(z_t, out.labels),
                 "kl": self.lambda_kl * kl, "branch_ce": self.lambda_ce * ce}
+
+    def loop_hooks(self, key: str) -> list:
+        """With the usual ones, an `EvalHeadsHook`: the top-1 of every student branch at each evaluation."""
+        from kdforge.engine.hooks.evaluation import EvalHeadsHook
+
+        return [*super().loop_hooks(key), EvalHeadsHook(key, self)]
 
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         """Logits of every branch, for the engine's per-epoch evaluation."""

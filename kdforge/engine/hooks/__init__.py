@@ -4,10 +4,10 @@ from kdforge.engine.hooks.base import Hook, Hooks
 from kdforge.engine.hooks.bn_recalibration import BNRecalibrationHook
 from kdforge.engine.hooks.checkpoints import CheckpointHook
 from kdforge.engine.hooks.epoch_log import EpochRecordHook
-from kdforge.engine.hooks.evaluation import EvaluationHook
-from kdforge.engine.hooks.pretrain import PretrainHook
+from kdforge.engine.hooks.evaluation import EvalHeadsHook, EvaluationHook
+from kdforge.engine.hooks.pretrain import AfterPretrainHook, PretrainStageHook, run_pretrain_stages
 from kdforge.engine.hooks.step_log import StepLogHook
 from kdforge.engine.hooks.summary import SummaryHook
 
-__all__ = ["Hook", "Hooks", "BNRecalibrationHook", "CheckpointHook", "EpochRecordHook", "EvaluationHook",
-           "PretrainHook", "StepLogHook", "SummaryHook"]
+__all__ = ["Hook", "Hooks", "AfterPretrainHook", "BNRecalibrationHook", "CheckpointHook", "EpochRecordHook",
+           "EvalHeadsHook", "EvaluationHook", "PretrainStageHook", "StepLogHook", "SummaryHook", "run_pretrain_stages"]

@@ -1,7 +1,8 @@
 """The loop's hook protocol: what runs before and after training, each epoch and each step.
 
 The loop (`engine/trainer.py`) trains; evaluation, checkpoints, logging, BN recalibration, the stages
-before training and the summary are hooks of their own files, called in a fixed order. A hook with
+before training and the summary are hooks of their own files, called in a fixed order. A method that
+needs the loop adds hooks of its own (`Method.loop_hooks`: a stage before training, evaluation heads). A hook with
 state returns it from `state_dict`; the checkpoint saves every hook's state under its `name` and
 `--resume` gives it back, so a resumed run continues exactly (the loop's own counters are in
 `TrainState`). Written after the idea of detectron2's `HookBase`, our own code.
@@ -82,6 +83,10 @@ class Hooks:
     def after_train(self, trainer: Trainer) -> None:
         for hook in self.hooks:
             hook.after_train(trainer)
+
+    def of_type(self, kind: type) -> list:
+        """The hooks that are instances of `kind`, in calling order."""
+        return [h for h in self.hooks if isinstance(h, kind)]
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """{hook name: its state} of the hooks that keep any."""

@@ -11,9 +11,21 @@ from kdforge.engine.hooks.base import Hook
 from kdforge.methods.base import StepOutputs
 
 
+class EvalHeadsHook(Hook):
+    """A method's own classifier heads (EKD's sub-nets, SFTN's branches), added to the loop by the method
+    (`Method.loop_hooks`): the evaluation reports the top-1 of each as `<prefix>_top1/<key>/<head>`."""
+
+    def __init__(self, key: str, method):
+        self.key, self.method = key, method
+        self.name = f"eval_heads/{key}"
+
+    def heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
+        return {f"{self.key}/{name}": z for name, z in self.method.eval_heads(out).items()}
+
+
 class EvaluationHook(Hook):
     """Adds `eval_*` (and `val_*` for a validation hold-out) metrics to the epoch record, with the top-1
-    of methods' own heads (`Method.eval_heads`, e.g. SFTN's branches), and shows them on the progress bar."""
+    of the heads methods add (`EvalHeadsHook`), and shows them on the progress bar."""
 
     name = "evaluation"
 
@@ -30,8 +42,7 @@ class EvaluationHook(Hook):
 
 def evaluate_student(trainer, loader) -> dict[str, Any]:
     """The trained network's metrics on `loader`, and the top-1 of methods' own heads (e.g. SFTN's branches)."""
-    losses = trainer.losses
-    with_heads = {key: m for key, m in losses.methods.items() if m.has_eval_heads and m in losses.active()}
+    with_heads = trainer.hooks.of_type(EvalHeadsHook)
     trainer.dist.broadcast_buffers(trainer.student)  # every rank evaluates rank 0's model (BN statistics)
     reduce = trainer.dist.all_reduce_sum
     if not with_heads:
@@ -41,9 +52,10 @@ def evaluate_student(trainer, loader) -> dict[str, Any]:
         logits, feats = trainer.student_taps(images)
         out = StepOutputs(images, labels, logits, student_features=feats, student=trainer.student,
                           epoch=trainer.state.epoch, step=trainer.state.step)
-        return logits, {f"{key}/{name}": z for key, m in with_heads.items() for name, z in m.eval_heads(out).items()}
+        return logits, {name: z for hook in with_heads for name, z in hook.heads(out).items()}
 
-    return evaluate(trainer.student, loader, trainer.precision, heads=heads, also_eval=[losses], reduce=reduce)
+    return evaluate(trainer.student, loader, trainer.precision, heads=heads, also_eval=[trainer.losses],
+                    reduce=reduce)
 
 
 def postfix(record: dict[str, Any]) -> str:

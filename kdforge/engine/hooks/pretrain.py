@@ -1,4 +1,8 @@
-"""The stages some methods run before training (AB's initialisation, FT's paraphraser, SSKD's rotation head)."""
+"""The stages some methods run before training (AB's initialisation, FT's paraphraser, SSKD's rotation head).
+
+A method with a stage adds a `PretrainStageHook` to the loop (`Method.loop_hooks`); the loop's own
+`AfterPretrainHook`, after every method's hooks, then keeps only the taps the weighted losses need.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +13,54 @@ import torch
 
 from kdforge.engine.hooks.base import Hook
 from kdforge.engine.interrupts import RunInterrupted, StopSignals
-from kdforge.engine.pretrain import run_pretrain_stages
+from kdforge.engine.pretrain import run_pretrain_stage
 from kdforge.features import FeatureTaps
 
 
-class PretrainHook(Hook):
-    """Before the first training step of a new run: every method's stage (`engine/pretrain.py`). Then, on a
-    resumed run too, the taps only those stages needed are removed, and the teacher is no longer run if no
-    weighted method needs it."""
+class PretrainStageHook(Hook):
+    """Before the first training step of a new run (not on a resume): the stage of the loss `key`'s method
+    (`engine/pretrain.py`); it runs even at weight 0 (AB: initialisation only)."""
 
-    name = "pretrain"
+    def __init__(self, key: str, method):
+        self.key, self.method = key, method
+        self.name = f"pretrain/{key}"
 
     def before_train(self, trainer) -> None:
         if trainer.state.step == 0:
             with StopSignals() as trainer.signals:
                 try:
-                    self.run_stages(trainer)
+                    self.run_stage(trainer)
                 except RunInterrupted as exc:
                     if trainer.dist.is_main:
                         print(exc, file=sys.stderr, flush=True)
                     raise
-        drop_pretrain_only_taps(trainer)
 
-    def run_stages(self, trainer) -> None:
+    def run_stage(self, trainer) -> None:
         def stop_requested() -> int | None:  # every stage step is a sync point
             return (trainer.signals.requested or signal.SIGTERM) if trainer.stop_requested(at_sync_point=True) else None
 
-        run_pretrain_stages(trainer.losses, trainer.student, trainer.forward, trainer.train_loader,
-                            trainer.cfg.optim, trainer.precision, trainer.dist, trainer.logger, stop_requested)
+        run_pretrain_stage(self.key, self.method, trainer.student, trainer.forward, trainer.train_loader,
+                           trainer.cfg.optim, trainer.precision, trainer.dist, trainer.logger, stop_requested)
+
+
+def run_pretrain_stages(trainer) -> None:
+    """Every stage of the trainer's methods, in order, outside the loop (what `fit` runs before training)."""
+    for hook in trainer.hooks.of_type(PretrainStageHook):
+        hook.run_stage(trainer)
+
+
+class AfterPretrainHook(Hook):
+    """After the stages (on a resumed run too): the taps only the stages needed are removed, and the
+    teacher is no longer run if no weighted loss needs it."""
+
+    name = "after_pretrain"
+
+    def before_train(self, trainer) -> None:
+        drop_pretrain_only_taps(trainer)
 
 
 def drop_pretrain_only_taps(trainer) -> None:
-    """After the stages before training, tap (and run the teacher) only for weighted methods."""
+    """After the stages before training, tap (and run the teacher) only for weighted losses."""
     losses = trainer.losses
     student_taps = losses.taps("student", training_only=True)
     teacher_taps = losses.taps("teacher", training_only=True)
