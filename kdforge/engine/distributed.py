@@ -122,7 +122,7 @@ def shutdown(ctx: Distributed) -> None:
 def refuse_unsupported(losses, optim_name: str) -> None:
     """Methods whose state follows individual training images (CRD's memory bank) are single-process, and so
     is DOT's two-backward step (`optim.name: dot`)."""
-    unsupported = [key for key, m in losses.methods.items() if not getattr(m, "supports_distributed", True)]
+    unsupported = [key for key, m in losses.methods.items() if not m.supports_distributed]
     if unsupported:
         raise ConfigError(f"losses {unsupported} keep per-image state that data-parallel ranks would not share; "
                           f"train them in one process (drop --nproc / torchrun)")
