@@ -101,7 +101,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     model: str | None = None  # zoo name; a teacher's may come from its checkpoint
-    checkpoint: str | None = None  # a kdforge checkpoint or run folder to load weights from
+    checkpoint: str | None = None  # a kdforge checkpoint or run folder, or a plain state dict (.pt/.pth/.safetensors)
     #: which checkpoint of a run folder: its last epoch, or best.pt (chosen on the run's selection split; on the
     #: test split unless that run set data.val_split or a few-shot hold-out)
     which: Literal["last", "best"] = "last"

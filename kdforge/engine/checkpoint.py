@@ -126,14 +126,10 @@ def run_folder(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, which: str = "last", map_location: str | torch.device = "cpu") -> dict:
     """Read a kdforge checkpoint; a clear error for a missing, truncated or foreign file."""
+    from kdforge.engine.weights_file import read_file
+
     file = resolve_checkpoint(path, which)
-    try:
-        # weights_only: a checkpoint is data; loading one never runs code from the file
-        ckpt = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch.load fails in many ways on a foreign file (KeyError, UnpicklingError, ...)
-        first = first_line(exc, 200).split(". ")[0]  # torch's advice would mislead
-        raise CheckpointError(f"checkpoint {file} cannot be read (truncated, not a PyTorch file, or holding "
-                              f"code objects): {type(exc).__name__}{': ' + first if first else ''}") from None
+    ckpt = read_file(file, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a kdforge checkpoint (no '{FORMAT}' marker)")
     ckpt["path"] = str(file)

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kdforge.config import ModelConfig, RunConfig
-from kdforge.engine.checkpoint import checkpoint_source, load_checkpoint, load_weights
+from kdforge.engine.checkpoint import checkpoint_source, load_weights
 from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
+from kdforge.engine.weights_file import load_model_file
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.models.capabilities import GraftedNet
 
@@ -69,7 +70,7 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
     name = mcfg.model
     options = dict(mcfg.options)
     if mcfg.checkpoint:
-        ckpt = load_checkpoint(mcfg.checkpoint, mcfg.which)
+        ckpt = load_model_file(mcfg.checkpoint, mcfg.which)  # a kdforge checkpoint or a plain weight file
         if sources is not None:
             sources[role] = checkpoint_source(ckpt)
         stored = ckpt.get("model") or {}
@@ -83,6 +84,9 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
                 raise CheckpointError(
                     f"{role}.checkpoint {ckpt['path']} was trained with {key}={stored[key]}, but the dataset "
                     f"has {wanted} ({ckpt.get('data', {}).get('name', '?')} vs this run's data)")
+    if name is None and ckpt is not None:
+        raise ConfigError(f"{role}.checkpoint {ckpt['path']} is a plain state dict, which does not record its "
+                          f"model: set {role}.model (a zoo model, see `kdforge models`)")
     if name is None:
         raise ConfigError(f"{role}.model: name a zoo model (see `kdforge models`) or give {role}.checkpoint")
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
