@@ -5,6 +5,7 @@ import torch
 
 from kdforge.config import config_from_dict
 from kdforge.engine import Trainer
+from kdforge.engine.hooks import PretrainStageHook
 from kdforge.engine.run import build_zoo_model
 from kdforge.methods import Losses
 
@@ -22,3 +23,9 @@ def small_trainer(tmp_path, digits, name, method, *, seed, log_every, hooks=(), 
     student = build_zoo_model(config_from_dict({"student": {"model": "resnet8"}}).student, 10, 1, "student")
     return Trainer(student, Losses({method.name: method}, {method.name: 1.0}), *digits, config=cfg,
                    run_dir=tmp_path / name, hooks=hooks)
+
+
+def run_pretrain_stages(trainer) -> None:
+    """The stages the trainer's methods added (`PretrainStageHook`s), in order, outside `fit` (no signal handling)."""
+    for hook in trainer.hooks.of_type(PretrainStageHook):
+        hook.run_stage(trainer)

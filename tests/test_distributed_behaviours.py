@@ -27,10 +27,10 @@ from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
 from kdforge.engine.logger import RunLogger, read_log
 from kdforge.engine.optim import build_optimizer
 from kdforge.engine.precision import resolve_precision
-from kdforge.engine.hooks import run_pretrain_stages
 from kdforge.engine.pretrain import PRETRAIN_EPOCH_OFFSET, train_only_what_is_trained
 from kdforge.engine.run import build_zoo_model
 from kdforge.methods import Losses
+from digits_trainer import run_pretrain_stages  # tests/ is on the path
 from test_distributed import NoBatchNorm  # tests/ is on the path: one copy of the BN-free student
 
 CPU = torch.device("cpu")

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from kdforge.config import config_from_dict
 from kdforge.data.augment import PixelNormalization
 from kdforge.engine import Trainer, train_from_config
-from kdforge.engine.hooks import run_pretrain_stages
 from kdforge.errors import ConfigError
 from kdforge.methods import Losses, StepOutputs
 from kdforge.methods.sskd import kept_rows
 from kdforge.models import build_model
+from digits_trainer import run_pretrain_stages  # tests/ is on the path
 
 UNIT = PixelNormalization((0.0,), (1.0,))  # rotations ignore the normalisation
 

@@ -126,11 +126,11 @@ def run_folder(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, which: str = "last", map_location: str | torch.device = "cpu") -> dict:
     """Read a kdforge checkpoint; a clear error for a missing, truncated or foreign file."""
-    from kdforge.engine.weights_file import read_file
+    from kdforge.engine.weights_file import is_kdforge_checkpoint, read_file
 
     file = resolve_checkpoint(path, which)
     ckpt = read_file(file, map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not is_kdforge_checkpoint(ckpt):
         raise CheckpointError(f"{file} is not a kdforge checkpoint (no '{FORMAT}' marker)")
     ckpt["path"] = str(file)
     return ckpt

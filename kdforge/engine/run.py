@@ -12,7 +12,7 @@ from kdforge.engine.checkpoint import checkpoint_source, load_weights
 from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
-from kdforge.engine.weights_file import load_model_file
+from kdforge.engine.weights_file import is_kdforge_checkpoint, load_model_file
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.models.capabilities import GraftedNet
 
@@ -85,8 +85,9 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
                     f"{role}.checkpoint {ckpt['path']} was trained with {key}={stored[key]}, but the dataset "
                     f"has {wanted} ({ckpt.get('data', {}).get('name', '?')} vs this run's data)")
     if name is None and ckpt is not None:
-        raise ConfigError(f"{role}.checkpoint {ckpt['path']} is a plain state dict, which does not record its "
-                          f"model: set {role}.model (a zoo model, see `kdforge models`)")
+        what = "a custom model's checkpoint" if is_kdforge_checkpoint(ckpt) else "a plain state dict"
+        raise ConfigError(f"{role}.checkpoint {ckpt['path']} is {what}, which does not record its model: set "
+                          f"{role}.model (a zoo model, see `kdforge models`)")
     if name is None:
         raise ConfigError(f"{role}.model: name a zoo model (see `kdforge models`) or give {role}.checkpoint")
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)

@@ -75,16 +75,9 @@ def _all_tensors(mapping: dict) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in mapping.items())
 
 
-def load_plain_weights(file: Path, obj: Any = None) -> dict[str, Any]:
-    """A checkpoint-shaped dict for a plain weight file: {'path', 'model': None, 'student': state dict}.
-    `obj` is the file's content where it was already read."""
-    obj = read_file(file) if obj is None else obj
-    return {"path": str(file), "model": None, "student": plain_state_dict(obj, file), "plain": True}
-
-
 def load_model_file(path: str | Path, which: str = "last") -> dict[str, Any]:
     """What `teacher.checkpoint` / `student.checkpoint` name: a kdforge checkpoint (a run folder's `which`
-    one, or a file), or a plain weight file as `load_plain_weights` gives it."""
+    one, or a file), or a plain weight file as a checkpoint-shaped {'path', 'model': None, 'student'}."""
     from kdforge.engine.checkpoint import resolve_checkpoint
 
     file = resolve_checkpoint(path, which)
@@ -92,4 +85,4 @@ def load_model_file(path: str | Path, which: str = "last") -> dict[str, Any]:
     if is_kdforge_checkpoint(obj):
         obj["path"] = str(file)
         return obj
-    return load_plain_weights(file, obj)
+    return {"path": str(file), "model": None, "student": plain_state_dict(obj, file)}

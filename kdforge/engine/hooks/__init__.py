@@ -5,9 +5,9 @@ from kdforge.engine.hooks.bn_recalibration import BNRecalibrationHook
 from kdforge.engine.hooks.checkpoints import CheckpointHook
 from kdforge.engine.hooks.epoch_log import EpochRecordHook
 from kdforge.engine.hooks.evaluation import EvalHeadsHook, EvaluationHook
-from kdforge.engine.hooks.pretrain import AfterPretrainHook, PretrainStageHook, run_pretrain_stages
+from kdforge.engine.hooks.pretrain import AfterPretrainHook, PretrainStageHook
 from kdforge.engine.hooks.step_log import StepLogHook
 from kdforge.engine.hooks.summary import SummaryHook
 
 __all__ = ["Hook", "Hooks", "AfterPretrainHook", "BNRecalibrationHook", "CheckpointHook", "EpochRecordHook",
-           "EvalHeadsHook", "EvaluationHook", "PretrainStageHook", "StepLogHook", "SummaryHook", "run_pretrain_stages"]
+           "EvalHeadsHook", "EvaluationHook", "PretrainStageHook", "StepLogHook", "SummaryHook"]

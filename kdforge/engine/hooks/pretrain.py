@@ -43,12 +43,6 @@ class PretrainStageHook(Hook):
                            trainer.cfg.optim, trainer.precision, trainer.dist, trainer.logger, stop_requested)
 
 
-def run_pretrain_stages(trainer) -> None:
-    """Every stage of the trainer's methods, in order, outside the loop (what `fit` runs before training)."""
-    for hook in trainer.hooks.of_type(PretrainStageHook):
-        hook.run_stage(trainer)
-
-
 class AfterPretrainHook(Hook):
     """After the stages (on a resumed run too): the taps only the stages needed are removed, and the
     teacher is no longer run if no weighted loss needs it."""
