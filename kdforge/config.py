@@ -73,6 +73,13 @@ class DataConfig:
     #: drop the last, partial training batch of every epoch (None: drop it, except in few-shot runs, where
     #: every shot counts and a partial batch is a large share of the data)
     drop_last: bool | None = None
+    #: decode image files in DataLoader workers instead of holding the split in memory (image folders only;
+    #: `data/streaming/`). None: streamed when the in-memory split would exceed `memory_budget_gb` (with a message)
+    streaming: bool | None = None
+    memory_budget_gb: float = 8.0  # the largest in-memory split (uint8 images) before streaming is chosen
+    workers: int = 4  # DataLoader worker processes per training process when streaming (0: decode in the main one)
+    #: streaming: a corrupt or unreadable image is skipped, counted and listed in the summary (else a one-line error)
+    skip_bad_files: bool = False
 
     @property
     def selection_split(self) -> str:
@@ -93,6 +100,9 @@ class DataConfig:
     def check(self, path: str) -> None:
         _positive(path, "batch_size", self.batch_size)
         _positive(path, "eval_batch_size", self.eval_batch_size)
+        _at_least(path, "workers", self.workers, 0)
+        if not self.memory_budget_gb > 0:
+            raise ConfigError(f"{path}.memory_budget_gb: must be positive, got {self.memory_budget_gb}")
         if self.val_split is not None and self.few_shot is not None and self.few_shot.holdout:
             raise ConfigError(f"{path}.val_split and {path}.few_shot.holdout both set a selection split: "
                               f"choose one")
@@ -106,8 +116,29 @@ class ModelConfig:
     #: test split unless that run set data.val_split or a few-shot hold-out)
     which: Literal["last", "best"] = "last"
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
+    #: a model from Python instead of the zoo: "package.module:factory" or "path/to/file.py:factory"
+    #: (`models/imported.py`), called with `kwargs`; written `import:` in config files
+    import_: str | None = field(default=None, metadata={"key": "import"})
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the factory's keyword arguments (with `import`)
+
+    def defaults_under(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The default keys a file's section keeps: the default zoo model only where it imports none."""
+        kept = config_to_dict(self)
+        if "import" in given:
+            kept.pop("model"), kept.pop("options")
+        return kept
 
     def check(self, path: str) -> None:
+        if self.import_ is not None:
+            from kdforge.models.imported import parse_import_spec
+
+            if self.model is not None or self.options:
+                raise ConfigError(f"{path}: give either import (with kwargs) or model (with options), not both")
+            parse_import_spec(self.import_, f"{path}.import")
+            return
+        if self.kwargs:
+            raise ConfigError(f"{path}.kwargs: keyword arguments of an import factory; set {path}.import, or give a "
+                              f"zoo model's arguments as {path}.options")
         if self.model is None:
             return
         from kdforge.models.registry import UnknownModelError, check_options

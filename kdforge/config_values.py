@@ -88,6 +88,12 @@ def coerce_value(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {path}")
 
 
+def config_key(f: dataclasses.Field) -> str:
+    """A field's key in config files: its name, or `metadata["key"]` where the key is a Python keyword
+    (`student.import`)."""
+    return f.metadata.get("key", f.name)
+
+
 def dataclass_from_dict(cls: type, data: Any, path: str = "") -> Any:
     """An instance of the config dataclass `cls` from a mapping: unknown keys refused with suggestions, sections
     the mapping leaves out at their defaults, each value coerced, then the section's own `check(path)`."""
@@ -96,7 +102,7 @@ def dataclass_from_dict(cls: type, data: Any, path: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [config_key(f) for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
@@ -105,13 +111,16 @@ def dataclass_from_dict(cls: type, data: Any, path: str = "") -> Any:
             )
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
+        key = config_key(f)
+        if key not in data:
             continue
-        value = data[f.name]
+        value = data[key]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = {**config_to_dict(default), **value}  # keys the file leaves out keep their defaults
-        kwargs[f.name] = coerce_value(value, hints[f.name], f"{path}.{f.name}" if path else f.name)
+            # keys the file leaves out keep their defaults (those that still apply to what it gives)
+            kept = default.defaults_under(value) if hasattr(default, "defaults_under") else config_to_dict(default)
+            value = {**kept, **value}
+        kwargs[f.name] = coerce_value(value, hints[f.name], f"{path}.{key}" if path else key)
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check:
@@ -123,7 +132,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a config (tuples as lists), suitable for YAML/JSON."""
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {config_key(f): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):

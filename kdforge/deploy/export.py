@@ -213,8 +213,8 @@ def _student(net, record: dict, subnet: str | None, origin: str) -> tuple[_Stude
     if subnet is not None:
         raise ConfigError(f"{origin} holds a plain {record['name']}: only depth-dynamic (ddnn) runs have "
                           f"sub-nets; export it without --subnet")
-    return _Student(record["name"], plain(record["name"], dict(record.get("options") or {})), _copy(net.state_dict()),
-                    net, 0.0), None
+    same = dict(record) if record.get("import") else plain(record["name"], dict(record.get("options") or {}))
+    return _Student(record["name"], same, _copy(net.state_dict()), net, 0.0), None
 
 
 def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -168,8 +168,16 @@ def load_model(path: str | Path, which: str = "last", map_location: str | torch.
 
 
 def model_from_record(record: dict[str, Any]) -> nn.Module:
-    """A fresh zoo model as a checkpoint's model record ({name, num_classes, in_channels, options}) describes it."""
+    """A fresh zoo model as a checkpoint's model record ({name, num_classes, in_channels, options}) describes it,
+    or the imported model its record names ({import, kwargs, ..., image_size}: `models/imported.py`)."""
     from kdforge.models import build_model
+
+    if record.get("import"):
+        from kdforge.models.imported import build_imported
+
+        return build_imported(record["import"], record.get("kwargs") or {}, num_classes=record["num_classes"],
+                              in_channels=record["in_channels"], image_size=record["image_size"],
+                              where="the checkpoint's model (import)")
 
     return build_model(record["name"], num_classes=record["num_classes"], in_channels=record["in_channels"],
                        **(record.get("options") or {}))

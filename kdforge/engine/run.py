@@ -60,30 +60,37 @@ def load_run_data(cfg: RunConfig) -> RunData:
 
 
 def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role: str,
-                    sources: dict[str, dict[str, Any]] | None = None):
-    """A zoo model for `role` ('student' / 'teacher'), with weights from `mcfg.checkpoint` if given
-    (a run folder's `mcfg.which` checkpoint: its last epoch by default). `sources[role]` receives
-    `checkpoint_source` of the file loaded: which file, and the split that selected it."""
+                    sources: dict[str, dict[str, Any]] | None = None, image_size: int | None = None):
+    """A zoo model for `role` ('student' / 'teacher'), or the model `mcfg.import_` builds (checked on one
+    `image_size` image), with weights from `mcfg.checkpoint` if given (a run folder's `mcfg.which` checkpoint:
+    its last epoch by default). `sources[role]` receives `checkpoint_source` of the file loaded: which file,
+    and the split that selected it."""
     from kdforge.models import build_model
 
     ckpt = None
     name = mcfg.model
     options = dict(mcfg.options)
+    spec, kwargs = mcfg.import_, dict(mcfg.kwargs)
     if mcfg.checkpoint:
         ckpt = load_model_file(mcfg.checkpoint, mcfg.which)  # a kdforge checkpoint or a plain weight file
         if sources is not None:
             sources[role] = checkpoint_source(ckpt)
         stored = ckpt.get("model") or {}
+        if name is None and spec is None and stored.get("import"):  # a run of an imported model
+            spec, kwargs = stored["import"], {**stored.get("kwargs", {}), **kwargs}
+        if spec is not None:
+            _check_stored_classes(stored, ckpt, num_classes, in_channels, role)
+            model = _imported(spec, kwargs, num_classes, in_channels, image_size, role)
+            load_weights(model, ckpt["student"], ckpt["path"])
+            return model
         if name is None:
             name, options = stored.get("name"), {**stored.get("options", {}), **options}
         elif stored.get("name") and stored["name"] != name and not _plain_full_of_ddnn(name, options, stored):
             raise CheckpointError(f"{role}.checkpoint {ckpt['path']} holds a {stored['name']}, "
                                   f"but {role}.model is {name}")
-        for key, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if stored.get(key) not in (None, wanted):
-                raise CheckpointError(
-                    f"{role}.checkpoint {ckpt['path']} was trained with {key}={stored[key]}, but the dataset "
-                    f"has {wanted} ({ckpt.get('data', {}).get('name', '?')} vs this run's data)")
+        _check_stored_classes(stored, ckpt, num_classes, in_channels, role)
+    if spec is not None:
+        return _imported(spec, kwargs, num_classes, in_channels, image_size, role)
     if name is None and ckpt is not None:
         what = "a custom model's checkpoint" if is_kdforge_checkpoint(ckpt) else "a plain state dict"
         raise ConfigError(f"{role}.checkpoint {ckpt['path']} is {what}, which does not record its model: set "
@@ -100,6 +107,23 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
     elif ckpt is not None:
         load_weights(model, ckpt["student"], ckpt["path"])
     return model
+
+
+def _check_stored_classes(stored: dict, ckpt: dict, num_classes: int, in_channels: int, role: str) -> None:
+    for key, wanted in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if stored.get(key) not in (None, wanted):
+            raise CheckpointError(
+                f"{role}.checkpoint {ckpt['path']} was trained with {key}={stored[key]}, but the dataset "
+                f"has {wanted} ({ckpt.get('data', {}).get('name', '?')} vs this run's data)")
+
+
+def _imported(spec: str, kwargs: dict, num_classes: int, in_channels: int, image_size: int | None, role: str):
+    from kdforge.models.imported import build_imported
+
+    if image_size is None:
+        raise ConfigError(f"{role}.import: building an imported model needs the data's image size")
+    return build_imported(spec, kwargs, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                          where=f"{role}.import")
 
 
 def _plain_full_of_ddnn(name: str, options: dict, stored: dict) -> bool:
@@ -177,12 +201,14 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
         raise ConfigError(f"losses {needing} need labels, but the few-shot training set is label-free: drop them "
                           f"or set data.few_shot.labels: true")
     sources: dict[str, dict[str, Any]] = {}
-    student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student", sources)
+    student = build_zoo_model(cfg.student, train.num_classes, train.in_channels, "student", sources,
+                              train.image_size)
     teacher = None
     if cfg.teacher is not None and losses.needs_teacher:
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: a teacher must be trained; give its run folder or .pt file")
-        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher", sources)
+        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher", sources,
+                                  train.image_size)
     student = losses.wrap_student(student, teacher)  # e.g. SimKD's: projector and the teacher's head
     if isinstance(student, GraftedNet):  # NetGraft's grafted network holds the frozen teacher
         if teacher is None:

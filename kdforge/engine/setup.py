@@ -27,6 +27,7 @@ def prepare(trainer) -> None:
     if trainer.dist.enabled:
         refuse_unsupported(trainer.losses, cfg.optim.name)
         convert_sync_bn(trainer.student, tcfg.sync_bn, device)
+    infer_missing_taps(trainer)
     trainer.student.to(device=device, memory_format=fmt)
     trainer.use_teacher = trainer.teacher is not None and trainer.losses.needs_teacher
     if trainer.use_teacher:
@@ -76,6 +77,23 @@ def prepare(trainer) -> None:
     trainer.scaler = trainer.precision.grad_scaler()
     trainer.lr_used = trainer.optimizer.param_groups[0]["lr"]
     trainer.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, trainer.dist)
+
+
+def infer_missing_taps(trainer) -> None:
+    """A model passed from Python that names no stages gets them from a dry run (`models/inferred_taps.py`), as
+    an imported one does when it is built; zoo models name their own."""
+    from kdforge.models.capabilities import model_record_of
+    from kdforge.models.imported import adopt
+    from kdforge.models.inferred_taps import has_taps
+
+    data = trainer.train_data
+    for role, model in (("student", trainer.student), ("teacher", trainer.teacher)):
+        if model is None or has_taps(model) or model_record_of(model) is not None:
+            continue
+        param = next(model.parameters(), None)
+        example = torch.zeros(2, data.in_channels, data.image_size, data.image_size,
+                              device=param.device if param is not None else "cpu")
+        adopt(model, example, data.num_classes, where=role)
 
 
 def eval_loader(trainer, data, device: torch.device) -> TensorLoader | None:

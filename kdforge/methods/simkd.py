@@ -48,7 +48,7 @@ class SimKD(Method):
         if teacher is None:
             raise ConfigError("losses.simkd reuses the teacher's classifier: set teacher.checkpoint")
         records = [model_record_of(m) for m in (student, teacher)]
-        if not all(records):
+        if not all(records) or any(r.get("import") for r in records):
             raise ConfigError("losses.simkd: the student and the teacher must be zoo models (built by name) so "
                               "the SimKD student can be rebuilt from its checkpoint")
         s_rec, t_rec = records

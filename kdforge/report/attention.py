@@ -110,13 +110,15 @@ def rebuild_trainer(ckpt: dict[str, Any], split: str | None = None, device: str 
                   train=replace(cfg.train, device=device, precision="fp32", channels_last=False, compile=False,
                                 progress=False, tensorboard=False))
     train, evaluation = load_datasets(cfg)
-    student = build_zoo_model(replace(cfg.student, checkpoint=None), train.num_classes, train.in_channels, "student")
+    student = build_zoo_model(replace(cfg.student, checkpoint=None), train.num_classes, train.in_channels, "student",
+                              image_size=train.image_size)
     load_weights(student, ckpt["student"], ckpt["path"])
     teacher = None
     if losses.needs_teacher:
         if cfg.teacher is None or not cfg.teacher.checkpoint:
             raise ConfigError(f"{ckpt['path']}: the saved config names no teacher.checkpoint")
-        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+        teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher",
+                                  image_size=train.image_size)
     trainer = Trainer(student, losses, train, evaluation, teacher=teacher, config=cfg,
                       run_dir=run_folder(ckpt["path"]))
     trainer.prepare()  # binds layers and builds the attention modules by shape

@@ -1,0 +1,134 @@
+"""Models from Python code instead of the zoo: ``student: {import: "package.module:factory", kwargs: {...}}``
+or ``"path/to/file.py:factory"`` (a timm model: ``{import: "timm:create_model", kwargs: {model_name: resnet18,
+num_classes: 10}}`` where timm is installed; kdforge does not depend on it).
+
+The factory is called with `kwargs`, plus ``num_classes`` / ``in_channels`` when its signature names them and
+`kwargs` does not. The model's record (what checkpoints store) holds the spec, so `eval`, `export`, `predict`
+and `report` rebuild it the same way; its default layers are inferred by a dry run (`inferred_taps.py`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdforge.errors import ConfigError
+from kdforge.models.inferred_taps import ensure_taps
+
+_FORM = "'package.module:factory' or 'path/to/file.py:factory'"
+
+
+def parse_import_spec(spec: str, where: str = "import") -> tuple[str, str]:
+    """(module or file, factory name) of `spec`; a ConfigError naming `where` if it has neither form."""
+    target, sep, attr = str(spec).rpartition(":")
+    if not sep or not target or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        raise ConfigError(f"{where}: {spec!r} is not {_FORM}")
+    return target, attr
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def resolved_spec(spec: str, where: str = "import") -> str:
+    """`spec` with a file path made absolute (what a checkpoint records: it must not depend on the directory a
+    later `kdforge eval` runs in)."""
+    target, attr = parse_import_spec(spec, where)
+    return f"{Path(target).resolve()}:{attr}" if _is_file(target) else spec
+
+
+def display_name(spec: str) -> str:
+    """What summaries, reports and export file names call an imported model: ``mynet.make``, ``timm.create_model``."""
+    target, attr = parse_import_spec(spec)
+    return f"{Path(target).stem if _is_file(target) else target}.{attr}"
+
+
+def _module_of(target: str, where: str):
+    if _is_file(target):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"{where}: file {target!r} does not exist")
+        name = f"kdforge_user_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        loaded = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loaded)
+        sys.modules[name] = module
+        try:
+            loaded.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ConfigError(f"{where}: running {target} failed: {type(exc).__name__}: {exc}") from exc
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import module {target!r} ({exc}); is it installed, or on "
+                          f"PYTHONPATH?") from None
+
+
+def load_factory(spec: str, where: str = "import") -> Callable[..., Any]:
+    """The callable `spec` names."""
+    target, attr = parse_import_spec(spec, where)
+    obj = _module_of(target, where)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{where}: {target} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{where}: {spec} is a {type(obj).__name__}, not a callable that returns an nn.Module")
+    return obj
+
+
+def _named_params(factory: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return set()
+
+
+def build_imported(spec: str, kwargs: dict[str, Any], *, num_classes: int, in_channels: int, image_size: int,
+                   where: str = "import") -> nn.Module:
+    """The model `spec(**kwargs)` builds, checked on one `image_size` image, with inferred taps and a record."""
+    factory = load_factory(spec, where)
+    call = dict(kwargs)
+    named = _named_params(factory)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key in named and key not in call:
+            call[key] = value
+    try:
+        model = factory(**call)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {spec}(**kwargs) failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{where}: {spec} returned a {type(model).__name__}, not an nn.Module")
+    adopt(model, torch.zeros(2, in_channels, image_size, image_size), num_classes, where)
+    model.zoo_record = {"name": display_name(spec), "import": resolved_spec(spec, where),
+                        "kwargs": dict(kwargs), "num_classes": num_classes, "in_channels": in_channels,
+                        "image_size": image_size}
+    return model
+
+
+def adopt(model: nn.Module, example: torch.Tensor, num_classes: int, where: str = "model") -> None:
+    """Check that `model` maps `example` to `num_classes` logits and give it inferred taps (unless it names its
+    own); also what a model passed from Python goes through."""
+    try:
+        taps = ensure_taps(model, example)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RuntimeError as exc:
+        raise ConfigError(f"{where}: a {tuple(example.shape[1:])} image does not run through the model: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+    classes = taps.logits_shape[0] if taps is not None else None
+    if classes is not None and classes != num_classes:
+        raise ConfigError(f"{where}: the model outputs {classes} classes but the data has {num_classes}: pass the "
+                          f"class count in kwargs (e.g. num_classes: {num_classes})")
+    if not hasattr(model, "input_size"):
+        model.input_size = int(example.shape[-1])
