@@ -316,6 +316,8 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 #: the seed) are the same experiment (recipes reuse such runs; the report groups them)
 TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
                    "train.precision", "train.channels_last")
+#: keys inside those that change only the speed (a resume may change them; runs differing in them group together)
+SPEED_ONLY_KEYS = ("data.workers",)
 
 
 def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:

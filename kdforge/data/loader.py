@@ -11,7 +11,7 @@ import torch
 from .augment import Augment, normalize
 from .tensor_dataset import ImageTensorDataset
 
-__all__ = ["TensorLoader", "derive_seed"]
+__all__ = ["EpochOrder", "TensorLoader", "derive_seed"]
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -20,68 +20,20 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-class TensorLoader:
-    """Iterate ``(images, labels)`` batches of an in-memory data set on ``device``.
+def check_loader_arguments(what: str, data, batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"{what}: batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"{what}: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if len(data) == 0:
+        raise ValueError(f"{what}: data set {data.name!r} is empty")
 
-    The uint8 images move to ``device`` once, at construction. Each batch is
-    gathered by index, augmented in uint8 (``augment``), normalised to
-    ``dtype`` with the data set's mean/std, and optionally made channels-last.
 
-    The order and the augmentation of an epoch depend only on
-    ``(seed, epoch)`` (and the rank): call :meth:`set_epoch` before each
-    epoch; resuming needs no saved RNG state. With ``world_size > 1`` each
-    rank gets a disjoint, equal-size share of the epoch's permutation
-    (padded by wrapping around, like ``DistributedSampler``); ``batch_size``
-    is per rank.
-    """
-
-    def __init__(
-        self,
-        data: ImageTensorDataset,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        drop_last: bool,
-        device: torch.device | str,
-        augment: Augment | None,
-        seed: int,
-        channels_last: bool = False,
-        dtype: torch.dtype = torch.float32,
-        rank: int = 0,
-        world_size: int = 1,
-        with_indices: bool = False,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"TensorLoader: batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"TensorLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if len(data) == 0:
-            raise ValueError(f"TensorLoader: data set {data.name!r} is empty")
-        if not dtype.is_floating_point:
-            raise ValueError(f"TensorLoader: dtype must be floating point, got {dtype}")
-        self.data = data
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.device = torch.device(device)
-        self.augment = augment if augment is not None and augment.is_random else None
-        self.seed = int(seed)
-        self.channels_last = bool(channels_last)
-        self.dtype = dtype
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.with_indices = bool(with_indices)  # yield (images, labels, dataset indices)
-        self.epoch = 0
-        self._start_batch = 0
-
-        self.images = data.images.to(self.device)
-        self.labels = data.labels.to(self.device)
-        self._mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device)
-        self._std = torch.tensor(data.std, dtype=torch.float32, device=self.device)
-        if self.dtype == torch.float64:
-            self._mean, self._std = self._mean.double(), self._std.double()
-
-    # ------------------------------------------------------------------ sizes
+class EpochOrder:
+    """The epoch order both loaders share: a permutation of ``len(self.data)`` from ``(seed, epoch)``, each rank's
+    disjoint, equal-size share of it (padded by wrapping around, like ``DistributedSampler``), cut into
+    ``batch_size`` batches; `set_epoch` chooses the epoch and the batch to start from (mid-epoch resume).
+    Subclasses set ``data, batch_size, shuffle, drop_last, seed, rank, world_size, epoch, _start_batch``."""
 
     @property
     def num_samples(self) -> int:
@@ -118,6 +70,63 @@ class TensorLoader:
                 order = torch.cat([order, order.repeat(reps)[: total - n]])
             order = order[self.rank : total : self.world_size]
         return order
+
+
+class TensorLoader(EpochOrder):
+    """Iterate ``(images, labels)`` batches of an in-memory data set on ``device``.
+
+    The uint8 images move to ``device`` once, at construction. Each batch is
+    gathered by index, augmented in uint8 (``augment``), normalised to
+    ``dtype`` with the data set's mean/std, and optionally made channels-last.
+
+    The order and the augmentation of an epoch depend only on
+    ``(seed, epoch)`` (and the rank): call :meth:`set_epoch` before each
+    epoch; resuming needs no saved RNG state. With ``world_size > 1`` each
+    rank gets a disjoint, equal-size share of the epoch's permutation
+    (padded by wrapping around, like ``DistributedSampler``); ``batch_size``
+    is per rank.
+    """
+
+    def __init__(
+        self,
+        data: ImageTensorDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        device: torch.device | str,
+        augment: Augment | None,
+        seed: int,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
+        with_indices: bool = False,
+    ):
+        check_loader_arguments("TensorLoader", data, batch_size, rank, world_size)
+        if not dtype.is_floating_point:
+            raise ValueError(f"TensorLoader: dtype must be floating point, got {dtype}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.device = torch.device(device)
+        self.augment = augment if augment is not None and augment.is_random else None
+        self.seed = int(seed)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.with_indices = bool(with_indices)  # yield (images, labels, dataset indices)
+        self.epoch = 0
+        self._start_batch = 0
+
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self._mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(data.std, dtype=torch.float32, device=self.device)
+        if self.dtype == torch.float64:
+            self._mean, self._std = self._mean.double(), self._std.double()
 
     def _batch_seed(self, epoch: int, batch: int) -> int:
         return derive_seed("augment", self.seed, epoch, self.rank, batch)

@@ -17,7 +17,8 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     split to the run's `data.eval_split` (the test split unless changed; a few-shot hold-out is
     never used here).
     """
-    from kdforge.data import TensorLoader, load_dataset
+    from kdforge.data import load_dataset
+    from kdforge.data.batches import make_loader
     from kdforge.engine.checkpoint import load_model
     from kdforge.engine.evaluate import evaluate
     from kdforge.engine.precision import resolve_device, resolve_precision
@@ -30,7 +31,9 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     same_data = name == data_cfg.get("name")
     root = root or (data_cfg.get("root") if same_data else None)
     split = split or data_cfg.get("eval_split") or "test"
-    dataset = load_dataset(name, root, split, **(data_cfg.get("options", {}) if same_data else {}))
+    dataset = _streamed(data_cfg, root, split) if same_data else None
+    if dataset is None:
+        dataset = load_dataset(name, root, split, **(data_cfg.get("options", {}) if same_data else {}))
     record = ckpt["model"]
     if (record["num_classes"], record["in_channels"]) != (dataset.num_classes, dataset.in_channels):
         raise CheckpointError(
@@ -40,8 +43,18 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     dev = resolve_device(device)
     prec = resolve_precision(precision, None, dev)
     model.to(device=dev, memory_format=prec.memory_format())
-    loader = TensorLoader(dataset, batch_size, shuffle=False, drop_last=False, device=dev,
-                          augment=None, seed=0, channels_last=prec.channels_last)
+    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, device=dev, seed=0,
+                         channels_last=prec.channels_last, workers=int(data_cfg.get("workers", 4)))
     metrics = evaluate(model, loader, prec)
     metrics.update(checkpoint=ckpt["path"], model=record["name"], dataset=name, split=split)
     return metrics
+
+
+def _streamed(data_cfg: dict[str, Any], root: str | None, split: str):
+    """The split streamed from disk (centre crops) where the run streamed its data, else None."""
+    from kdforge.config import DataConfig
+    from kdforge.config_values import dataclass_from_dict
+    from kdforge.data.streaming import open_streaming_split, should_stream
+
+    d = dataclass_from_dict(DataConfig, {**data_cfg, "root": root}, "data")
+    return open_streaming_split(d, split, train=False) if should_stream(d) else None

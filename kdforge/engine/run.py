@@ -37,6 +37,10 @@ def load_run_data(cfg: RunConfig) -> RunData:
     from kdforge.data import load_dataset
 
     d = cfg.data
+    from kdforge.data.streaming import should_stream
+
+    if should_stream(d):
+        return _streamed_run_data(d)
     try:
         train = load_dataset(d.name, d.root, d.train_split, **d.options)
         evaluation = load_dataset(d.name, d.root, d.eval_split, **d.options) if d.eval_split else None
@@ -56,6 +60,24 @@ def load_run_data(cfg: RunConfig) -> RunData:
         train, held = few_shot_dataset(train, f.shots, f.seed, f.holdout, keep_labels=f.labels)
         if f.holdout:
             evaluation = held  # model selection on the few-shot hold-out, never on the test split
+    return RunData(train, evaluation, validation)
+
+
+def _streamed_run_data(d) -> RunData:
+    """`load_run_data` for a folder read from disk (`data/streaming/`): training crops for the training split,
+    centre crops for the eval split and the validation hold-out."""
+    from kdforge.data.streaming import open_streaming_split
+    from kdforge.data.val_split import split_validation
+
+    if d.few_shot is not None:
+        raise ConfigError("data.few_shot: a few-shot set is small enough to hold in memory: set data.streaming: "
+                          "false")
+    train = open_streaming_split(d, d.train_split, train=True)
+    evaluation = open_streaming_split(d, d.eval_split, train=False) if d.eval_split else None
+    validation = None
+    if d.val_split is not None:
+        train, validation = split_validation(train, d.val_split.fraction, d.val_split.seed)
+        validation = validation.for_training(False)
     return RunData(train, evaluation, validation)
 
 

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from kdforge.data import Augment, TensorLoader
+from kdforge.data.batches import make_loader
+from kdforge.data.streaming.dataset import in_memory
 from kdforge.engine.distributed import refuse_unsupported
 from kdforge.engine.dot import dot_task_keys
 from kdforge.engine.nonfinite import NonFiniteGuard
@@ -38,11 +40,16 @@ def prepare(trainer) -> None:
 
     aug = cfg.data.augment
     d = trainer.dist  # each rank takes its share of every global batch, and of the evaluation set
-    trainer.train_loader = TensorLoader(
+    streaming = getattr(trainer.train_data, "streaming", False)
+    if streaming and tcfg.teacher_cache:
+        raise ConfigError("train.teacher_cache: a streamed dataset is cropped afresh every epoch, so the teacher's "
+                          "outputs cannot be cached; set train.teacher_cache=false")
+    trainer.train_loader = make_loader(
         trainer.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True,
         drop_last=cfg.data.drops_last_batch, device=device,
         augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip), seed=cfg.seed,
-        channels_last=trainer.precision.channels_last, with_indices=True, rank=d.rank, world_size=d.world_size)
+        channels_last=trainer.precision.channels_last, with_indices=True, rank=d.rank, world_size=d.world_size,
+        workers=cfg.data.workers, skip_bad_files=cfg.data.skip_bad_files)
     if len(trainer.train_loader) == 0:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                           f"({len(trainer.train_data)} images)")
@@ -96,15 +103,16 @@ def infer_missing_taps(trainer) -> None:
         adopt(model, example, data.num_classes, where=role)
 
 
-def eval_loader(trainer, data, device: torch.device) -> TensorLoader | None:
+def eval_loader(trainer, data, device: torch.device):
     """A loader over this rank's share of an evaluation set (None for no or an empty set)."""
     d = trainer.dist
     share = None if data is None else (
         data.subset(torch.arange(d.rank, len(data), d.world_size)) if d.enabled else data)
     if share is None or len(share) == 0:
         return None
-    return TensorLoader(share, trainer.cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
-                        augment=None, seed=trainer.cfg.seed, channels_last=trainer.precision.channels_last)
+    return make_loader(share, trainer.cfg.data.eval_batch_size, shuffle=False, drop_last=False, device=device,
+                       seed=trainer.cfg.seed, channels_last=trainer.precision.channels_last,
+                       workers=trainer.cfg.data.workers, skip_bad_files=trainer.cfg.data.skip_bad_files)
 
 
 def convert_sync_bn(student: nn.Module, sync_bn: bool, device: torch.device) -> None:
@@ -124,7 +132,8 @@ def dry_run(trainer, device: torch.device) -> None:
     """One small batch through both models: check classes, let methods build adapters by shape."""
     data = trainer.train_data
     n = min(len(data), 8)
-    example_loader = TensorLoader(data.subset(torch.arange(n)), n, shuffle=False, drop_last=False, device=device,
+    example_loader = TensorLoader(in_memory(data.subset(torch.arange(n))), n, shuffle=False, drop_last=False,
+                                  device=device,
                                   augment=None, seed=0, channels_last=trainer.precision.channels_last)
     images, labels = next(iter(example_loader))
     labels = labels if data.has_labels else None

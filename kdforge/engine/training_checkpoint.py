@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdforge.config import TRAJECTORY_KEYS, config_to_dict, with_current_defaults
+from kdforge.config import SPEED_ONLY_KEYS, TRAJECTORY_KEYS, config_to_dict, with_current_defaults
 from kdforge.engine.checkpoint import FORMAT, load_checkpoint, load_weights
 from kdforge.engine.logger import truncate_log
 from kdforge.engine.seeding import restore_rng_state, rng_state
@@ -66,6 +66,7 @@ def check_same_config(now: dict[str, Any], saved: dict[str, Any], path: str) -> 
         for part in key.split("."):
             a, b = a.get(part), b.get(part)
         changed += differences(key, a, b)
+    changed = [c for c in changed if c.split(" ")[0] not in SPEED_ONLY_KEYS]
     if changed:
         raise ConfigError(f"--resume: {'; '.join(changed)} differ from the run in {path}. A resumed run "
                           f"keeps its config; start a new run with --set name=NEW_NAME instead")

@@ -122,6 +122,8 @@ class HintSelection:
 
 def probe_fingerprint(dataset, indices: torch.Tensor) -> str:
     """SHA-256 of the probe images' bytes: tells a cached selection whether it saw the same images."""
+    if getattr(dataset, "streaming", False):  # files on disk: their paths (decoding them all here would be slow)
+        return hashlib.sha256("\n".join(dataset.paths[i] for i in indices.tolist()).encode()).hexdigest()
     return hashlib.sha256(dataset.images[indices].cpu().contiguous().numpy().tobytes()).hexdigest()
 
 

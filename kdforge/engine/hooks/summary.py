@@ -69,6 +69,9 @@ def write_summary(trainer) -> dict[str, Any]:
         "processes": trainer.dist.world_size,
         "run_dir": str(trainer.run_dir),
     }
+    bad = skipped_files(trainer)
+    if bad is not None:  # a streamed dataset with data.skip_bad_files (this process's share under DDP)
+        summary["skipped_files"] = {"count": len(bad), "files": bad}
     if trainer.val_data is not None:
         summary.update(val_top1_last=last.get("val_top1"), val_images=len(trainer.val_data),
                        val_top1_best=trainer.state.best_top1 if trainer.state.best_epoch else None)
@@ -83,6 +86,16 @@ def write_summary(trainer) -> dict[str, Any]:
     if trainer.state.history:
         plot_curves([(trainer.cfg.name, trainer.state.history)], trainer.run_dir / "curves.png", title=trainer.cfg.name)
     return summary
+
+
+def skipped_files(trainer) -> dict[str, str] | None:
+    """{path: reason} of the unreadable files the run's streaming loaders skipped; None when nothing streams
+    with data.skip_bad_files."""
+    if not trainer.cfg.data.skip_bad_files:
+        return None
+    loaders = [trainer.train_loader, *(loader for _, loader in trainer.eval_sets)]
+    found = [loader.bad_files for loader in loaders if hasattr(loader, "bad_files")]
+    return {path: reason for bad in found for path, reason in sorted(bad.items())} if found else None
 
 
 def eval_top1_at(trainer, epoch: int) -> float | None:

@@ -1,0 +1,24 @@
+"""The loader for any dataset of a run: `TensorLoader` for a split in memory, `StreamingLoader` for one on disk."""
+
+from __future__ import annotations
+
+import torch
+
+from .augment import Augment
+from .loader import TensorLoader
+
+
+def make_loader(data, batch_size: int, *, shuffle: bool, drop_last: bool, device, seed: int,
+                augment: Augment | None = None, channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                with_indices: bool = False, workers: int = 4, skip_bad_files: bool = False):
+    """Batches of `data` on `device`. A streamed split crops by its own `train` flag (RandomResizedCrop + flip, or
+    resize + centre crop): `augment` applies to in-memory splits only."""
+    if getattr(data, "streaming", False):
+        from .streaming import StreamingLoader
+
+        return StreamingLoader(data, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed,
+                               workers=workers, channels_last=channels_last, rank=rank, world_size=world_size,
+                               with_indices=with_indices, skip_bad_files=skip_bad_files)
+    return TensorLoader(data, batch_size, shuffle=shuffle, drop_last=drop_last, device=torch.device(device),
+                        augment=augment, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size,
+                        with_indices=with_indices)

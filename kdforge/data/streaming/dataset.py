@@ -1,0 +1,120 @@
+"""`StreamingImageDataset`: one split of an image folder as file paths and labels, decoded on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import torch
+
+from .transforms import eval_crop, open_image, train_crop
+
+#: what a corrupt or unreadable file raises in Pillow (and the OS)
+READ_ERRORS = (OSError, ValueError, SyntaxError)
+
+
+class BadImage(NamedTuple):
+    """A file that could not be read, in place of its image (the loader skips it or raises a `DataError`)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class StreamingImageDataset:
+    """A split as `paths` and `labels`; `dataset[(index, seed)]` decodes one image to uint8 ``(C, S, S)``.
+
+    ``train=True`` crops with RandomResizedCrop(`image_size`) (+ flip when `hflip`) drawn from `seed`;
+    ``train=False`` resizes the short side to `eval_resize` and takes the centre. Same fields as
+    `ImageTensorDataset` where the engine reads them (`classes`, `mean`, `std`, `name`, `labels`).
+    """
+
+    has_labels: ClassVar[bool] = True
+    streaming: ClassVar[bool] = True
+    paths: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    image_size: int = 224
+    eval_resize: int = 256
+    channels: int = 3
+    train: bool = False
+    hflip: bool = True
+    root: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"dataset {self.name!r}: {len(self.paths)} files but {len(self.labels)} labels")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        self.mean, self.std = tuple(map(float, self.mean)), tuple(map(float, self.std))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def subset(self, indices) -> "StreamingImageDataset":
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        idx = idx.to(torch.int64).cpu()
+        return replace(self, paths=[self.paths[i] for i in idx.tolist()], labels=self.labels[idx])
+
+    def for_training(self, train: bool = True, hflip: bool | None = None) -> "StreamingImageDataset":
+        """The same files with the training (random) or the evaluation (centre) crop."""
+        return replace(self, train=train, hflip=self.hflip if hflip is None else hflip)
+
+    def decode(self, index: int, seed: int) -> torch.Tensor | BadImage:
+        path = self.paths[index]
+        try:
+            im = open_image(path, "RGB" if self.channels == 3 else "L")
+            arr = (train_crop(im, self.image_size, seed, self.hflip) if self.train
+                   else eval_crop(im, self.image_size, self.eval_resize))
+        except READ_ERRORS as exc:
+            return BadImage(path, " ".join(f"{type(exc).__name__}: {exc}".split())[:200])
+        tensor = torch.from_numpy(np.array(arr))  # a writable copy (Pillow's buffer is read-only)
+        return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+
+    def __getitem__(self, key: tuple[int, int]):
+        """`(index, seed)` -> (uint8 image or `BadImage`, label, index): what a worker hands the loader."""
+        index, seed = key
+        return self.decode(index, seed), int(self.labels[index]), index
+
+    def materialize(self):
+        """These images (centre crops) as an in-memory `ImageTensorDataset`: for small subsets the engine
+        handles in memory (the dry run's batch, hint probes); a bad file raises a `DataError`."""
+        from ..errors import DataError
+        from ..tensor_dataset import ImageTensorDataset
+
+        images = []
+        for i in range(len(self)):
+            image = replace(self, train=False).decode(i, 0)
+            if isinstance(image, BadImage):
+                raise DataError(f"data: cannot read image {image.path}: {image.reason}", Path(image.path))
+            images.append(image)
+        stacked = torch.stack(images) if images else torch.empty(0, self.channels, self.image_size,
+                                                                 self.image_size, dtype=torch.uint8)
+        return ImageTensorDataset(stacked, self.labels.clone(), list(self.classes), self.mean, self.std,
+                                  name=self.name)
+
+    def __repr__(self) -> str:
+        return (f"StreamingImageDataset(name={self.name!r}, n={len(self)}, image_size={self.image_size}, "
+                f"train={self.train})")
+
+
+def in_memory(data):
+    """`data` itself, or a streaming subset decoded into an `ImageTensorDataset` (keep it small)."""
+    return data.materialize() if getattr(data, "streaming", False) else data

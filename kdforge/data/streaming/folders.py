@@ -1,0 +1,124 @@
+"""Opening `imagefolder` / `imagenet` splits as `StreamingImageDataset`s, and deciding when to stream."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from kdforge.errors import ConfigError
+
+from .._io import default_root, mean_std
+from ..errors import DataError, DataOptionError
+from .dataset import StreamingImageDataset
+
+STREAMABLE = ("imagefolder", "imagenet")
+#: ImageNet's per-channel statistics (the usual values, from its training set)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: the options a streamed folder takes; the in-memory ones (resize, num_workers) do not apply
+OPTIONS = ("image_size", "channels", "mean", "std", "eval_resize", "progress")
+#: training images the statistics of a streamed imagefolder are estimated from, when not given
+STATS_SAMPLE = 1000
+
+
+def _defaults(name: str) -> dict:
+    return {"image_size": 224 if name == "imagenet" else 32, "channels": 3}
+
+
+def streamable(name: str) -> bool:
+    from ..registry import dataset_spec
+
+    return dataset_spec(name).name in STREAMABLE
+
+
+def _scan(root, split: str, name: str):
+    from ..datasets.imagefolder import scan_split
+
+    base = default_root(root)
+    how_to = f"Arrange the images as root/<split>/<class>/<image> ({name})."
+    train = base / "train"
+    if split != "train" and train.is_dir():
+        classes, _, _ = scan_split(train, None, what=name, how_to=how_to, require_all=True)
+        return scan_split(base / split, classes, what=name, how_to=how_to, require_all=False)
+    return scan_split(base / split, None, what=name, how_to=how_to, require_all=True)
+
+
+def should_stream(data_config) -> bool:
+    """Whether `data_config` streams: `streaming` when set, else whether the training split held in memory as
+    uint8 would exceed `memory_budget_gb` (said on stderr when it does)."""
+    d = data_config
+    if d.streaming is False:
+        return False
+    if not streamable(d.name):
+        if d.streaming:
+            raise ConfigError(f"data.streaming: only image folders ({', '.join(STREAMABLE)}) are streamed; "
+                              f"{d.name} is held in memory (drop data.streaming)")
+        return False
+    if d.streaming:
+        return True
+    options = {**_defaults(d.name), **d.options}
+    _, paths, _ = _scan(d.root, d.train_split, d.name)
+    size = options["image_size"]
+    need = len(paths) * options["channels"] * size * size / 1e9
+    if need <= d.memory_budget_gb:
+        return False
+    print(f"data: {d.name} {d.train_split} at {size}x{size} would take {need:.1f} GB in memory (more than "
+          f"data.memory_budget_gb={d.memory_budget_gb:g}): streaming it from disk with {d.workers} workers per "
+          f"process (set data.streaming to choose)", file=sys.stderr, flush=True)
+    return True
+
+
+def open_streaming_split(data_config, split: str, *, train: bool) -> StreamingImageDataset:
+    """Split `split` of `data_config`'s folder, with the training crops (`train`) or the evaluation ones."""
+    d = data_config
+    unknown = sorted(set(d.options) - set(OPTIONS))
+    if unknown:
+        raise DataOptionError(f"data.options: a streamed {d.name} does not take {', '.join(unknown)} (RandomResizedCrop "
+                              f"for training, eval_resize + centre crop for evaluation); its options: "
+                              f"{', '.join(OPTIONS)}")
+    options = {**_defaults(d.name), **d.options}
+    size, channels = options["image_size"], options["channels"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataOptionError(f"data.options.image_size: a positive integer, got {size!r}")
+    if channels not in (1, 3):
+        raise DataOptionError(f"data.options.channels: 1 or 3, got {channels!r}")
+    eval_resize = options.get("eval_resize") or round(size / 0.875)  # 256 for 224: the usual ratio
+    if isinstance(eval_resize, bool) or not isinstance(eval_resize, int) or eval_resize < size:
+        raise DataOptionError(f"data.options.eval_resize: an integer >= image_size ({size}), got {eval_resize!r}")
+    classes, paths, labels = _scan(d.root, split, d.name)
+    base = default_root(d.root)
+    data = StreamingImageDataset([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes,
+                                 (0.0,) * channels, (1.0,) * channels, f"{d.name}:{Path(base).name}", size, eval_resize,
+                                 channels, train, d.augment.hflip, str(base))
+    mean, std = options.get("mean"), options.get("std")
+    if (mean is None) != (std is None):
+        raise DataOptionError(f"data.options: give both mean and std for {d.name}, or neither")
+    if mean is None:
+        if d.name == "imagenet" and channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            mean, std = _estimated_statistics(d, size, channels)
+    data.mean, data.std = tuple(map(float, mean)), tuple(map(float, std))
+    return data
+
+
+_STATS: dict[tuple, tuple] = {}
+
+
+def _estimated_statistics(d, size: int, channels: int):
+    """Mean/std of up to `STATS_SAMPLE` evenly spaced training images (centre crops): a streamed split is too big
+    to decode whole for its statistics."""
+    key = (str(default_root(d.root).resolve()), d.train_split, size, channels)
+    if key not in _STATS:
+        classes, paths, labels = _scan(d.root, d.train_split, d.name)
+        pick = torch.linspace(0, len(paths) - 1, min(STATS_SAMPLE, len(paths))).round().long().unique()
+        sample = StreamingImageDataset([str(paths[i]) for i in pick.tolist()], torch.tensor(labels)[pick], classes,
+                                       (0.0,) * channels, (1.0,) * channels, d.name, size, round(size / 0.875),
+                                       channels)
+        try:
+            _STATS[key] = mean_std(sample.materialize().images)
+        except DataError as exc:
+            raise DataError(f"{exc} (estimating {d.name}'s mean/std: give data.options.mean and std, or fix the "
+                            f"file)", exc.path) from None
+    return _STATS[key]

@@ -1,0 +1,111 @@
+"""`StreamingLoader`: batches of a `StreamingImageDataset`, decoded in DataLoader workers, on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..augment import normalize
+from ..errors import DataError
+from ..loader import EpochOrder, check_loader_arguments, derive_seed
+from .dataset import BadImage, StreamingImageDataset
+
+
+def _collate(samples):
+    """(uint8 images or None, labels, indices, bad files) of one batch; bad files are left out of the rest."""
+    good = [(image, label, index) for image, label, index in samples if not isinstance(image, BadImage)]
+    bad = [image for image, _, _ in samples if isinstance(image, BadImage)]
+    if not good:
+        return None, None, None, bad
+    images, labels, indices = zip(*good)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(indices), bad
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # each worker decodes one image at a time; its own threads would only compete
+
+
+class StreamingLoader(EpochOrder):
+    """`TensorLoader`'s interface over files: ``(images, labels[, indices])`` on `device`.
+
+    The epoch order and rank shards are `EpochOrder`'s (as in memory); image `i`'s crop in epoch `e` is drawn
+    from ``derive_seed("augment", seed, e, i)`` in whichever worker decodes it, so the batches do not depend
+    on `workers`, and ``set_epoch(e, b)`` resumes at batch `b` exactly. uint8 batches are pinned (CUDA) and
+    copied ahead, normalised on the device. A file Pillow cannot read raises a one-line `DataError` naming it,
+    or with `skip_bad_files` is left out of its batch (which is then smaller) and listed in `bad_files`
+    ({path: reason}); a batch of bad files only is an error either way (the epoch must keep its length).
+    """
+
+    def __init__(self, data: StreamingImageDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 device: torch.device | str, seed: int, workers: int = 4, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
+                 with_indices: bool = False, skip_bad_files: bool = False, prefetch_factor: int = 4):
+        check_loader_arguments("StreamingLoader", data, batch_size, rank, world_size)
+        self.data = data
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.device, self.seed, self.workers = torch.device(device), int(seed), int(workers)
+        self.channels_last, self.dtype = bool(channels_last), dtype
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.with_indices, self.skip_bad_files = bool(with_indices), bool(skip_bad_files)
+        self.prefetch_factor = int(prefetch_factor)
+        self.epoch, self._start_batch = 0, 0
+        self.bad_files: dict[str, str] = {}
+        self._mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(data.std, dtype=torch.float32, device=self.device)
+
+    def batch_keys(self, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
+        """Every batch of `epoch` from batch `start` on, as the (index, crop seed) pairs the workers decode."""
+        order = self.epoch_indices(epoch).tolist()
+        bs = self.batch_size
+        return [[(i, derive_seed("augment", self.seed, epoch, i)) for i in order[b * bs:(b + 1) * bs]]
+                for b in range(start, len(self))]
+
+    def _batches(self, keys):
+        from torch.utils.data import DataLoader
+
+        if not keys:
+            return iter(())
+        workers = min(self.workers, len(keys))
+        extra = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _one_thread} if workers else {}
+        return iter(DataLoader(self.data, batch_sampler=keys, num_workers=workers, collate_fn=_collate,
+                               pin_memory=self.device.type == "cuda", **extra))
+
+    def _to_device(self, batch):
+        images, labels, indices, bad = batch
+        for item in bad:
+            if not self.skip_bad_files:
+                raise DataError(f"data: cannot read image {item.path} ({item.reason}); replace or remove it, or "
+                                f"set data.skip_bad_files: true to skip unreadable files", Path(item.path))
+            self.bad_files[item.path] = item.reason
+        if images is None:  # skipping it would leave the epoch a step short of len(self): refuse instead
+            raise DataError(f"data: every image of a batch is unreadable ({', '.join(b.path for b in bad[:3])}, "
+                            f"...): is {self.data.root or 'the data folder'} damaged?", Path(bad[0].path))
+        blocking = self.device.type != "cuda"
+        return (images.to(self.device, non_blocking=not blocking), labels.to(self.device, non_blocking=not blocking),
+                indices.to(self.device, non_blocking=not blocking))
+
+    def _finish(self, moved):
+        images, labels, indices = moved
+        x = normalize(images, self._mean, self._std, dtype=self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x, labels, indices) if self.with_indices else (x, labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        epoch, start = self.epoch, self._start_batch
+        self._start_batch = 0
+        batches = self._batches(self.batch_keys(epoch, start))
+        ahead = None  # the next batch, already on its way to the device
+        for batch in batches:
+            moved = self._to_device(batch)
+            if ahead is not None:
+                yield self._finish(ahead)
+            ahead = moved
+        if ahead is not None:
+            yield self._finish(ahead)
+
+    def __repr__(self) -> str:
+        return (f"StreamingLoader({self.data.name!r}, n={len(self.data)}, batch_size={self.batch_size}, "
+                f"batches={len(self)}, workers={self.workers}, rank={self.rank}/{self.world_size})")
