@@ -7,12 +7,12 @@ import os
 import sys
 import traceback
 
-from kdforge.cli import (attention, compare, ddnn, evaluate, export, hints, layers, methods, models, netgraft, predict,
-                         quickstart, report, sftn, train)
+from kdforge.cli import (attention, compare, ddnn, evaluate, export, hints, layers, methods, models, netgraft, pack,
+                         predict, quickstart, report, sftn, train)
 from kdforge.errors import KDForgeError
 
 COMMANDS = [train, evaluate, export, predict, report, compare, hints, sftn, ddnn, netgraft, quickstart, models, methods,
-            layers, attention]
+            layers, attention, pack]
 DEBUG_HELP = "show full tracebacks for errors"
 
 

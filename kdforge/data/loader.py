@@ -56,6 +56,11 @@ class EpochOrder:
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's example indices for ``epoch`` (CPU int64), in batch order."""
         epoch = self.epoch if epoch is None else epoch
+        decided = getattr(self.data, "rank_order", None)
+        if decided is not None:  # e.g. tar shards: whole shards per rank (`data/shards/`)
+            order = decided(self.seed, epoch, self.rank, self.world_size, self.shuffle, self.num_samples)
+            if order is not None:
+                return order
         n = len(self.data)
         if self.shuffle:
             g = torch.Generator(device="cpu")

@@ -1,3 +1,3 @@
 """Built-in dataset loaders; importing this package registers them."""
 
-from . import cifar, cinic10, digits, idx, imagefolder, imagenet, svhn  # noqa: F401
+from . import cifar, cinic10, digits, idx, imagefolder, imagenet, svhn, webdataset  # noqa: F401

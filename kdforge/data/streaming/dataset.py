@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -45,6 +48,9 @@ class StreamingImageDataset:
     train: bool = False
     hflip: bool = True
     root: str = field(default="")
+    #: where each image's bytes lie inside a file ((file, offset, size): a tar shard's member, `data/shards/`);
+    #: None: `paths` are the image files themselves
+    locations: list[tuple[str, int, int]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -71,16 +77,31 @@ class StreamingImageDataset:
         if idx.dtype == torch.bool:
             idx = idx.nonzero().flatten()
         idx = idx.to(torch.int64).cpu()
-        return replace(self, paths=[self.paths[i] for i in idx.tolist()], labels=self.labels[idx])
+        picked = idx.tolist()
+        return replace(self, paths=[self.paths[i] for i in picked], labels=self.labels[idx],
+                       locations=None if self.locations is None else [self.locations[i] for i in picked])
 
     def for_training(self, train: bool = True, hflip: bool | None = None) -> "StreamingImageDataset":
         """The same files with the training (random) or the evaluation (centre) crop."""
         return replace(self, train=train, hflip=self.hflip if hflip is None else hflip)
 
+    def _source(self, index: int):
+        """What Pillow opens for image `index`: its file, or its bytes read from inside a shard."""
+        if self.locations is None:
+            return self.paths[index]
+        file, offset, size = self.locations[index]
+        return io.BytesIO(read_range(file, offset, size))
+
+    def rank_order(self, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool,
+                   num_samples: int) -> torch.Tensor | None:
+        """This rank's order for `epoch` where the dataset decides it (shards: `data/shards/`); None: the
+        loader's own (a permutation of every image, strided over ranks)."""
+        return None
+
     def decode(self, index: int, seed: int) -> torch.Tensor | BadImage:
         path = self.paths[index]
         try:
-            im = open_image(path, "RGB" if self.channels == 3 else "L")
+            im = open_image(self._source(index), "RGB" if self.channels == 3 else "L")
             arr = (train_crop(im, self.image_size, seed, self.hflip) if self.train
                    else eval_crop(im, self.image_size, self.eval_resize))
         except READ_ERRORS as exc:
@@ -113,6 +134,22 @@ class StreamingImageDataset:
     def __repr__(self) -> str:
         return (f"StreamingImageDataset(name={self.name!r}, n={len(self)}, image_size={self.image_size}, "
                 f"train={self.train})")
+
+
+_FILES: dict[str, int] = {}
+
+
+def read_range(file: str, offset: int, size: int) -> bytes:
+    """`size` bytes of `file` from `offset`, with `os.pread` on a descriptor kept per process (no shared file
+    position, so forked workers never race)."""
+    key = f"{os.getpid()}:{file}"
+    fd = _FILES.get(key)
+    if fd is None:
+        fd = _FILES[key] = os.open(file, os.O_RDONLY)
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise OSError(f"{file} ends before byte {offset + size}")
+    return data
 
 
 def in_memory(data):

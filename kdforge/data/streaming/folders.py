@@ -13,11 +13,11 @@ from .._io import default_root, mean_std
 from ..errors import DataError, DataOptionError
 from .dataset import StreamingImageDataset
 
-STREAMABLE = ("imagefolder", "imagenet")
+STREAMABLE = ("imagefolder", "imagenet", "webdataset")
 #: ImageNet's per-channel statistics (the usual values, from its training set)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: the options a streamed folder takes; the in-memory ones (resize, num_workers) do not apply
-OPTIONS = ("image_size", "channels", "mean", "std", "eval_resize", "progress")
+OPTIONS = ("image_size", "channels", "mean", "std", "eval_resize", "progress", "shards")
 #: training images the statistics of a streamed imagefolder are estimated from, when not given
 STATS_SAMPLE = 1000
 
@@ -26,10 +26,14 @@ def _defaults(name: str) -> dict:
     return {"image_size": 224 if name == "imagenet" else 32, "channels": 3}
 
 
-def streamable(name: str) -> bool:
+def dataset_name(name: str) -> str:
     from ..registry import dataset_spec
 
-    return dataset_spec(name).name in STREAMABLE
+    return dataset_spec(name).name
+
+
+def streamable(name: str) -> bool:
+    return dataset_name(name) in STREAMABLE
 
 
 def _scan(root, split: str, name: str):
@@ -48,6 +52,10 @@ def should_stream(data_config) -> bool:
     """Whether `data_config` streams: `streaming` when set, else whether the training split held in memory as
     uint8 would exceed `memory_budget_gb` (said on stderr when it does)."""
     d = data_config
+    if streamable(d.name) and dataset_name(d.name) == "webdataset":
+        if d.streaming is False:
+            raise ConfigError("data.streaming: webdataset shards are always streamed (drop data.streaming: false)")
+        return True
     if d.streaming is False:
         return False
     if not streamable(d.name):
@@ -86,38 +94,46 @@ def open_streaming_split(data_config, split: str, *, train: bool) -> StreamingIm
     eval_resize = options.get("eval_resize") or round(size / 0.875)  # 256 for 224: the usual ratio
     if isinstance(eval_resize, bool) or not isinstance(eval_resize, int) or eval_resize < size:
         raise DataOptionError(f"data.options.eval_resize: an integer >= image_size ({size}), got {eval_resize!r}")
-    classes, paths, labels = _scan(d.root, split, d.name)
-    base = default_root(d.root)
-    data = StreamingImageDataset([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes,
-                                 (0.0,) * channels, (1.0,) * channels, f"{d.name}:{Path(base).name}", size, eval_resize,
-                                 channels, train, d.augment.hflip, str(base))
+    data = _open(d, split, train=train, size=size, eval_resize=eval_resize, channels=channels)
     mean, std = options.get("mean"), options.get("std")
     if (mean is None) != (std is None):
         raise DataOptionError(f"data.options: give both mean and std for {d.name}, or neither")
     if mean is None:
-        if d.name == "imagenet" and channels == 3:
+        if dataset_name(d.name) == "imagenet" and channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:
-            mean, std = _estimated_statistics(d, size, channels)
+            mean, std = _estimated_statistics(d, size, eval_resize, channels)
     data.mean, data.std = tuple(map(float, mean)), tuple(map(float, std))
     return data
+
+
+def _open(d, split: str, **crops) -> StreamingImageDataset:
+    """The split's files (or shards) with statistics 0 / 1, before `open_streaming_split` sets them."""
+    channels = crops["channels"]
+    if dataset_name(d.name) == "webdataset":
+        from ..shards import open_shards
+
+        return open_shards(d.root, split, patterns=d.options.get("shards"), hflip=d.augment.hflip, **crops)
+    classes, paths, labels = _scan(d.root, split, d.name)
+    base = default_root(d.root)
+    return StreamingImageDataset([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes,
+                                 (0.0,) * channels, (1.0,) * channels, f"{d.name}:{Path(base).name}",
+                                 crops["size"], crops["eval_resize"], channels, crops["train"], d.augment.hflip,
+                                 str(base))
 
 
 _STATS: dict[tuple, tuple] = {}
 
 
-def _estimated_statistics(d, size: int, channels: int):
+def _estimated_statistics(d, size: int, eval_resize: int, channels: int):
     """Mean/std of up to `STATS_SAMPLE` evenly spaced training images (centre crops): a streamed split is too big
     to decode whole for its statistics."""
-    key = (str(default_root(d.root).resolve()), d.train_split, size, channels)
+    key = (d.name, str(default_root(d.root).resolve()), d.train_split, size, eval_resize, channels)
     if key not in _STATS:
-        classes, paths, labels = _scan(d.root, d.train_split, d.name)
-        pick = torch.linspace(0, len(paths) - 1, min(STATS_SAMPLE, len(paths))).round().long().unique()
-        sample = StreamingImageDataset([str(paths[i]) for i in pick.tolist()], torch.tensor(labels)[pick], classes,
-                                       (0.0,) * channels, (1.0,) * channels, d.name, size, round(size / 0.875),
-                                       channels)
+        train = _open(d, d.train_split, train=False, size=size, eval_resize=eval_resize, channels=channels)
+        pick = torch.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().long().unique()
         try:
-            _STATS[key] = mean_std(sample.materialize().images)
+            _STATS[key] = mean_std(train.subset(pick).materialize().images)
         except DataError as exc:
             raise DataError(f"{exc} (estimating {d.name}'s mean/std: give data.options.mean and std, or fix the "
                             f"file)", exc.path) from None

@@ -1,0 +1,134 @@
+"""`data.name: webdataset`: tar shards (WebDataset's `<key>.<image ext>` + `<key>.cls` layout) as a streamed dataset.
+
+Each epoch the shards are permuted (seeded by seed and epoch), rank `r` of `W` takes every W-th of them, and the
+samples inside each of its shards are shuffled (seeded by the shard too): processes on different machines read
+disjoint shards. Every rank trains on the same number of samples, ceil(images / W), cutting or repeating its
+own (with shards of equal size the difference is at most a shard's last samples). The order depends only on
+(seed, epoch), so resume and worker counts behave as for image folders (`data/streaming/`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import torch
+
+from .._io import default_root
+from ..errors import DataError
+from ..loader import derive_seed
+from ..streaming.dataset import StreamingImageDataset, read_range
+from .pack import INDEX_FORMAT, index_path
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..003}.tar` -> a-000.tar ... a-003.tar (WebDataset's numeric range form; one range per pattern)."""
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not match:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first)
+    return [pattern[:match.start()] + f"{n:0{width}d}" + pattern[match.end():]
+            for n in range(int(first), int(last) + 1)]
+
+
+def scan_shard(path: Path) -> list[tuple[str, int, int, int]]:
+    """(key, image offset, image size, label) of every sample in a tar shard, in member order."""
+    images: dict[str, tuple[int, int]] = {}
+    labels: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                if ext.lower() in IMAGE_EXTS:
+                    images[key] = (member.offset_data, member.size)
+                elif ext == "cls":
+                    labels[key] = int(read_range(str(path), member.offset_data, member.size).decode().strip())
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        raise DataError(f"webdataset: shard {path} cannot be read ({exc})", path) from None
+    missing = [k for k in images if k not in labels]
+    if missing:
+        raise DataError(f"webdataset: sample {missing[0]!r} of {path} has an image but no .cls label", path)
+    return [(key, offset, size, labels[key]) for key, (offset, size) in images.items()]
+
+
+class ShardedImageDataset(StreamingImageDataset):
+    """A streamed dataset whose images lie in tar shards; the epoch order gives each rank whole shards."""
+
+    def rank_order(self, seed, epoch, rank, world_size, shuffle, num_samples):
+        by_shard: dict[str, list[int]] = {}
+        for i, (file, _, _) in enumerate(self.locations):
+            by_shard.setdefault(file, []).append(i)
+        shards = list(by_shard)
+        if len(shards) < world_size:
+            raise DataError(f"webdataset: {len(shards)} shard(s) for {world_size} processes: every process needs "
+                            f"its own shards; pack with a smaller --shard-size", Path(shards[0]))
+        if shuffle:
+            g = torch.Generator().manual_seed(derive_seed("shards", seed, epoch))
+            shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+        parts = []
+        for k, shard in enumerate(shards[rank::world_size]):
+            members = torch.tensor(by_shard[shard])
+            if shuffle:
+                g = torch.Generator().manual_seed(derive_seed("in-shard", seed, epoch, shard))
+                members = members[torch.randperm(len(members), generator=g)]
+            parts.append(members)
+        order = torch.cat(parts)
+        if len(order) < num_samples:  # as many samples as every other rank: repeat this rank's own
+            order = order.repeat(-(-num_samples // len(order)))
+        return order[:num_samples]
+
+
+def shard_files(root, split: str, pattern: str | None) -> list[Path]:
+    base = default_root(root)
+    if pattern:
+        names = [n for p in expand_braces(pattern) for n in (sorted(glob.glob(str(base / p))) or [str(base / p)])]
+    else:
+        names = sorted(glob.glob(str(base / f"{split}-*.tar")))
+    files = [Path(n) for n in names]
+    missing = [f for f in files if not f.is_file()]
+    if missing or not files:
+        where = missing[0] if missing else base / (pattern or f"{split}-*.tar")
+        raise DataError(f"webdataset: no shard {where} (write shards with `kdforge pack ROOT {base} --split "
+                        f"{split}`, or give data.options.shards)", where)
+    return files
+
+
+def open_shards(root, split: str, *, patterns: dict[str, str] | None, train: bool, hflip: bool, size: int,
+                eval_resize: int, channels: int) -> ShardedImageDataset:
+    """Split `split` of the shards in folder `root` (`<split>-*.tar`, or `patterns[split]` such as
+    'train-{000000..000127}.tar') as a `ShardedImageDataset`."""
+    if patterns is not None and not isinstance(patterns, dict):
+        raise DataError(f"data.options.shards: a mapping of split to pattern, e.g. {{train: 'train-{{000000..000099}}"
+                        f".tar'}}, got {patterns!r}")
+    pattern = (patterns or {}).get(split)
+    files = shard_files(root, split, pattern)
+    index_file = index_path(files[0].parent, split)
+    classes = None
+    samples: list[tuple[str, int, int, int]] = []
+    listed = {}
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        if index.get("format") != INDEX_FORMAT:
+            raise DataError(f"webdataset: {index_file} is not a kdforge shard index ({INDEX_FORMAT})", index_file)
+        classes, listed = index["classes"], {s["file"]: s["samples"] for s in index["shards"]}
+    for f in files:  # where the index lists a shard, its offsets; else the shard's own headers
+        found = listed.get(f.name) or [(offset, n, label) for _, offset, n, label in scan_shard(f)]
+        samples += [(str(f), offset, n, label) for offset, n, label in found]
+    labels = [label for *_, label in samples]
+    if classes is None:
+        classes = [str(k) for k in range(max(labels) + 1)] if labels else []
+    if not samples:
+        raise DataError(f"webdataset: the shards of {split} hold no images", files[0])
+    locations = [(file, offset, n) for file, offset, n, _ in samples]
+    names = [f"{file}@{offset}" for file, offset, _ in locations]
+    return ShardedImageDataset(names, torch.tensor(labels, dtype=torch.int64), classes, (0.0,) * channels,
+                               (1.0,) * channels, f"webdataset:{Path(files[0]).parent.name}", size, eval_resize,
+                               channels, train, hflip, str(files[0].parent), locations)
