@@ -127,12 +127,12 @@ def test_configs_validate():
     assert cifar.data.name == "cifar100" and cifar.schedule.epochs == 240 and cifar.data.batch_size in (64, 128)
     imagenet = load_config([ROOT / "configs/imagenet/base.yaml", ROOT / "configs/imagenet/ddnn/resnet34_ekd.yaml"])
     assert check(imagenet).names == ["resnet34_imagenet", "resnet18_imagenet"]
-    assert imagenet.data.name == "imagefolder" and imagenet.data.eval_split == "val"
+    assert imagenet.data.name == "imagenet" and imagenet.data.eval_split == "val" and imagenet.data.streaming
     assert (imagenet.optim.lr, imagenet.optim.weight_decay, imagenet.data.batch_size) == (0.1, 1e-4, 256)
     assert imagenet.schedule.epochs == 90 and imagenet.schedule.milestones == [30, 60]
 
 
-def test_imagenet_base_loads_an_image_folder(tmp_path):
+def test_imagenet_base_streams_an_image_folder(tmp_path):
     import numpy as np
     from PIL import Image
 
@@ -146,7 +146,9 @@ def test_imagenet_base_loads_an_image_folder(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / split / wnid / f"{wnid}_{i}.JPEG")
     cfg = load_config([ROOT / "configs/imagenet/base.yaml"], [f"data.root={tmp_path}"])
     train, val = load_datasets(cfg)
-    assert tuple(train.images.shape) == (4, 3, 112, 112) and val.num_classes == train.num_classes == 2
+    assert train.streaming and train.train and not val.train and len(train) == 4
+    image, _, _ = train[(0, 7)]  # RandomResizedCrop 224 of a 120 x 90 file
+    assert tuple(image.shape) == (3, 224, 224) and val.num_classes == train.num_classes == 2
 
 
 def test_script_runs_the_pipeline_resumably(tmp_path):
