@@ -316,8 +316,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 #: the seed) are the same experiment (recipes reuse such runs; the report groups them)
 TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
                    "train.precision", "train.channels_last")
-#: keys inside those that change only the speed (a resume may change them; runs differing in them group together)
-SPEED_ONLY_KEYS = ("data.workers",)
+#: keys inside those that a resume may change and that do not split runs into groups: the speed
+#: (`data.workers`), and skipping unreadable files (so a run stopped by a corrupt file can be resumed skipping it;
+#: on readable data it changes nothing)
+RESUMABLE_CHANGES = ("data.workers", "data.skip_bad_files")
 
 
 def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def test_netgraft_without_teacher_trains_one_on_the_base_data_and_distils_from_i
     out, _ = digits_run
     teacher = out / "teacher"
     cfg = config(teacher)
-    assert cfg["student"] == {"model": "vgg16_nobn", "checkpoint": None, "which": "last", "options": {"width": 0.25}}
+    assert cfg["student"] == {"model": "vgg16_nobn", "checkpoint": None, "which": "last", "options": {"width": 0.25},
+                              "import": None, "kwargs": {}}
     assert cfg["losses"] == {"ce": 1.0} and cfg["teacher"] is None
     assert cfg["data"]["name"] == "digits" and cfg["data"]["few_shot"] is None  # the whole base training split
     assert cfg["optim"]["name"] == "adam" and cfg["optim"]["lr"] == 1e-3  # the recipe's digits base

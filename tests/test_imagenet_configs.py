@@ -3,6 +3,8 @@ to follow, validates as `kdforge train --print-config` would validate it (no dat
 says what its comment header says; each method's config trains one step on a tiny image folder (slow). A new file
 under configs/imagenet/ must be added to AFTER."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -204,4 +206,10 @@ def test_imagenet_config_trains_a_step(name, tiny_imagenet, tmp_path):
     cfg = resolved(name, overrides)
     assert cfg.data.name == "imagenet" and cfg.data.streaming is True
     summary = train_from_config(cfg)
-    assert 0.0 <= summary["top1_last"] <= 100.0
+    assert summary["steps"] == 1 and summary["dataset"].startswith("imagenet") and 0.0 <= summary["top1_last"] <= 100.0
+    record, = [json.loads(line) for line in (Path(tmp_path) / cfg.name / "log.jsonl").read_text().splitlines()
+               if json.loads(line)["kind"] == "epoch"]
+    for key in cfg.losses:  # every loss of the config ran, with finite values (its parts: train_ekd/full_ce, ...)
+        values = [v for k, v in record.items() if k == f"train_{key}" or k.startswith(f"train_{key}/")]
+        assert values and all(math.isfinite(v) for v in values), key
+    assert record["train_loss"] > 0

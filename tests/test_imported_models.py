@@ -1,6 +1,7 @@
 """Models that are not in the zoo: `student/teacher: {import: "module:factory" | "file.py:factory", kwargs}` and
 an `nn.Module` passed from Python, with stages inferred by a dry run (`models/imported.py`, `inferred_taps.py`)."""
 
+import json
 import textwrap
 
 import pytest
@@ -45,6 +46,17 @@ NET = textwrap.dedent('''
 
     def thousand(width=4):
         return Net(1000, 1, width)
+
+    class Picky(nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] == 224, "input size must be 224"
+            return x.mean(dim=(2, 3))
+
+    def picky():
+        return Picky()
+
+    def broken(name="nope"):
+        raise RuntimeError(f"Unknown model ({name})\\nsee the list")
 ''')
 
 
@@ -117,6 +129,19 @@ def test_stages_are_the_last_module_at_each_resolution_and_the_embedding_the_cla
     assert taps.classifier_name == "fc" and taps.logits_shape == (10,)
 
 
+@pytest.mark.parametrize("name, size", [("resnet50_imagenet", 64), ("resnet18_imagenet", 64), ("resnet56", 32)])
+def test_inferred_stages_of_zoo_resnets_are_their_own(name, size):
+    """The zoo names its stages; inferred from a dry run they are the same (plus the stem where it has its own
+    resolution), bottleneck blocks included: their 1x1 expansion returns at the previous stage's size."""
+    from kdforge.models import build_model
+
+    model = build_model(name, num_classes=10)
+    taps = infer_taps(model, torch.zeros(2, 3, size, size))
+    stem = ["relu"] if name.endswith("imagenet") else []  # ImageNet ResNets' stem is at half the input size
+    assert taps.stage_names == stem + model.stage_names
+    assert taps.block_names == stem + model.block_names and taps.classifier_name == model.classifier_name
+
+
 def test_a_file_factory_gets_the_class_count_and_channels_and_records_its_spec(net_file):
     model = build_imported(f"{net_file}:make", {"width": 4}, num_classes=7, in_channels=2, image_size=16)
     assert model.fc.out_features == 7 and model.stem[0].in_channels == 2 and model.fc.in_features == 16
@@ -151,8 +176,6 @@ def test_kd_and_at_train_an_imported_student_with_inferred_layers(kd_at_run, net
     teacher, _ = load_model(ckpt["config"]["teacher"]["checkpoint"], "last")
     at.bind(model, teacher)
     assert at.student_layers == ["stage1", "stage2", "stage3"]  # AT's default: every stage, paired from the end
-    import json
-
     epoch, = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert epoch["step"] == 6 and epoch["train_kd"] > 0 and epoch["train_at"] > 0  # both losses ran
 
@@ -182,10 +205,14 @@ def test_an_imported_student_exports_and_predicts_as_the_pytorch_model(kd_at_run
     assert np.isfinite(result["max_abs_diff"] or 0.0)
 
 
-def test_eval_and_layers_commands_on_an_imported_model(kd_at_run, net_file, capsys):
+def test_eval_report_and_layers_commands_on_an_imported_model(kd_at_run, net_file, capsys, tmp_path):
     folder, _ = kd_at_run
     code, out, err = run_cli(capsys, "eval", folder)
     assert code == 0 and out.startswith("usernet.make on digits/test"), err
+    code, out, err = run_cli(capsys, "report", folder, "--out", tmp_path / "report")
+    assert code == 0, err
+    row = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "usernet.make" in json.dumps(row)
     code, out, err = run_cli(capsys, "layers", f"{net_file}:make", "--in-channels", "1", "--input-size", "32",
                              "--num-classes", "10", "--kwargs", '{"width": 4}')
     assert code == 0, err
@@ -217,6 +244,9 @@ def test_a_module_passed_from_python_gets_inferred_layers_for_at(digits_head, tm
     ("{file}:make", {"depth": 3}, "student.import: {file}:make(**kwargs) failed: "),
     ("{file}:thousand", {}, "the model outputs 1000 classes but the data has 10: pass the class count in kwargs"),
     ("/nowhere/net.py:make", {}, "student.import: file '/nowhere/net.py' does not exist"),
+    ("{file}:broken", {}, "student.import: {file}:broken(**kwargs) failed: RuntimeError: Unknown model (nope)"),
+    ("{file}:picky", {}, "student.import: a (1, 32, 32) image does not run through the model: AssertionError: "
+                         "input size must be 224"),
 ])
 def test_bad_import_specs_fail_in_one_line(net_file, tmp_path, spec, kwargs, message):
     spec, message = spec.format(file=net_file), message.format(file=net_file)

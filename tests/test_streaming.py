@@ -1,8 +1,13 @@
 """Image folders streamed from disk (`data.streaming`, `data/streaming/`), on a generated ImageNet-style JPEG tree."""
 
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +66,16 @@ def test_random_resized_boxes_lie_inside_follow_their_seed_and_cover_the_scale_r
 
 
 def test_the_eval_crop_is_the_centre_after_resizing_the_short_side():
-    pixels = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    # the short side (40) already at eval_resize: no resampling, only the centre 32 x 32
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 49, 3), dtype=np.uint8)
+    # the short side (40) already at eval_resize: no resampling, only the centre 32 x 32; the 17 spare
+    # columns split as torchvision's CenterCrop does, round(17 / 2) = 8 on the left
     got = eval_crop(Image.fromarray(pixels), 32, 40)
     assert np.array_equal(got, pixels[4:36, 8:40])
+    # resized: the short side to 256, the long side 256 * 500 / 333 = 384.38 truncated to 384 (torchvision's
+    # Resize), then the centre 224 at offsets (80, 16)
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (333, 500, 3), dtype=np.uint8))
+    want = np.asarray(big.resize((384, 256), Image.BILINEAR))[16:240, 80:304]
+    assert np.array_equal(eval_crop(big, 224, 256), want)
 
 
 def test_splits_share_the_train_classes_and_use_imagenet_statistics(tree):
@@ -222,3 +233,65 @@ def test_eval_of_a_streamed_run_scores_the_centre_crops(tree, tmp_path):
                     resolve_precision("fp32", None, torch.device("cpu")))
     assert metrics["n"] == 60 and metrics["top1"] == pytest.approx(want["top1"], abs=1e-9)
     assert model_ckpt["data"]["image_size"] == 32
+
+
+def _cli(tree, out, name, *extra):
+    return [sys.executable, "-m", "kdforge", "train", f"--set=output_dir={out}", f"--set=name={name}",
+            "--set=student.model=resnet8", "--set=seed=4", "--set=schedule.epochs=2", "--set=data.name=imagenet",
+            f"--set=data.root={tree}", "--set=data.streaming=true", "--set=data.eval_split=val",
+            "--set=data.batch_size=16", "--set=data.options.image_size=32", "--set=train.precision=fp32",
+            "--set=train.device=cpu", "--set=train.tensorboard=false", "--set=train.progress=false",
+            "--set=train.log_every=1", "--set=train.checkpoint_every_steps=3", *extra]
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tree, tmp_path):
+    """SIGKILL of `kdforge train` (2 decoding workers alive) inside its first epoch, then `--resume` with 0
+    workers: the same weights as a run never killed (12 steps an epoch)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tree, tmp_path, "whole", "--set=data.workers=0"), cwd=root, env=env, check=True,
+                   capture_output=True)
+    log = tmp_path / "killed" / "log.jsonl"
+    child = subprocess.Popen(_cli(tree, tmp_path, "killed", "--set=data.workers=2"), cwd=root, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        logged = 0
+        while logged < 7 and child.poll() is None:
+            time.sleep(0.01)
+            steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
+                     if line.endswith("}")] if log.exists() else []
+            logged = max(steps, default=0)
+        assert child.poll() is None, "the run ended before it could be killed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    saved = load_checkpoint(tmp_path / "killed", "last")["state"]
+    assert 0 < saved["batch_in_epoch"] < 12 and saved["step"] < 12  # it died inside the first epoch
+    done = subprocess.run(_cli(tree, tmp_path, "killed", "--set=data.workers=0", "--resume"), cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    whole, again = load_checkpoint(tmp_path / "whole", "last"), load_checkpoint(tmp_path / "killed", "last")
+    assert again["state"]["step"] == whole["state"]["step"] == 24
+    for key, value in whole["student"].items():
+        assert torch.equal(value, again["student"][key]), key
+
+
+def test_a_run_stopped_by_a_corrupt_file_resumes_skipping_it_and_keeps_the_list(tree, tmp_path):
+    """Checkpoints every step; a corrupt file in batch 2 stops the run after batches 0 and 1; `--resume` with
+    skip_bad_files (a change a resume allows) goes on; what was skipped before a stop stays listed."""
+    root = shutil.copytree(tree, tmp_path / "spoiled")
+    data = {"drop_last": False}
+    train = open_streaming_split(run_config(tmp_path, "x", root).data, "train", train=True)
+    keys = StreamingLoader(train, 32, shuffle=True, drop_last=False, device="cpu", seed=1).batch_keys(0)
+    bad = [truncate(Path(train.paths[keys[2][0][0]])), garble(Path(train.paths[keys[4][5][0]]))]
+    with pytest.raises(DataError, match="cannot read image"):
+        train_from_config(run_config(tmp_path, "stopped", root, data=data, max_steps=7, checkpoint_every_steps=1))
+    assert load_checkpoint(tmp_path / "stopped", "last")["state"]["step"] == 2  # batches 0 and 1 trained, saved
+    skipping = {**data, "skip_bad_files": True}
+    summary = train_from_config(run_config(tmp_path, "stopped", root, data=skipping, max_steps=7), resume=True)
+    assert summary["steps"] == 7 and sorted(summary["skipped_files"]["files"]) == sorted(map(str, bad))
+    cut = train_from_config(run_config(tmp_path, "cut", root, data=skipping, max_steps=4))  # past batch 2 only
+    assert list(load_checkpoint(tmp_path / "cut", "last")["state"]["skipped_files"]) == [str(bad[0])]
+    summary = train_from_config(run_config(tmp_path, "cut", root, data=skipping, max_steps=7), resume=True)
+    assert cut["skipped_files"]["count"] == 1 and sorted(summary["skipped_files"]["files"]) == sorted(map(str, bad))

@@ -58,9 +58,10 @@ def _from_config(args):
     if cfg.teacher is None or not cfg.teacher.checkpoint:
         raise ConfigError(f"{' + '.join(args.sources)}: teacher.checkpoint is not set; hints are layers of a trained teacher")
     train, _ = load_datasets(replace(cfg, data=replace(cfg.data, eval_split="")))
-    teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher")
+    teacher = build_zoo_model(cfg.teacher, train.num_classes, train.in_channels, "teacher",
+                              image_size=train.image_size)
     student = build_zoo_model(replace(cfg.student, checkpoint=None), train.num_classes, train.in_channels,
-                              "student")
+                              "student", image_size=train.image_size)
     settings = cfg.hints or HintsConfig()
     if settings.select != "auto":
         print(f"note: the config's hints.select is {settings.select!r}; this command selects with PURSUhInT "
@@ -77,6 +78,7 @@ def _from_teacher(args):
     """The same from a teacher checkpoint or run folder."""
     from kdforge.config import HintsConfig
     from kdforge.data import load_dataset
+    from kdforge.data.streaming.folders import saved_streamed_split
     from kdforge.engine.checkpoint import load_model
     from kdforge.errors import ConfigError
 
@@ -89,7 +91,10 @@ def _from_teacher(args):
     name = args.data or data.get("name") or ckpt.get("data", {}).get("name", "digits")
     root = args.data_root if args.data_root is not None else (data.get("root") if not args.data else None)
     options = data.get("options", {}) if not args.data else {}
-    train = load_dataset(name, root, data.get("train_split", "train") if not args.data else "train", **options)
+    split = data.get("train_split", "train") if not args.data else "train"
+    train = None if args.data else saved_streamed_split(data, root, split)  # a streamed run's files stay on disk
+    if train is None:
+        train = load_dataset(name, root, split, **options)
     k = len(getattr(teacher, "stage_names", None) or []) or None
     return teacher, Path(ckpt["path"]), train, HintsConfig(), "auto", k
 

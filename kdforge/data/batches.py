@@ -22,3 +22,12 @@ def make_loader(data, batch_size: int, *, shuffle: bool, drop_last: bool, device
     return TensorLoader(data, batch_size, shuffle=shuffle, drop_last=drop_last, device=torch.device(device),
                         augment=augment, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size,
                         with_indices=with_indices)
+
+
+def subset_loader(data, indices, batch_size: int, *, device, channels_last: bool = False, skip_bad: bool = False):
+    """Batches of the images `indices` of `data`, in order, without augmentation, held in memory (a streamed split's
+    are decoded first: keep `indices` few): dry runs, hint probes, attention maps."""
+    from .streaming.dataset import in_memory
+
+    return TensorLoader(in_memory(data.subset(indices), skip_bad), batch_size, shuffle=False, drop_last=False,
+                        device=torch.device(device), augment=None, seed=0, channels_last=channels_last)

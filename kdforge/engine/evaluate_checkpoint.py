@@ -19,6 +19,7 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     """
     from kdforge.data import load_dataset
     from kdforge.data.batches import make_loader
+    from kdforge.data.streaming.folders import saved_streamed_split
     from kdforge.engine.checkpoint import load_model
     from kdforge.engine.evaluate import evaluate
     from kdforge.engine.precision import resolve_device, resolve_precision
@@ -31,7 +32,7 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     same_data = name == data_cfg.get("name")
     root = root or (data_cfg.get("root") if same_data else None)
     split = split or data_cfg.get("eval_split") or "test"
-    dataset = _streamed(data_cfg, root, split) if same_data else None
+    dataset = saved_streamed_split(data_cfg, root, split) if same_data else None
     if dataset is None:
         dataset = load_dataset(name, root, split, **(data_cfg.get("options", {}) if same_data else {}))
     record = ckpt["model"]
@@ -49,12 +50,3 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, data: str | 
     metrics.update(checkpoint=ckpt["path"], model=record["name"], dataset=name, split=split)
     return metrics
 
-
-def _streamed(data_cfg: dict[str, Any], root: str | None, split: str):
-    """The split streamed from disk (centre crops) where the run streamed its data, else None."""
-    from kdforge.config import DataConfig
-    from kdforge.config_values import dataclass_from_dict
-    from kdforge.data.streaming import open_streaming_split, should_stream
-
-    d = dataclass_from_dict(DataConfig, {**data_cfg, "root": root}, "data")
-    return open_streaming_split(d, split, train=False) if should_stream(d) else None

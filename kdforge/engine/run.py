@@ -143,7 +143,7 @@ def _imported(spec: str, kwargs: dict, num_classes: int, in_channels: int, image
     from kdforge.models.imported import build_imported
 
     if image_size is None:
-        raise ConfigError(f"{role}.import: building an imported model needs the data's image size")
+        raise ConfigError(f"{role}: building the imported model {spec} needs the data's image size (image_size=)")
     return build_imported(spec, kwargs, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                           where=f"{role}.import")
 

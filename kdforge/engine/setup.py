@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdforge.data import Augment, TensorLoader
-from kdforge.data.batches import make_loader
-from kdforge.data.streaming.dataset import in_memory
+from kdforge.data import Augment
+from kdforge.data.batches import make_loader, subset_loader
 from kdforge.engine.distributed import refuse_unsupported
 from kdforge.engine.dot import dot_task_keys
 from kdforge.engine.nonfinite import NonFiniteGuard
@@ -132,10 +131,11 @@ def dry_run(trainer, device: torch.device) -> None:
     """One small batch through both models: check classes, let methods build adapters by shape."""
     data = trainer.train_data
     n = min(len(data), 8)
-    example_loader = TensorLoader(in_memory(data.subset(torch.arange(n))), n, shuffle=False, drop_last=False,
-                                  device=device,
-                                  augment=None, seed=0, channels_last=trainer.precision.channels_last)
+    skip = trainer.cfg.data.skip_bad_files  # a streamed split's first readable images
+    example_loader = subset_loader(data, torch.arange(min(len(data), 4 * n if skip else n)), n, device=device,
+                                   channels_last=trainer.precision.channels_last, skip_bad=skip)
     images, labels = next(iter(example_loader))
+    images, labels = images[:n], labels[:n]
     labels = labels if data.has_labels else None
     student = trainer.student
     was_training = student.training

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdforge.config import SPEED_ONLY_KEYS, TRAJECTORY_KEYS, config_to_dict, with_current_defaults
+from kdforge.config import RESUMABLE_CHANGES, TRAJECTORY_KEYS, config_to_dict, with_current_defaults
 from kdforge.engine.checkpoint import FORMAT, load_checkpoint, load_weights
 from kdforge.engine.logger import truncate_log
 from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.engine.state import TrainState
 from kdforge.errors import CheckpointError, ConfigError
+from kdforge.engine.hooks.summary import skipped_files
 from kdforge.models.capabilities import model_record_of
 
 
@@ -17,6 +18,7 @@ def checkpoint_of(trainer, with_optimizer: bool = True) -> dict[str, Any]:
     """The student, the methods' modules, the loop's state, the hooks' states, the config and the data's
     description; with the optimizer, scheduler, loss scaler and RNG states (`last.pt`) for an exact resume."""
     data = trainer.train_data
+    trainer.state.skipped_files = skipped_files(trainer, gather=False) or {}  # kept over a resume
     ckpt = {
         "format": FORMAT,
         "model": model_record_of(trainer.student),
@@ -66,7 +68,7 @@ def check_same_config(now: dict[str, Any], saved: dict[str, Any], path: str) -> 
         for part in key.split("."):
             a, b = a.get(part), b.get(part)
         changed += differences(key, a, b)
-    changed = [c for c in changed if c.split(" ")[0] not in SPEED_ONLY_KEYS]
+    changed = [c for c in changed if c.split(" ")[0] not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError(f"--resume: {'; '.join(changed)} differ from the run in {path}. A resumed run "
                           f"keeps its config; start a new run with --set name=NEW_NAME instead")

@@ -88,14 +88,12 @@ def probe_features(model: nn.Module, dataset, layers: Sequence[str], indices: to
     `precision` (an `engine.precision.Precision`) sets autocast and memory format; None
     runs in fp32. The model runs on `device` in eval mode and is put back where and as it was.
     """
-    from kdforge.data import TensorLoader
-    from kdforge.data.streaming.dataset import in_memory
+    from kdforge.data.batches import subset_loader
 
     device = torch.device(device)
     home = next(iter(model.parameters()), torch.empty(0)).device
     channels_last = bool(precision is not None and precision.channels_last)
-    loader = TensorLoader(in_memory(dataset.subset(indices)), batch_size, shuffle=False, drop_last=False, device=device,
-                          augment=None, seed=0, channels_last=channels_last)
+    loader = subset_loader(dataset, indices, batch_size, device=device, channels_last=channels_last)
     # written in place, batch by batch: many small long-lived tensors between the big
     # activations would fragment the heap and hold on to memory
     pooled: list[torch.Tensor] = []

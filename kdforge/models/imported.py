@@ -9,6 +9,7 @@ and `report` rebuild it the same way; its default layers are inferred by a dry r
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -55,7 +56,7 @@ def _module_of(target: str, where: str):
         path = Path(target)
         if not path.is_file():
             raise ConfigError(f"{where}: file {target!r} does not exist")
-        name = f"kdforge_user_{abs(hash(str(path.resolve())))}"
+        name = "kdforge_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
         if name in sys.modules:
             return sys.modules[name]
         loaded = importlib.util.spec_from_file_location(name, path)
@@ -105,8 +106,9 @@ def build_imported(spec: str, kwargs: dict[str, Any], *, num_classes: int, in_ch
             call[key] = value
     try:
         model = factory(**call)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {spec}(**kwargs) failed: {exc}") from None
+    except Exception as exc:  # the user's code: any failure is theirs to read in one line
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise ConfigError(f"{where}: {spec}(**kwargs) failed: {type(exc).__name__}: {first}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{where}: {spec} returned a {type(model).__name__}, not an nn.Module")
     adopt(model, torch.zeros(2, in_channels, image_size, image_size), num_classes, where)
@@ -122,10 +124,11 @@ def adopt(model: nn.Module, example: torch.Tensor, num_classes: int, where: str 
     try:
         taps = ensure_taps(model, example)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except RuntimeError as exc:
+        raise ConfigError(f"{where}: {(str(exc).splitlines() or [''])[0][:300]}") from None
+    except Exception as exc:  # e.g. a shape mismatch, or a model's own assertion on the input size
+        first = (str(exc).splitlines() or [""])[0][:300]
         raise ConfigError(f"{where}: a {tuple(example.shape[1:])} image does not run through the model: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+                          f"{type(exc).__name__}: {first}") from None
     classes = taps.logits_shape[0] if taps is not None else None
     if classes is not None and classes != num_classes:
         raise ConfigError(f"{where}: the model outputs {classes} classes but the data has {num_classes}: pass the "

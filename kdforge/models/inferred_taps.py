@@ -6,7 +6,9 @@ A zoo model names its `stage_names`, `block_names` and `classifier_name` itself 
 * stages: the modules called in one forward are listed in the order they return; consecutive ones whose
   output is an ``(N, C, H, W)`` tensor of the same H x W form one resolution, and the last of them (the
   outermost module that ends it, e.g. torchvision's ``layer1``) ends that stage. Only modules called once
-  count (a ReLU shared by several layers is ambiguous), and 1 x 1 maps (after global pooling) are not a stage;
+  count (a ReLU shared by several layers is ambiguous), and 1 x 1 maps (after global pooling) are not a stage.
+  Nor is a module inside a block that changes the resolution once, at the block's input size: a bottleneck's
+  or an inverted residual's 1x1 expansion returns before the block's strided conv, but ends nothing;
 * blocks: the children of each stage module, called once, that return after the previous stage ended with
   an output at the stage's resolution (a stage without such children is its own block);
 * classifier: the last ``nn.Linear`` called whose output has the logits' shape; its input is the embedding.
@@ -17,7 +19,7 @@ Layers given by name to a method always win; `kdforge layers` shows what was inf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,11 +33,43 @@ class InferredTaps:
     logits_shape: tuple[int, ...]
 
 
-def _calls(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, nn.Module, object]], object]:
-    """(name, module, output) of every submodule call on `example`, in the order the calls return."""
-    calls: list[tuple[str, nn.Module, object]] = []
-    handles = [module.register_forward_hook(lambda mod, _a, out, name=name: calls.append((name, mod, out)))
-               for name, module in model.named_modules() if name]
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inside: tuple[int, ...]  # the calls open when this one started (its ancestors), outermost first
+    input_size: tuple[int, int] | None = None
+    output: object = None
+    sizes: set = field(default_factory=set)  # spatial sizes returned by this call and every call inside it
+
+
+def _calls(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], object, list[_Call]]:
+    """Every submodule call on `example` in the order the calls return, the output, and the calls in the order
+    they started (what `_Call.inside` indexes)."""
+    calls: list[_Call] = []
+    returned: list[_Call] = []
+    open_calls: list[int] = []
+
+    def enter(module, args, name):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        calls.append(_Call(name, module, tuple(open_calls), _spatial(first)))
+        open_calls.append(len(calls) - 1)
+
+    def leave(_module, _args, output):
+        own = open_calls.pop()
+        call = calls[own]
+        call.output = output
+        size = _spatial(output)
+        if size is not None:
+            for k in (*call.inside, own):
+                calls[k].sizes.add(size)
+        returned.append(call)
+
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name)))
+            handles.append(module.register_forward_hook(leave))
     was_training = model.training
     model.eval()
     try:
@@ -45,7 +79,7 @@ def _calls(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, nn.
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return calls, output
+    return returned, output, calls
 
 
 def _spatial(output: object) -> tuple[int, int] | None:
@@ -54,16 +88,30 @@ def _spatial(output: object) -> tuple[int, int] | None:
     return None
 
 
+def _before_a_block_transition(call: _Call, calls: list[_Call]) -> bool:
+    """`call` runs inside a block that changes the resolution once, before the change: a bottleneck's or an
+    inverted residual's 1x1 expansion at the input's size (its output is not the stage's end)."""
+    size = _spatial(call.output)
+    if size is None:
+        return False
+    for k in call.inside:
+        block = calls[k]
+        out = _spatial(block.output)
+        if block.input_size == size and out not in (None, size) and block.sizes <= {size, out}:
+            return True
+    return False
+
+
 def infer_taps(model: nn.Module, example: torch.Tensor) -> InferredTaps:
     """Stages, blocks and classifier of `model` from one forward pass of `example` (see the module docstring)."""
-    calls, output = _calls(model, example)
+    returned, output, calls = _calls(model, example)
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(f"the model must return a (batch, classes) tensor of logits, got {shape}")
     times: dict[str, int] = {}
-    for name, _, _ in calls:
-        times[name] = times.get(name, 0) + 1
-    once = [(name, out) for name, _, out in calls if times[name] == 1]
+    for call in returned:
+        times[call.name] = times.get(call.name, 0) + 1
+    once = [(c.name, c.output) for c in returned if times[c.name] == 1 and not _before_a_block_transition(c, calls)]
     ends: list[int] = []  # index into `once` of each stage's last module
     current = None
     for i, (_, out) in enumerate(once):
@@ -77,15 +125,14 @@ def infer_taps(model: nn.Module, example: torch.Tensor) -> InferredTaps:
             ends[-1] = i  # a later module at the same resolution: it ends the stage
     stages = [once[i][0] for i in ends]
     blocks: list[str] = []
-    called_once = {name for name, _ in once}
     for k, end in enumerate(ends):
         stage, size = once[end][0], _spatial(once[end][1])
         children = {f"{stage}.{child}" for child, _ in model.get_submodule(stage).named_children()}
         start = ends[k - 1] + 1 if k else 0  # a child that returned before the previous stage ended is not this one's
         inside = [name for name, out in once[start:end] if name in children and _spatial(out) == size]
         blocks.extend(inside or [stage])
-    linears = [name for name, mod, out in calls if isinstance(mod, nn.Linear) and name in called_once
-               and isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(output.shape)]
+    linears = [c.name for c in returned if isinstance(c.module, nn.Linear) and times[c.name] == 1
+               and isinstance(c.output, torch.Tensor) and tuple(c.output.shape) == tuple(output.shape)]
     return InferredTaps(stages, blocks, linears[-1] if linears else None, tuple(output.shape[1:]))
 
 

@@ -138,14 +138,12 @@ def probe_attention(trainer, methods: dict[str, Any], probe: int = 512,
                     batch_size: int | None = None) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor | None]], int]:
     """({key: (mean alpha, keep frequency or None)}, number of probe images): the first `probe` images
     of the trainer's eval set, in order, without augmentation."""
-    from kdforge.data import TensorLoader
-    from kdforge.data.streaming.dataset import in_memory
+    from kdforge.data.batches import subset_loader
 
     data = trainer.eval_data
     n = min(probe, len(data))
-    loader = TensorLoader(in_memory(data.subset(torch.arange(n))), batch_size or trainer.cfg.data.eval_batch_size,
-                          shuffle=False, drop_last=False, device=trainer.precision.device, augment=None, seed=0,
-                          channels_last=trainer.precision.channels_last)
+    loader = subset_loader(data, torch.arange(n), batch_size or trainer.cfg.data.eval_batch_size,
+                           device=trainer.precision.device, channels_last=trainer.precision.channels_last)
     sums: dict[str, list] = {key: [0.0, None] for key in methods}
     for images, labels in loader:
         with trainer.precision.autocast():

@@ -98,12 +98,12 @@ def trajectory_key(run: Run) -> dict[str, Any]:
 
     if not run.config:  # no config.yaml: what the summary tells
         return {field: field_value(run, field) for field in NAMED} | {"losses": run.summary.get("losses")}
-    from kdforge.config import SPEED_ONLY_KEYS, TRAJECTORY_KEYS, with_current_defaults
+    from kdforge.config import RESUMABLE_CHANGES, TRAJECTORY_KEYS, with_current_defaults
 
     config = with_current_defaults(run.config)  # a run saved before a key existed groups with today's
     key = {dotted: _without_seeds(value_at(config, dotted))
            for dotted in (*TRAJECTORY_KEYS, "train.max_steps") if dotted != "seed"}
-    for dotted in SPEED_ONLY_KEYS:  # e.g. data.workers: the same run however fast it was read
+    for dotted in RESUMABLE_CHANGES:  # e.g. data.workers: the same run however fast it was read
         section, _, leaf = dotted.rpartition(".")
         if isinstance(key.get(section), dict):
             key[section].pop(leaf, None)

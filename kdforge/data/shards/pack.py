@@ -45,11 +45,13 @@ def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise DataError(f"pack: --shard-size must be a positive integer, got {shard_size!r}")
     root, out = Path(root), Path(out)
-    how_to = "Arrange the images as root/<split>/<class>/<image>."
-    if classes is None and split != "train" and (root / "train").is_dir():
-        classes, _, _ = scan_split(root / "train", None, what="pack", how_to=how_to, require_all=True)
-    classes, paths, labels = scan_split(root / split, classes, what="pack", how_to=how_to,
-                                        require_all=classes is None)
+    if classes is None:  # the folder's classes, as training on it would see them
+        from ..streaming.folders import scan_folder
+
+        classes, paths, labels = scan_folder(root, split, "pack")
+    else:
+        classes, paths, labels = scan_split(root / split, classes, what="pack", require_all=False,
+                                            how_to="Arrange the images as root/<split>/<class>/<image>.")
     order = list(range(len(paths)))
     random.Random(seed).shuffle(order)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,10 @@ def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, 
                                                  scan_shard(out / name)]})
     if bar is not None:
         bar.close()
+    written = {shard["file"] for shard in shards}
+    for stale in out.glob(f"{split}-*.tar"):  # an earlier pack's extra shards would read as more images
+        if stale.name not in written:
+            stale.unlink()
     index = {"format": INDEX_FORMAT, "split": split, "classes": classes, "images": len(paths),
              "shard_size": shard_size, "seed": seed, "source": str(root.resolve() / split), "shards": shards}
     staging = index_path(out, split).with_suffix(".partial")

@@ -20,7 +20,7 @@ import torch
 from .._io import default_root
 from ..errors import DataError
 from ..loader import derive_seed
-from ..streaming.dataset import StreamingImageDataset, read_range
+from ..streaming.dataset import StreamingImageDataset
 from .pack import INDEX_FORMAT, index_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -50,7 +50,7 @@ def scan_shard(path: Path) -> list[tuple[str, int, int, int]]:
                 if ext.lower() in IMAGE_EXTS:
                     images[key] = (member.offset_data, member.size)
                 elif ext == "cls":
-                    labels[key] = int(read_range(str(path), member.offset_data, member.size).decode().strip())
+                    labels[key] = int(tar.extractfile(member).read().decode().strip())
     except (tarfile.TarError, OSError, ValueError) as exc:
         raise DataError(f"webdataset: shard {path} cannot be read ({exc})", path) from None
     missing = [k for k in images if k not in labels]
@@ -77,13 +77,25 @@ class ShardedImageDataset(StreamingImageDataset):
         for k, shard in enumerate(shards[rank::world_size]):
             members = torch.tensor(by_shard[shard])
             if shuffle:
-                g = torch.Generator().manual_seed(derive_seed("in-shard", seed, epoch, shard))
+                g = torch.Generator().manual_seed(derive_seed("in-shard", seed, epoch, Path(shard).name))
                 members = members[torch.randperm(len(members), generator=g)]
             parts.append(members)
         order = torch.cat(parts)
         if len(order) < num_samples:  # as many samples as every other rank: repeat this rank's own
             order = order.repeat(-(-num_samples // len(order)))
         return order[:num_samples]
+
+
+def _read_index(index_file: Path) -> tuple[list[str], dict[str, list]]:
+    """(classes, {shard file name: [[offset, size, label], ...]}) of a `kdforge pack` index."""
+    try:
+        index = json.loads(index_file.read_text())
+        if index.get("format") != INDEX_FORMAT:
+            raise ValueError(f"its format is {index.get('format')!r}, not {INDEX_FORMAT!r}")
+        return list(index["classes"]), {s["file"]: s["samples"] for s in index["shards"]}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"webdataset: {index_file} is not a readable kdforge shard index ({exc}); pack the split "
+                        f"again or delete the index to scan the shards", index_file) from None
 
 
 def shard_files(root, split: str, pattern: str | None) -> list[Path]:
@@ -109,16 +121,20 @@ def open_shards(root, split: str, *, patterns: dict[str, str] | None, train: boo
         raise DataError(f"data.options.shards: a mapping of split to pattern, e.g. {{train: 'train-{{000000..000099}}"
                         f".tar'}}, got {patterns!r}")
     pattern = (patterns or {}).get(split)
-    files = shard_files(root, split, pattern)
-    index_file = index_path(files[0].parent, split)
-    classes = None
-    samples: list[tuple[str, int, int, int]] = []
-    listed = {}
+    base = default_root(root)
+    index_file = index_path(base, split)
+    classes, listed = None, {}
     if index_file.is_file():
-        index = json.loads(index_file.read_text())
-        if index.get("format") != INDEX_FORMAT:
-            raise DataError(f"webdataset: {index_file} is not a kdforge shard index ({INDEX_FORMAT})", index_file)
-        classes, listed = index["classes"], {s["file"]: s["samples"] for s in index["shards"]}
+        classes, listed = _read_index(index_file)
+    if listed and pattern is None:  # exactly the index's shards (not stale ones an earlier pack left)
+        files = [base / name for name in listed]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"webdataset: shard {missing[0]} listed in {index_file} is missing: pack the split "
+                            f"again", missing[0])
+    else:
+        files = shard_files(root, split, pattern)
+    samples: list[tuple[str, int, int, int]] = []
     for f in files:  # where the index lists a shard, its offsets; else the shard's own headers
         found = listed.get(f.name) or [(offset, n, label) for _, offset, n, label in scan_shard(f)]
         samples += [(str(f), offset, n, label) for offset, n, label in found]

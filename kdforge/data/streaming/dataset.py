@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import OrderedDict
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,44 +115,62 @@ class StreamingImageDataset:
         index, seed = key
         return self.decode(index, seed), int(self.labels[index]), index
 
-    def materialize(self):
+    def materialize(self, skip_bad: bool = False):
         """These images (centre crops) as an in-memory `ImageTensorDataset`: for small subsets the engine
-        handles in memory (the dry run's batch, hint probes); a bad file raises a `DataError`."""
+        handles in memory (the dry run's batch, hint probes); a bad file raises a `DataError`, or with
+        `skip_bad` is left out."""
         from ..errors import DataError
         from ..tensor_dataset import ImageTensorDataset
 
-        images = []
+        images, kept = [], []
         for i in range(len(self)):
             image = replace(self, train=False).decode(i, 0)
             if isinstance(image, BadImage):
-                raise DataError(f"data: cannot read image {image.path}: {image.reason}", Path(image.path))
+                if skip_bad:
+                    continue
+                raise DataError(f"data: cannot read image {image.path} ({image.reason}); replace or remove it, or "
+                                f"set data.skip_bad_files: true to skip unreadable files", Path(image.path))
             images.append(image)
+            kept.append(i)
         stacked = torch.stack(images) if images else torch.empty(0, self.channels, self.image_size,
                                                                  self.image_size, dtype=torch.uint8)
-        return ImageTensorDataset(stacked, self.labels.clone(), list(self.classes), self.mean, self.std,
-                                  name=self.name)
+        return ImageTensorDataset(stacked, self.labels[torch.tensor(kept, dtype=torch.int64)].clone(),
+                                  list(self.classes), self.mean, self.std, name=self.name)
 
     def __repr__(self) -> str:
         return (f"StreamingImageDataset(name={self.name!r}, n={len(self)}, image_size={self.image_size}, "
                 f"train={self.train})")
 
 
-_FILES: dict[str, int] = {}
+#: open descriptors of this process's shard files, least recently used first (`read_range`)
+_FILES: "OrderedDict[str, int]" = OrderedDict()
+MAX_OPEN_FILES = 64
+
+
+def _close_all() -> None:
+    while _FILES:
+        os.close(_FILES.popitem()[1])
+
+
+os.register_at_fork(after_in_child=_close_all)  # a forked worker opens its own
 
 
 def read_range(file: str, offset: int, size: int) -> bytes:
-    """`size` bytes of `file` from `offset`, with `os.pread` on a descriptor kept per process (no shared file
-    position, so forked workers never race)."""
-    key = f"{os.getpid()}:{file}"
-    fd = _FILES.get(key)
+    """`size` bytes of `file` from `offset` (`os.pread`: no shared file position), keeping at most
+    `MAX_OPEN_FILES` descriptors open in this process."""
+    fd = _FILES.pop(file, None)
     if fd is None:
-        fd = _FILES[key] = os.open(file, os.O_RDONLY)
+        fd = os.open(file, os.O_RDONLY)
+        while len(_FILES) >= MAX_OPEN_FILES:
+            os.close(_FILES.popitem(last=False)[1])
+    _FILES[file] = fd
     data = os.pread(fd, size, offset)
     if len(data) != size:
         raise OSError(f"{file} ends before byte {offset + size}")
     return data
 
 
-def in_memory(data):
-    """`data` itself, or a streaming subset decoded into an `ImageTensorDataset` (keep it small)."""
-    return data.materialize() if getattr(data, "streaming", False) else data
+def in_memory(data, skip_bad: bool = False):
+    """`data` itself, or a streaming subset decoded into an `ImageTensorDataset` (keep it small; `skip_bad`: leave
+    unreadable files out)."""
+    return data.materialize(skip_bad) if getattr(data, "streaming", False) else data

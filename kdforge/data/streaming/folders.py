@@ -36,15 +36,16 @@ def streamable(name: str) -> bool:
     return dataset_name(name) in STREAMABLE
 
 
-def _scan(root, split: str, name: str):
+def scan_folder(root, split: str, name: str):
+    """(classes, files, labels) of `root/<split>`; the classes are those of `root/train` where it exists."""
     from ..datasets.imagefolder import scan_split
 
     base = default_root(root)
     how_to = f"Arrange the images as root/<split>/<class>/<image> ({name})."
     train = base / "train"
-    if split != "train" and train.is_dir():
-        classes, _, _ = scan_split(train, None, what=name, how_to=how_to, require_all=True)
-        return scan_split(base / split, classes, what=name, how_to=how_to, require_all=False)
+    if split != "train" and train.is_dir():  # the classes of train/ (its folder names: no need to list its files)
+        classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return scan_split(base / split, classes or None, what=name, how_to=how_to, require_all=False)
     return scan_split(base / split, None, what=name, how_to=how_to, require_all=True)
 
 
@@ -66,14 +67,20 @@ def should_stream(data_config) -> bool:
     if d.streaming:
         return True
     options = {**_defaults(d.name), **d.options}
-    _, paths, _ = _scan(d.root, d.train_split, d.name)
-    size = options["image_size"]
-    need = len(paths) * options["channels"] * size * size / 1e9
+    size, channels = options["image_size"], options["channels"]
+    if not (isinstance(size, int) and isinstance(channels, int)) or isinstance(size, bool):
+        return False  # the in-memory loader says what is wrong with them
+    try:
+        _, paths, _ = scan_folder(d.root, d.train_split, d.name)
+    except DataError:
+        return False  # as does it for a missing or malformed folder
+    need = len(paths) * channels * size * size / 1e9
     if need <= d.memory_budget_gb:
         return False
     print(f"data: {d.name} {d.train_split} at {size}x{size} would take {need:.1f} GB in memory (more than "
           f"data.memory_budget_gb={d.memory_budget_gb:g}): streaming it from disk with {d.workers} workers per "
-          f"process (set data.streaming to choose)", file=sys.stderr, flush=True)
+          f"process, with RandomResizedCrop + flip for training and resize + centre crop for evaluation instead "
+          f"of the in-memory pad-crop + flip (set data.streaming to choose)", file=sys.stderr, flush=True)
     return True
 
 
@@ -114,7 +121,7 @@ def _open(d, split: str, **crops) -> StreamingImageDataset:
         from ..shards import open_shards
 
         return open_shards(d.root, split, patterns=d.options.get("shards"), hflip=d.augment.hflip, **crops)
-    classes, paths, labels = _scan(d.root, split, d.name)
+    classes, paths, labels = scan_folder(d.root, split, d.name)
     base = default_root(d.root)
     return StreamingImageDataset([str(p) for p in paths], torch.tensor(labels, dtype=torch.int64), classes,
                                  (0.0,) * channels, (1.0,) * channels, f"{d.name}:{Path(base).name}",
@@ -133,8 +140,18 @@ def _estimated_statistics(d, size: int, eval_resize: int, channels: int):
         train = _open(d, d.train_split, train=False, size=size, eval_resize=eval_resize, channels=channels)
         pick = torch.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().long().unique()
         try:
-            _STATS[key] = mean_std(train.subset(pick).materialize().images)
+            _STATS[key] = mean_std(train.subset(pick).materialize(skip_bad=True).images)  # a bad file: later
         except DataError as exc:
             raise DataError(f"{exc} (estimating {d.name}'s mean/std: give data.options.mean and std, or fix the "
                             f"file)", exc.path) from None
     return _STATS[key]
+
+
+def saved_streamed_split(data_section: dict, root, split: str):
+    """Split `split` (centre crops) of a saved run's `data:` section where that run streamed its data, else None
+    (`kdforge eval`, `kdforge hints` on a run folder)."""
+    from kdforge.config import DataConfig
+    from kdforge.config_values import dataclass_from_dict
+
+    d = dataclass_from_dict(DataConfig, {**data_section, "root": root}, "data")
+    return open_streaming_split(d, split, train=False) if should_stream(d) else None

@@ -73,20 +73,25 @@ class StreamingLoader(EpochOrder):
                                pin_memory=self.device.type == "cuda", **extra))
 
     def _to_device(self, batch):
+        """(images, labels, indices) on their way to the device, and the batch's unreadable files."""
         images, labels, indices, bad = batch
+        if images is None:
+            return None, bad
+        blocking = self.device.type != "cuda"
+        return (images.to(self.device, non_blocking=not blocking), labels.to(self.device, non_blocking=not blocking),
+                indices.to(self.device, non_blocking=not blocking)), bad
+
+    def _finish(self, moved, bad):
+        """The batch as the trainer takes it; its unreadable files raise or are noted now, when it is its turn
+        (not when it was read ahead), so every batch before it trains first."""
         for item in bad:
             if not self.skip_bad_files:
                 raise DataError(f"data: cannot read image {item.path} ({item.reason}); replace or remove it, or "
                                 f"set data.skip_bad_files: true to skip unreadable files", Path(item.path))
             self.bad_files[item.path] = item.reason
-        if images is None:  # skipping it would leave the epoch a step short of len(self): refuse instead
+        if moved is None:  # skipping it would leave the epoch a step short of len(self): refuse instead
             raise DataError(f"data: every image of a batch is unreadable ({', '.join(b.path for b in bad[:3])}, "
                             f"...): is {self.data.root or 'the data folder'} damaged?", Path(bad[0].path))
-        blocking = self.device.type != "cuda"
-        return (images.to(self.device, non_blocking=not blocking), labels.to(self.device, non_blocking=not blocking),
-                indices.to(self.device, non_blocking=not blocking))
-
-    def _finish(self, moved):
         images, labels, indices = moved
         x = normalize(images, self._mean, self._std, dtype=self.dtype)
         if self.channels_last:
@@ -96,15 +101,14 @@ class StreamingLoader(EpochOrder):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch, start = self.epoch, self._start_batch
         self._start_batch = 0
-        batches = self._batches(self.batch_keys(epoch, start))
         ahead = None  # the next batch, already on its way to the device
-        for batch in batches:
+        for batch in self._batches(self.batch_keys(epoch, start)):
             moved = self._to_device(batch)
             if ahead is not None:
-                yield self._finish(ahead)
+                yield self._finish(*ahead)
             ahead = moved
         if ahead is not None:
-            yield self._finish(ahead)
+            yield self._finish(*ahead)
 
     def __repr__(self) -> str:
         return (f"StreamingLoader({self.data.name!r}, n={len(self.data)}, batch_size={self.batch_size}, "

@@ -60,12 +60,24 @@ def train_crop(im, size: int, seed: int, hflip: bool) -> np.ndarray:
     return np.asarray(out)
 
 
+def resized_short_side(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(w, h) with the short side `resize` and the long side scaled and truncated, as torchvision's Resize(int)."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def centre_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central `size` x `size`, offsets rounded as torchvision's CenterCrop."""
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return left, top, left + size, top + size
+
+
 def eval_crop(im, size: int, resize: int) -> np.ndarray:
-    """The short side resized to `resize`, then the central `size` x `size`."""
+    """The short side resized to `resize` (bilinear), then the central `size` x `size`."""
     from PIL import Image
 
-    scale = resize / min(im.width, im.height)
-    w, h = max(size, int(round(im.width * scale))), max(size, int(round(im.height * scale)))
-    im = im.resize((w, h), Image.BILINEAR)
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)))
+    w, h = resized_short_side(im.width, im.height, resize)
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.BILINEAR)
+    return np.asarray(im.crop(centre_box(w, h, size)))

@@ -69,8 +69,8 @@ def write_summary(trainer) -> dict[str, Any]:
         "processes": trainer.dist.world_size,
         "run_dir": str(trainer.run_dir),
     }
-    bad = skipped_files(trainer)
-    if bad is not None:  # a streamed dataset with data.skip_bad_files (this process's share under DDP)
+    bad = skipped_files(trainer)  # every process takes part (a gather)
+    if bad is not None:
         summary["skipped_files"] = {"count": len(bad), "files": bad}
     if trainer.val_data is not None:
         summary.update(val_top1_last=last.get("val_top1"), val_images=len(trainer.val_data),
@@ -88,14 +88,22 @@ def write_summary(trainer) -> dict[str, Any]:
     return summary
 
 
-def skipped_files(trainer) -> dict[str, str] | None:
-    """{path: reason} of the unreadable files the run's streaming loaders skipped; None when nothing streams
-    with data.skip_bad_files."""
+def skipped_files(trainer, gather: bool = True) -> dict[str, str] | None:
+    """{path: reason} of the unreadable files skipped under data.skip_bad_files: those saved before a resume and
+    those this run's streaming loaders met, over every process (`gather`, a collective); None when not skipping."""
     if not trainer.cfg.data.skip_bad_files:
         return None
-    loaders = [trainer.train_loader, *(loader for _, loader in trainer.eval_sets)]
-    found = [loader.bad_files for loader in loaders if hasattr(loader, "bad_files")]
-    return {path: reason for bad in found for path, reason in sorted(bad.items())} if found else None
+    loaders = [getattr(trainer, "train_loader", None), *(loader for _, loader in getattr(trainer, "eval_sets", []))]
+    found = dict(trainer.state.skipped_files)
+    for loader in loaders:
+        found.update(getattr(loader, "bad_files", {}))
+    if gather and trainer.dist.enabled:
+        import torch.distributed as dist
+
+        every: list = [None] * trainer.dist.world_size
+        dist.all_gather_object(every, found)
+        found = {path: reason for part in every for path, reason in part.items()}
+    return dict(sorted(found.items()))
 
 
 def eval_top1_at(trainer, epoch: int) -> float | None:
