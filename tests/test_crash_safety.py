@@ -1,6 +1,5 @@
 """Runs survive signals, kills and NaNs: nothing is lost beyond the last checkpoint, no bad one is written."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from digits_trainer import small_trainer
+from kill_run import sigkill_after
 from kdforge.engine import NonFiniteLossError, load_checkpoint
 from kdforge.engine.checkpoint import atomic_save, remove_stale_temporaries
 from kdforge.engine.interrupts import RunInterrupted
@@ -144,20 +144,8 @@ def test_sigkill_mid_epoch_loses_at_most_the_steps_since_the_last_checkpoint(tmp
     """A real `kdforge train` killed with SIGKILL mid-epoch, then `--resume`: same weights as a run never killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_command(tmp_path, "whole"), cwd=ROOT, env=env, check=True, capture_output=True)
-    log = tmp_path / "killed" / "log.jsonl"
-    child = subprocess.Popen(_train_command(tmp_path, "killed", "--set=train.checkpoint_every_steps=4"),
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        logged = 0
-        while logged < 30 and child.poll() is None:
-            time.sleep(0.01)
-            steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
-                     if line.endswith("}")] if log.exists() else []
-            logged = max(steps, default=0)
-        assert child.poll() is None, "the run ended before it could be killed"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    logged = sigkill_after(_train_command(tmp_path, "killed", "--set=train.checkpoint_every_steps=4"),
+                           tmp_path / "killed" / "log.jsonl", 30, cwd=ROOT, env=env)
     saved = load_checkpoint(tmp_path / "killed", "last")["state"]
     steps_per_epoch = 1437 // 16
     assert 0 < saved["batch_in_epoch"] and saved["step"] < steps_per_epoch  # it died inside the first epoch

@@ -4,10 +4,8 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from jpeg_tree import CLASSES, garble, truncate, write_tree
+from kill_run import sigkill_after
 from PIL import Image
 from torch import nn
 
@@ -252,20 +251,8 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli(tree, tmp_path, "whole", "--set=data.workers=0"), cwd=root, env=env, check=True,
                    capture_output=True)
-    log = tmp_path / "killed" / "log.jsonl"
-    child = subprocess.Popen(_cli(tree, tmp_path, "killed", "--set=data.workers=2"), cwd=root, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        logged = 0
-        while logged < 7 and child.poll() is None:
-            time.sleep(0.01)
-            steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
-                     if line.endswith("}")] if log.exists() else []
-            logged = max(steps, default=0)
-        assert child.poll() is None, "the run ended before it could be killed"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    sigkill_after(_cli(tree, tmp_path, "killed", "--set=data.workers=2"), tmp_path / "killed" / "log.jsonl", 7,
+                  cwd=root, env=env)
     saved = load_checkpoint(tmp_path / "killed", "last")["state"]
     assert 0 < saved["batch_in_epoch"] < 12 and saved["step"] < 12  # it died inside the first epoch
     done = subprocess.run(_cli(tree, tmp_path, "killed", "--set=data.workers=0", "--resume"), cwd=root, env=env,
