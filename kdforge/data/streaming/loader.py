@@ -27,6 +27,28 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # each worker decodes one image at a time; its own threads would only compete
 
 
+class BatchKeys:
+    """The batches of one epoch from batch `start` on, each a list of (image index, crop seed): a DataLoader's
+    `batch_sampler`."""
+
+    def __init__(self, order: torch.Tensor, batch_size: int, batches: int, start: int, seed: int, epoch: int):
+        self.order, self.batch_size, self.batches, self.start = order, batch_size, batches, start
+        self.seed, self.epoch = seed, epoch
+
+    def __len__(self) -> int:
+        return max(0, self.batches - self.start)
+
+    def __getitem__(self, k: int) -> list[tuple[int, int]]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        b = self.start + k
+        picked = self.order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        return [(i, derive_seed("augment", self.seed, self.epoch, i)) for i in picked]
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
 class StreamingLoader(EpochOrder):
     """`TensorLoader`'s interface over files: ``(images, labels[, indices])`` on `device`.
 
@@ -55,17 +77,15 @@ class StreamingLoader(EpochOrder):
         self._mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(data.std, dtype=torch.float32, device=self.device)
 
-    def batch_keys(self, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
-        """Every batch of `epoch` from batch `start` on, as the (index, crop seed) pairs the workers decode."""
-        order = self.epoch_indices(epoch).tolist()
-        bs = self.batch_size
-        return [[(i, derive_seed("augment", self.seed, epoch, i)) for i in order[b * bs:(b + 1) * bs]]
-                for b in range(start, len(self))]
+    def batch_keys(self, epoch: int, start: int = 0) -> "BatchKeys":
+        """Every batch of `epoch` from batch `start` on, as the (index, crop seed) pairs the workers decode (made
+        batch by batch, as the DataLoader asks: an ImageNet epoch's 1.28 M pairs are never all held)."""
+        return BatchKeys(self.epoch_indices(epoch), self.batch_size, len(self), start, self.seed, epoch)
 
     def _batches(self, keys):
         from torch.utils.data import DataLoader
 
-        if not keys:
+        if len(keys) == 0:
             return iter(())
         workers = min(self.workers, len(keys))
         extra = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _one_thread} if workers else {}
