@@ -282,3 +282,18 @@ def test_a_run_stopped_by_a_corrupt_file_resumes_skipping_it_and_keeps_the_list(
     assert list(load_checkpoint(tmp_path / "cut", "last")["state"]["skipped_files"]) == [str(bad[0])]
     summary = train_from_config(run_config(tmp_path, "cut", root, data=skipping, max_steps=7), resume=True)
     assert cut["skipped_files"]["count"] == 1 and sorted(summary["skipped_files"]["files"]) == sorted(map(str, bad))
+
+
+def test_the_teacher_cache_is_refused_for_streamed_data(tree, tmp_path):
+    train_from_config(run_config(tmp_path, "teacher", tree, max_steps=1))
+    cfg = config_from_dict({**config_dict_of(run_config(tmp_path, "cached", tree, max_steps=1)),
+                            "teacher": {"checkpoint": str(tmp_path / "teacher")}, "losses": {"kd": 1}})
+    cfg.train.teacher_cache = True
+    with pytest.raises(ConfigError, match="train.teacher_cache: a streamed dataset is cropped afresh every epoch"):
+        train_from_config(cfg)
+
+
+def config_dict_of(cfg):
+    from kdforge.config_values import config_to_dict
+
+    return config_to_dict(cfg)

@@ -35,14 +35,14 @@ def prepare(trainer) -> None:
         trainer.teacher.to(device=device, memory_format=fmt).eval().requires_grad_(False)
     trainer.teacher_cache = None  # train.teacher_cache: teacher outputs by dataset index
     if tcfg.teacher_cache and trainer.use_teacher:
+        if getattr(trainer.train_data, "streaming", False):
+            raise ConfigError("train.teacher_cache: a streamed dataset is cropped afresh every epoch "
+                              "(RandomResizedCrop), so the teacher's outputs cannot be cached; set "
+                              "train.teacher_cache=false")
         check_teacher_cache(cfg)  # refused under random augmentation, before any forward pass
 
     aug = cfg.data.augment
     d = trainer.dist  # each rank takes its share of every global batch, and of the evaluation set
-    streaming = getattr(trainer.train_data, "streaming", False)
-    if streaming and tcfg.teacher_cache:
-        raise ConfigError("train.teacher_cache: a streamed dataset is cropped afresh every epoch, so the teacher's "
-                          "outputs cannot be cached; set train.teacher_cache=false")
     trainer.train_loader = make_loader(
         trainer.train_data, d.per_rank_batch(cfg.data.batch_size), shuffle=True,
         drop_last=cfg.data.drops_last_batch, device=device,
