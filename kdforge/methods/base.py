@@ -143,14 +143,19 @@ class Method(nn.Module):
         return list(self.parameters())
 
     def loop_hooks(self, key: str) -> list:
-        """Hooks this method, as the loss `key`, adds to the training loop (`engine/hooks/`): by default
-        its stage before training when `pretrain_epochs > 0`. A method with classifier heads of its own
-        adds `EvalHeadsHook(key, self)` (see `eval_heads`)."""
-        if self.pretrain_epochs <= 0:
-            return []
-        from kdforge.engine.hooks.pretrain import PretrainStageHook
+        """Hooks this method, as the loss `key`, adds to the training loop (`engine/hooks/`): its stage before
+        training when `pretrain_epochs > 0`, and an `EvalHeadsHook` (the top-1 of each of its own classifier
+        heads at every evaluation) when it overrides `eval_heads`."""
+        hooks = []
+        if self.pretrain_epochs > 0:
+            from kdforge.engine.hooks.pretrain import PretrainStageHook
 
-        return [PretrainStageHook(key, self)]
+            hooks.append(PretrainStageHook(key, self))
+        if type(self).eval_heads is not Method.eval_heads:
+            from kdforge.engine.hooks.evaluation import EvalHeadsHook
+
+            hooks.append(EvalHeadsHook(key, self))
+        return hooks
 
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         """{name: logits} of the method's own classifier heads on an evaluation batch (with `EvalHeadsHook`).

@@ -121,11 +121,5 @@ class EKD(Method):
                 parts[f"{name}/at"] = self.lambda_at * torch.stack(distance).sum()
         return parts
 
-    def loop_hooks(self, key: str) -> list:
-        """With the usual ones, an `EvalHeadsHook`: the top-1 of every sub-net at each evaluation."""
-        from kdforge.engine.hooks.evaluation import EvalHeadsHook
-
-        return [*super().loop_hooks(key), EvalHeadsHook(key, self)]
-
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         return {name: self._subnet(out, name)[0] for name in self.subnets}

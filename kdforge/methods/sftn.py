@@ -190,12 +190,6 @@ class SFTN(Method):
         return {"teacher_ce": self.lambda_t * F.cross_entropy(z_t, out.labels),
                 "kl": self.lambda_kl * kl, "branch_ce": self.lambda_ce * ce}
 
-    def loop_hooks(self, key: str) -> list:
-        """With the usual ones, an `EvalHeadsHook`: the top-1 of every student branch at each evaluation."""
-        from kdforge.engine.hooks.evaluation import EvalHeadsHook
-
-        return [*super().loop_hooks(key), EvalHeadsHook(key, self)]
-
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         """Logits of every branch, for the engine's per-epoch evaluation."""
         return {f"branch{i}": z for i, z in zip(self.points, self.branch_logits(out))}
