@@ -142,6 +142,19 @@ def test_inferred_stages_of_zoo_resnets_are_their_own(name, size):
     assert taps.block_names == stem + model.block_names and taps.classifier_name == model.classifier_name
 
 
+def test_a_vgg_whose_stages_are_sequentials_ending_in_a_pool_has_one_stage_per_resolution():
+    """vgg16_nobn's `layerN` are plain Sequentials (units, then a max-pool): a Sequential is no block, so the last
+    unit before each pool ends its resolution (the zoo names the pooled outputs instead)."""
+    from kdforge.features import layer_shapes
+    from kdforge.models import build_model
+
+    model = build_model("vgg16_nobn", num_classes=10)
+    taps = infer_taps(model, torch.zeros(2, 3, 32, 32))
+    shapes = {name: shape for name, _, shape in layer_shapes(model, torch.zeros(1, 3, 32, 32))}
+    assert [shapes[s][1] for s in taps.stage_names] == [32, 16, 8, 4, 2]
+    assert taps.stage_names == ["layer1.1", "layer2.1", "layer3.2", "layer4.2", "layer5.2"]
+
+
 def test_a_file_factory_gets_the_class_count_and_channels_and_records_its_spec(net_file):
     model = build_imported(f"{net_file}:make", {"width": 4}, num_classes=7, in_channels=2, image_size=16)
     assert model.fc.out_features == 7 and model.stem[0].in_channels == 2 and model.fc.in_features == 16

@@ -173,3 +173,22 @@ def test_reading_many_shards_keeps_few_files_open(tree, tmp_path, monkeypatch):
     seen = [val.decode(i, 0) for i in range(len(val))]
     assert len(seen) == 60 and all(image.shape == (3, 32, 32) for image in seen)
     assert len(streamed._FILES) <= 4
+
+
+def test_packing_a_split_leaves_other_splits_and_an_index_beside_named_shards_is_used(tree, tmp_path):
+    out = tmp_path / "out"
+    pack_split(tree, out, "val", shard_size=40, progress=False)
+    (out / "val-000000.tar").rename(out / "val-small-000000.tar")  # another split whose name starts the same
+    (out / "val-000001.tar").rename(out / "val-small-000001.tar")
+    (out / "val.index.json").rename(out / "val-small.index.json")
+    pack_split(tree, out, "val", shard_size=40, progress=False)
+    assert sorted(f.name for f in out.glob("*.tar")) == ["val-000000.tar", "val-000001.tar", "val-small-000000.tar",
+                                                        "val-small-000001.tar"]
+    sub = tmp_path / "root" / "sub"
+    sub.mkdir(parents=True)
+    for f in out.glob("val-0*"):
+        (sub / f.name).write_bytes(f.read_bytes())
+    (sub / "val.index.json").write_bytes((out / "val.index.json").read_bytes())
+    named = split_of(tmp_path / "root", "val", options={"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                                                        "shards": {"val": "sub/val-{000000..000001}.tar"}})
+    assert named.classes == list(CLASSES)  # read from sub/val.index.json, beside the shards

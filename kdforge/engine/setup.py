@@ -14,6 +14,7 @@ from kdforge.engine.nonfinite import NonFiniteGuard
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import resolve_device, resolve_precision
 from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
+from kdforge.data.errors import DataError
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
@@ -134,8 +135,11 @@ def dry_run(trainer, device: torch.device) -> None:
     skip = trainer.cfg.data.skip_bad_files  # a streamed split's first readable images
     example_loader = subset_loader(data, torch.arange(min(len(data), 4 * n if skip else n)), n, device=device,
                                    channels_last=trainer.precision.channels_last, skip_bad=skip)
-    images, labels = next(iter(example_loader))
-    images, labels = images[:n], labels[:n]
+    first = next(iter(example_loader), None)
+    if first is None:
+        raise DataError(f"data: none of the first {4 * n} images of {data.name} can be read (data.skip_bad_files "
+                        f"skipped them all): is the folder damaged?")
+    images, labels = first[0][:n], first[1][:n]
     labels = labels if data.has_labels else None
     student = trainer.student
     was_training = student.training

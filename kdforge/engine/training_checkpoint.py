@@ -10,7 +10,6 @@ from kdforge.engine.logger import truncate_log
 from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.engine.state import TrainState
 from kdforge.errors import CheckpointError, ConfigError
-from kdforge.engine.hooks.summary import skipped_files
 from kdforge.models.capabilities import model_record_of
 
 
@@ -18,7 +17,6 @@ def checkpoint_of(trainer, with_optimizer: bool = True) -> dict[str, Any]:
     """The student, the methods' modules, the loop's state, the hooks' states, the config and the data's
     description; with the optimizer, scheduler, loss scaler and RNG states (`last.pt`) for an exact resume."""
     data = trainer.train_data
-    trainer.state.skipped_files = skipped_files(trainer, gather=False) or {}  # kept over a resume
     ckpt = {
         "format": FORMAT,
         "model": model_record_of(trainer.student),

@@ -7,8 +7,9 @@ A zoo model names its `stage_names`, `block_names` and `classifier_name` itself 
   output is an ``(N, C, H, W)`` tensor of the same H x W form one resolution, and the last of them (the
   outermost module that ends it, e.g. torchvision's ``layer1``) ends that stage. Only modules called once
   count (a ReLU shared by several layers is ambiguous), and 1 x 1 maps (after global pooling) are not a stage.
-  Nor is a module inside a block that changes the resolution once, at the block's input size: a bottleneck's
-  or an inverted residual's 1x1 expansion returns before the block's strided conv, but ends nothing;
+  Nor is a module inside a block (a module other than an `nn.Sequential`) that changes the resolution once, at
+  the block's input size: a bottleneck's or an inverted residual's 1x1 expansion returns before the block's
+  strided conv, but ends nothing;
 * blocks: the children of each stage module, called once, that return after the previous stage ended with
   an output at the stage's resolution (a stage without such children is its own block);
 * classifier: the last ``nn.Linear`` called whose output has the logits' shape; its input is the embedding.
@@ -96,6 +97,8 @@ def _before_a_block_transition(call: _Call, calls: list[_Call]) -> bool:
         return False
     for k in call.inside:
         block = calls[k]
+        if isinstance(block.module, nn.Sequential):  # a container of layers (a VGG stage, `features`), not a block
+            continue
         out = _spatial(block.output)
         if block.input_size == size and out not in (None, size) and block.sizes <= {size, out}:
             return True

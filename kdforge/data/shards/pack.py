@@ -13,11 +13,13 @@ import io
 import json
 import os
 import random
+import re
 import tarfile
 from pathlib import Path
 
 from ..datasets.imagefolder import scan_split
 from ..errors import DataError
+from ..streaming.dataset import forget_file
 
 INDEX_FORMAT = "kdforge-shards/1"
 
@@ -74,6 +76,7 @@ def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, 
                 if bar is not None:
                     bar.update(1)
         os.replace(staging, out / name)
+        forget_file(str(out / name))  # a descriptor this process keeps of an earlier file of that name
         from .reader import scan_shard
 
         shards.append({"file": name, "samples": [[offset, size, label] for _, offset, size, label in
@@ -81,8 +84,9 @@ def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, 
     if bar is not None:
         bar.close()
     written = {shard["file"] for shard in shards}
-    for stale in out.glob(f"{split}-*.tar"):  # an earlier pack's extra shards would read as more images
-        if stale.name not in written:
+    ours = re.compile(rf"{re.escape(split)}-\d{{6}}\.tar")  # this split's names only (not train-small-*)
+    for stale in out.iterdir():  # an earlier pack's extra shards would read as more images
+        if ours.fullmatch(stale.name) and stale.name not in written:
             stale.unlink()
     index = {"format": INDEX_FORMAT, "split": split, "classes": classes, "images": len(paths),
              "shard_size": shard_size, "seed": seed, "source": str(root.resolve() / split), "shards": shards}

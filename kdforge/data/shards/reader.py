@@ -122,21 +122,27 @@ def open_shards(root, split: str, *, patterns: dict[str, str] | None, train: boo
                         f".tar'}}, got {patterns!r}")
     pattern = (patterns or {}).get(split)
     base = default_root(root)
-    index_file = index_path(base, split)
     classes, listed = None, {}
-    if index_file.is_file():
-        classes, listed = _read_index(index_file)
-    if listed and pattern is None:  # exactly the index's shards (not stale ones an earlier pack left)
+    if pattern is None and index_path(base, split).is_file():  # exactly the index's shards (not stale ones)
+        classes, listed = _read_index(index_path(base, split))
         files = [base / name for name in listed]
+        if not files:
+            raise DataError(f"webdataset: {index_path(base, split)} lists no shards: pack the split again",
+                            index_path(base, split))
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise DataError(f"webdataset: shard {missing[0]} listed in {index_file} is missing: pack the split "
-                            f"again", missing[0])
+            raise DataError(f"webdataset: shard {missing[0]} listed in {index_path(base, split)} is missing: pack "
+                            f"the split again", missing[0])
     else:
         files = shard_files(root, split, pattern)
+        index_file = index_path(files[0].parent, split)  # an index beside the named shards lists their offsets
+        if index_file.is_file():
+            classes, listed = _read_index(index_file)
     samples: list[tuple[str, int, int, int]] = []
-    for f in files:  # where the index lists a shard, its offsets; else the shard's own headers
-        found = listed.get(f.name) or [(offset, n, label) for _, offset, n, label in scan_shard(f)]
+    home = files[0].parent
+    for f in files:  # where the index beside it lists a shard, its offsets; else the shard's own headers
+        entry = listed.get(f.name) if f.parent == home else None
+        found = entry or [(offset, n, label) for _, offset, n, label in scan_shard(f)]
         samples += [(str(f), offset, n, label) for offset, n, label in found]
     labels = [label for *_, label in samples]
     if classes is None:

@@ -155,6 +155,13 @@ def _close_all() -> None:
 os.register_at_fork(after_in_child=_close_all)  # a forked worker opens its own
 
 
+def forget_file(file: str) -> None:
+    """Close this process's descriptor of `file`, if it keeps one (the file was replaced)."""
+    fd = _FILES.pop(file, None)
+    if fd is not None:
+        os.close(fd)
+
+
 def read_range(file: str, offset: int, size: int) -> bytes:
     """`size` bytes of `file` from `offset` (`os.pread`: no shared file position), keeping at most
     `MAX_OPEN_FILES` descriptors open in this process."""

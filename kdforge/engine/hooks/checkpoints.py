@@ -39,6 +39,7 @@ class CheckpointHook(Hook):
         improved = top1 is not None and top1 > state.best_top1
         if improved:
             state.best_top1, state.best_epoch = top1, state.epoch
+        note_skipped_files(trainer)
         if trainer.dist.is_main:
             ckpt_dir = trainer.run_dir / "checkpoints"
             atomic_save(trainer.checkpoint(with_optimizer=True), ckpt_dir / "last.pt")
@@ -54,6 +55,17 @@ def save_mid_epoch(trainer) -> None:
     trainer.nonfinite.check(state.epoch)
     state.epoch_partial = {**trainer.tally.state(trainer.dist), "skipped": trainer.nonfinite.skipped}
     state.elapsed_s = trainer.elapsed()
+    note_skipped_files(trainer)
     if trainer.dist.is_main:
         atomic_save(trainer.checkpoint(with_optimizer=True), trainer.run_dir / "checkpoints" / "last.pt")
     state.epoch_partial = None
+
+
+def note_skipped_files(trainer) -> None:
+    """Every process's skipped files (data.skip_bad_files) into the state the checkpoint saves, so a resume keeps
+    them; every rank calls it (a gather). A run resumed without skipping keeps what it had."""
+    from kdforge.engine.hooks.summary import skipped_files
+
+    found = skipped_files(trainer)
+    if found is not None:
+        trainer.state.skipped_files = found

@@ -91,7 +91,7 @@ def write_summary(trainer) -> dict[str, Any]:
 def skipped_files(trainer, gather: bool = True) -> dict[str, str] | None:
     """{path: reason} of the unreadable files skipped under data.skip_bad_files: those saved before a resume and
     those this run's streaming loaders met, over every process (`gather`, a collective); None when not skipping."""
-    if not trainer.cfg.data.skip_bad_files:
+    if not trainer.cfg.data.skip_bad_files and not trainer.state.skipped_files:
         return None
     loaders = [getattr(trainer, "train_loader", None), *(loader for _, loader in getattr(trainer, "eval_sets", []))]
     found = dict(trainer.state.skipped_files)
