@@ -1,6 +1,7 @@
 """The benchmark scripts: the CIFAR-100 shell recipes issue the right kdforge commands (run with a stand-in
 `kdforge`), and the Python benchmarks that drive the engine still run on it (tiny arguments)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -176,3 +177,14 @@ def test_ekd_cost_and_teacher_cache_benchmarks_run():
     assert "ekd (switchable BN)" in out
     out = run_benchmark("teacher_cache.py", *TINY_PAIR[:4], "--shots", "2", "--epochs", "2", "--batch", "10")
     assert "| teacher cache |" in out
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_times_the_loader_per_worker_count(tmp_path):
+    out = run_benchmark("streaming.py", "--images", "24", "--batch", "4", "--workers", "0", "1", "--steps", "1",
+                        "--fed-batches", "2", "--root", str(tmp_path / "jpegs"), "--out", str(tmp_path / "r.json"))
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [row["workers"] for row in result["loader"]] == [0, 1] and result["images"] == 24
+    assert all(row["loader_img_per_s"] > 0 and row["fed_step_img_per_s"] > 0 for row in result["loader"])
+    assert "| workers | loader alone, img/s |" in out
+    assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 24
