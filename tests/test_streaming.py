@@ -297,3 +297,20 @@ def config_dict_of(cfg):
     from kdforge.config_values import config_to_dict
 
     return config_to_dict(cfg)
+
+
+def test_hint_probes_leave_unreadable_files_out_under_skip_bad_files(tree, tmp_path):
+    from kdforge.hints.probe import probe_features
+    from kdforge.models import build_model
+
+    root = shutil.copytree(tree, tmp_path / "spoiled")
+    cfg = run_config(tmp_path, "x", root, data={"skip_bad_files": True})
+    train = open_streaming_split(cfg.data, "train", train=True)
+    first_bad = truncate(Path(train.paths[2]))
+    garble(Path(train.paths[7]))
+    model = build_model("resnet8", num_classes=4)
+    features = probe_features(model, train, ["layer1", "layer3"], torch.arange(10), batch_size=4, device="cpu")
+    assert [f.shape for f in features] == [(8, 16), (8, 64)]  # the 8 readable images of the 10
+    strict = open_streaming_split(run_config(tmp_path, "y", root).data, "train", train=True)
+    with pytest.raises(DataError, match=f"cannot read image {first_bad}"):
+        probe_features(model, strict, ["layer1"], torch.arange(10), batch_size=4, device="cpu")

@@ -24,7 +24,8 @@ def make_loader(data, batch_size: int, *, shuffle: bool, drop_last: bool, device
                         with_indices=with_indices)
 
 
-def subset_loader(data, indices, batch_size: int, *, device, channels_last: bool = False, skip_bad: bool = False):
+def subset_loader(data, indices, batch_size: int, *, device, channels_last: bool = False,
+                  skip_bad: bool | None = None):
     """Batches of the images `indices` of `data`, in order, without augmentation, held in memory (a streamed split's
     are decoded first: keep `indices` few): dry runs, hint probes, attention maps."""
     from .streaming.dataset import in_memory

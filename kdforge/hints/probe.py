@@ -83,7 +83,8 @@ class PooledTaps:
 def probe_features(model: nn.Module, dataset, layers: Sequence[str], indices: torch.Tensor, *,
                    batch_size: int = 256, device: torch.device | str = "cpu",
                    precision=None, progress: bool = False) -> list[torch.Tensor]:
-    """Pooled (N, C_l) float32 CPU matrices of `layers`, in order, for `dataset[indices]`.
+    """Pooled (N, C_l) float32 CPU matrices of `layers`, in order, for `dataset[indices]` (of a streamed split
+    under data.skip_bad_files, its readable ones: N may be fewer).
 
     `precision` (an `engine.precision.Precision`) sets autocast and memory format; None
     runs in fp32. The model runs on `device` in eval mode and is put back where and as it was.
@@ -114,7 +115,7 @@ def probe_features(model: nn.Module, dataset, layers: Sequence[str], indices: to
                 if missing:
                     raise LayerError(f"layers {missing} were not called in the forward pass, so nothing was probed")
                 if not pooled:
-                    pooled = [torch.empty(len(indices), taps.pooled[name].shape[1]) for name in layers]
+                    pooled = [torch.empty(len(loader.data), taps.pooled[name].shape[1]) for name in layers]
                 end = start + images.shape[0]
                 for store, name in zip(pooled, layers):
                     store[start:end].copy_(taps.pooled[name])

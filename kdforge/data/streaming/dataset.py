@@ -52,6 +52,8 @@ class StreamingImageDataset:
     #: where each image's bytes lie inside a file ((file, offset, size): a tar shard's member, `data/shards/`);
     #: None: `paths` are the image files themselves
     locations: list[tuple[str, int, int]] | None = None
+    #: `materialize` leaves unreadable files out instead of raising (data.skip_bad_files)
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -115,10 +117,11 @@ class StreamingImageDataset:
         index, seed = key
         return self.decode(index, seed), int(self.labels[index]), index
 
-    def materialize(self, skip_bad: bool = False):
+    def materialize(self, skip_bad: bool | None = None):
         """These images (centre crops) as an in-memory `ImageTensorDataset`: for small subsets the engine
         handles in memory (the dry run's batch, hint probes); a bad file raises a `DataError`, or with
-        `skip_bad` is left out."""
+        `skip_bad` (by default the dataset's own) is left out."""
+        skip_bad = self.skip_bad if skip_bad is None else skip_bad
         from ..errors import DataError
         from ..tensor_dataset import ImageTensorDataset
 
@@ -177,7 +180,7 @@ def read_range(file: str, offset: int, size: int) -> bytes:
     return data
 
 
-def in_memory(data, skip_bad: bool = False):
+def in_memory(data, skip_bad: bool | None = None):
     """`data` itself, or a streaming subset decoded into an `ImageTensorDataset` (keep it small; `skip_bad`: leave
     unreadable files out)."""
     return data.materialize(skip_bad) if getattr(data, "streaming", False) else data

@@ -111,6 +111,7 @@ def open_streaming_split(data_config, split: str, *, train: bool) -> StreamingIm
         else:
             mean, std = _estimated_statistics(d, size, eval_resize, channels)
     data.mean, data.std = tuple(map(float, mean)), tuple(map(float, std))
+    data.skip_bad = bool(getattr(d, "skip_bad_files", False))  # hint probes and the dry run leave bad files out too
     return data
 
 
