@@ -279,3 +279,18 @@ def test_import_and_zoo_keys_do_not_mix():
         config_from_dict({"student": {"model": "resnet8", "kwargs": {"width": 2}}})
     cfg = config_from_dict({"student": {"import": "a.b:make"}})  # the default zoo student does not leak in
     assert cfg.student.model is None and cfg.student.import_ == "a.b:make"
+
+
+def test_an_imported_run_is_a_teacher_by_its_folder_alone(kd_at_run, tmp_path):
+    """`teacher: {checkpoint: RUN}` with no import: the run's recorded spec rebuilds the model, its weights loaded."""
+    from kdforge.engine import train_from_config
+
+    folder, _ = kd_at_run
+    summary = train_from_config(config_from_dict({
+        "name": "from-imported", "output_dir": str(tmp_path), "teacher": {"checkpoint": str(folder)},
+        "losses": {"ce": 1, "kd": 1}, "schedule": {"name": "constant", "epochs": 1},
+        "train": {"progress": False, "tensorboard": False, "precision": "fp32", "device": "cpu", "max_steps": 2}}))
+    assert summary["teacher_model"] == "usernet.make" and summary["steps"] == 2
+    teacher, _ = load_model(folder, "last")
+    assert summary["teacher_checkpoint"]["file"] == str(folder / "checkpoints" / "last.pt")
+    assert teacher.stage_names == ["stage1", "stage2", "stage3"]
