@@ -15,6 +15,7 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._io import default_root
@@ -63,9 +64,9 @@ class ShardedImageDataset(StreamingImageDataset):
     """A streamed dataset whose images lie in tar shards; the epoch order gives each rank whole shards."""
 
     def rank_order(self, seed, epoch, rank, world_size, shuffle, num_samples):
-        by_shard: dict[str, list[int]] = {}
-        for i, (file, _, _) in enumerate(self.locations):
-            by_shard.setdefault(file, []).append(i)
+        files, ids = self.locations.files, self.locations.file_ids
+        grouped = np.split(np.argsort(ids, kind="stable"), np.cumsum(np.bincount(ids, minlength=len(files)))[:-1])
+        by_shard = {files[k]: members for k, members in enumerate(grouped) if len(members)}
         shards = list(by_shard)
         if len(shards) < world_size:
             raise DataError(f"webdataset: {len(shards)} shard(s) for {world_size} processes: every process needs "
@@ -75,7 +76,7 @@ class ShardedImageDataset(StreamingImageDataset):
             shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
         parts = []
         for k, shard in enumerate(shards[rank::world_size]):
-            members = torch.tensor(by_shard[shard])
+            members = torch.from_numpy(by_shard[shard])
             if shuffle:
                 g = torch.Generator().manual_seed(derive_seed("in-shard", seed, epoch, Path(shard).name))
                 members = members[torch.randperm(len(members), generator=g)]

@@ -13,6 +13,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from .tables import Locations, StringTable
 from .transforms import eval_crop, open_image, train_crop
 
 #: what a corrupt or unreadable file raises in Pillow (and the OS)
@@ -37,7 +38,7 @@ class StreamingImageDataset:
 
     has_labels: ClassVar[bool] = True
     streaming: ClassVar[bool] = True
-    paths: list[str]
+    paths: StringTable  # (a list of str is turned into one)
     labels: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...]
@@ -51,11 +52,15 @@ class StreamingImageDataset:
     root: str = field(default="")
     #: where each image's bytes lie inside a file ((file, offset, size): a tar shard's member, `data/shards/`);
     #: None: `paths` are the image files themselves
-    locations: list[tuple[str, int, int]] | None = None
+    locations: Locations | None = None
     #: `materialize` leaves unreadable files out instead of raising (data.skip_bad_files)
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.paths, StringTable):
+            self.paths = StringTable(self.paths)
+        if self.locations is not None and not isinstance(self.locations, Locations):
+            self.locations = Locations(self.locations)
         if len(self.paths) != len(self.labels):
             raise ValueError(f"dataset {self.name!r}: {len(self.paths)} files but {len(self.labels)} labels")
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
@@ -81,8 +86,8 @@ class StreamingImageDataset:
             idx = idx.nonzero().flatten()
         idx = idx.to(torch.int64).cpu()
         picked = idx.tolist()
-        return replace(self, paths=[self.paths[i] for i in picked], labels=self.labels[idx],
-                       locations=None if self.locations is None else [self.locations[i] for i in picked])
+        return replace(self, paths=self.paths.take(picked), labels=self.labels[idx],
+                       locations=None if self.locations is None else self.locations.take(picked))
 
     def for_training(self, train: bool = True, hflip: bool | None = None) -> "StreamingImageDataset":
         """The same files with the training (random) or the evaluation (centre) crop."""
