@@ -8,13 +8,13 @@ from torch import nn
 
 from kdforge.data import Augment
 from kdforge.data.batches import make_loader, subset_loader
+from kdforge.data.errors import DataError
 from kdforge.engine.distributed import refuse_unsupported
 from kdforge.engine.dot import dot_task_keys
 from kdforge.engine.nonfinite import NonFiniteGuard
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import resolve_device, resolve_precision
 from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
-from kdforge.data.errors import DataError
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs

@@ -30,5 +30,5 @@ class TrainState:
     train_time_s: float = 0.0
     skipped_steps: int = 0  # updates dropped for a non-finite loss (train.nonfinite: skip)
     epoch_partial: dict[str, Any] | None = None  # the unfinished epoch's running metrics (mid-epoch checkpoint)
-    skipped_files: dict[str, str] = field(default_factory=dict)  # {path: reason}: data.skip_bad_files (rank 0's)
+    skipped_files: dict[str, str] = field(default_factory=dict)  # {path: reason}: data.skip_bad_files, every rank's
     history: list[dict[str, Any]] = field(default_factory=list)

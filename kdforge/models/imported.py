@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdforge.engine.checkpoint import first_line
 from kdforge.errors import ConfigError
 from kdforge.models.inferred_taps import ensure_taps
 
@@ -66,7 +67,7 @@ def _module_of(target: str, where: str):
             loaded.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise ConfigError(f"{where}: running {target} failed: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"{where}: running {target} failed: {type(exc).__name__}: {first_line(exc, 300)}") from exc
         return module
     try:
         return importlib.import_module(target)
@@ -107,8 +108,7 @@ def build_imported(spec: str, kwargs: dict[str, Any], *, num_classes: int, in_ch
     try:
         model = factory(**call)
     except Exception as exc:  # the user's code: any failure is theirs to read in one line
-        first = (str(exc).splitlines() or [""])[0][:300]
-        raise ConfigError(f"{where}: {spec}(**kwargs) failed: {type(exc).__name__}: {first}") from None
+        raise ConfigError(f"{where}: {spec}(**kwargs) failed: {type(exc).__name__}: {first_line(exc, 300)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{where}: {spec} returned a {type(model).__name__}, not an nn.Module")
     adopt(model, torch.zeros(2, in_channels, image_size, image_size), num_classes, where)
@@ -124,11 +124,10 @@ def adopt(model: nn.Module, example: torch.Tensor, num_classes: int, where: str 
     try:
         taps = ensure_taps(model, example)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {(str(exc).splitlines() or [''])[0][:300]}") from None
+        raise ConfigError(f"{where}: {first_line(exc, 300)}") from None
     except Exception as exc:  # e.g. a shape mismatch, or a model's own assertion on the input size
-        first = (str(exc).splitlines() or [""])[0][:300]
         raise ConfigError(f"{where}: a {tuple(example.shape[1:])} image does not run through the model: "
-                          f"{type(exc).__name__}: {first}") from None
+                          f"{type(exc).__name__}: {first_line(exc, 300)}") from None
     classes = taps.logits_shape[0] if taps is not None else None
     if classes is not None and classes != num_classes:
         raise ConfigError(f"{where}: the model outputs {classes} classes but the data has {num_classes}: pass the "

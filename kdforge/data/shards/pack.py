@@ -32,10 +32,13 @@ def index_path(folder: Path, split: str) -> Path:
     return Path(folder) / f"{split}.index.json"
 
 
-def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Add `data` as member `name`; where its bytes start in the tar file (after its header)."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible bytes: no times or owners
+    start = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
     tar.addfile(info, io.BytesIO(data))
+    return start
 
 
 def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, classes: list[str] | None = None,
@@ -66,21 +69,21 @@ def pack_split(root, out, split: str, *, shard_size: int = 1000, seed: int = 0, 
     for number, start in enumerate(range(0, len(order), shard_size)):
         name = shard_name(split, number)
         staging = out / f".{name}.partial"
+        samples = []  # [offset, size, label] of each image, as the index records them
         with tarfile.open(staging, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key_number in order[start:start + shard_size]:
                 key = f"{key_number:09d}"
                 path = paths[key_number]
                 ext = path.suffix.lower().lstrip(".") or "jpg"
-                _member(tar, f"{key}.{'jpg' if ext == 'jpeg' else ext}", path.read_bytes())
+                image = path.read_bytes()
+                offset = _member(tar, f"{key}.{'jpg' if ext == 'jpeg' else ext}", image)
                 _member(tar, f"{key}.cls", str(labels[key_number]).encode())
+                samples.append([offset, len(image), labels[key_number]])
                 if bar is not None:
                     bar.update(1)
         os.replace(staging, out / name)
         forget_file(str(out / name))  # a descriptor this process keeps of an earlier file of that name
-        from .reader import scan_shard
-
-        shards.append({"file": name, "samples": [[offset, size, label] for _, offset, size, label in
-                                                 scan_shard(out / name)]})
+        shards.append({"file": name, "samples": samples})
     if bar is not None:
         bar.close()
     written = {shard["file"] for shard in shards}

@@ -75,7 +75,7 @@ class ShardedImageDataset(StreamingImageDataset):
             g = torch.Generator().manual_seed(derive_seed("shards", seed, epoch))
             shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
         parts = []
-        for k, shard in enumerate(shards[rank::world_size]):
+        for shard in shards[rank::world_size]:
             members = torch.from_numpy(by_shard[shard])
             if shuffle:
                 g = torch.Generator().manual_seed(derive_seed("in-shard", seed, epoch, Path(shard).name))
@@ -153,5 +153,5 @@ def open_shards(root, split: str, *, patterns: dict[str, str] | None, train: boo
     locations = [(file, offset, n) for file, offset, n, _ in samples]
     names = [f"{file}@{offset}" for file, offset, _ in locations]
     return ShardedImageDataset(names, torch.tensor(labels, dtype=torch.int64), classes, (0.0,) * channels,
-                               (1.0,) * channels, f"webdataset:{Path(files[0]).parent.name}", size, eval_resize,
-                               channels, train, hflip, str(files[0].parent), locations)
+                               (1.0,) * channels, f"webdataset:{home.name}", size, eval_resize,
+                               channels, train, hflip, str(home), locations)

@@ -26,6 +26,13 @@ class BadImage(NamedTuple):
     path: str
     reason: str
 
+    def error(self):
+        """The one-line `DataError` for this file, saying how to go on."""
+        from ..errors import DataError
+
+        return DataError(f"data: cannot read image {self.path} ({self.reason}); replace or remove it, or set "
+                         f"data.skip_bad_files: true to skip unreadable files", Path(self.path))
+
 
 @dataclass
 class StreamingImageDataset:
@@ -89,9 +96,9 @@ class StreamingImageDataset:
         return replace(self, paths=self.paths.take(picked), labels=self.labels[idx],
                        locations=None if self.locations is None else self.locations.take(picked))
 
-    def for_training(self, train: bool = True, hflip: bool | None = None) -> "StreamingImageDataset":
+    def for_training(self, train: bool = True) -> "StreamingImageDataset":
         """The same files with the training (random) or the evaluation (centre) crop."""
-        return replace(self, train=train, hflip=self.hflip if hflip is None else hflip)
+        return replace(self, train=train)
 
     def _source(self, index: int):
         """What Pillow opens for image `index`: its file, or its bytes read from inside a shard."""
@@ -126,18 +133,17 @@ class StreamingImageDataset:
         """These images (centre crops) as an in-memory `ImageTensorDataset`: for small subsets the engine
         handles in memory (the dry run's batch, hint probes); a bad file raises a `DataError`, or with
         `skip_bad` (by default the dataset's own) is left out."""
-        skip_bad = self.skip_bad if skip_bad is None else skip_bad
-        from ..errors import DataError
         from ..tensor_dataset import ImageTensorDataset
 
+        skip_bad = self.skip_bad if skip_bad is None else skip_bad
+        centred = self.for_training(False)
         images, kept = [], []
         for i in range(len(self)):
-            image = replace(self, train=False).decode(i, 0)
+            image = centred.decode(i, 0)
             if isinstance(image, BadImage):
                 if skip_bad:
                     continue
-                raise DataError(f"data: cannot read image {image.path} ({image.reason}); replace or remove it, or "
-                                f"set data.skip_bad_files: true to skip unreadable files", Path(image.path))
+                raise image.error()
             images.append(image)
             kept.append(i)
         stacked = torch.stack(images) if images else torch.empty(0, self.channels, self.image_size,

@@ -53,7 +53,7 @@ def should_stream(data_config) -> bool:
     """Whether `data_config` streams: `streaming` when set, else whether the training split held in memory as
     uint8 would exceed `memory_budget_gb` (said on stderr when it does)."""
     d = data_config
-    if streamable(d.name) and dataset_name(d.name) == "webdataset":
+    if dataset_name(d.name) == "webdataset":
         if d.streaming is False:
             raise ConfigError("data.streaming: webdataset shards are always streamed (drop data.streaming: false)")
         return True
@@ -140,11 +140,7 @@ def _estimated_statistics(d, size: int, eval_resize: int, channels: int):
     if key not in _STATS:
         train = _open(d, d.train_split, train=False, size=size, eval_resize=eval_resize, channels=channels)
         pick = torch.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().long().unique()
-        try:
-            _STATS[key] = mean_std(train.subset(pick).materialize(skip_bad=True).images)  # a bad file: later
-        except DataError as exc:
-            raise DataError(f"{exc} (estimating {d.name}'s mean/std: give data.options.mean and std, or fix the "
-                            f"file)", exc.path) from None
+        _STATS[key] = mean_std(train.subset(pick).materialize(skip_bad=True).images)  # a bad file: when trained on
     return _STATS[key]
 
 

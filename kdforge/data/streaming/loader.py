@@ -97,17 +97,15 @@ class StreamingLoader(EpochOrder):
         images, labels, indices, bad = batch
         if images is None:
             return None, bad
-        blocking = self.device.type != "cuda"
-        return (images.to(self.device, non_blocking=not blocking), labels.to(self.device, non_blocking=not blocking),
-                indices.to(self.device, non_blocking=not blocking)), bad
+        pinned = self.device.type == "cuda"  # the DataLoader pinned them: copy while the step runs
+        return tuple(t.to(self.device, non_blocking=pinned) for t in (images, labels, indices)), bad
 
     def _finish(self, moved, bad):
         """The batch as the trainer takes it; its unreadable files raise or are noted now, when it is its turn
         (not when it was read ahead), so every batch before it trains first."""
         for item in bad:
             if not self.skip_bad_files:
-                raise DataError(f"data: cannot read image {item.path} ({item.reason}); replace or remove it, or "
-                                f"set data.skip_bad_files: true to skip unreadable files", Path(item.path))
+                raise item.error()
             self.bad_files[item.path] = item.reason
         if moved is None:  # skipping it would leave the epoch a step short of len(self): refuse instead
             raise DataError(f"data: every image of a batch is unreadable ({', '.join(b.path for b in bad[:3])}, "
