@@ -87,7 +87,7 @@ RTK_STUDENT = "mobilenetv2"
 RTK_METHODS = [str(HERE / "fashion_variants" / "at_kd.yaml"), "afd", "rtk"]
 
 
-def claim_rtk(base: dict, runs: Path, seeds: list[int], progress: bool) -> dict:
+def claim_rtk(base: dict, runs: Path, seeds: list[int], progress: bool, methods: list[str] | None = None) -> dict:
     """RTK (attention-based feature KD with representative teacher keys) beats AFD and AT, at one setting
     (CE + 0.9 KD + the method at its usual weight), on a heterogeneous pair: resnet20 -> mobilenetv2.
     The homogeneous pair (resnet20 -> resnet8) is in the standard table. The resnet20 teachers are the
@@ -98,7 +98,8 @@ def claim_rtk(base: dict, runs: Path, seeds: list[int], progress: bool) -> dict:
         reuse_table_run(f"teacher-seed{seed}", runs, f"teacher-seed{seed}", base["schedule"])
     base = copy.deepcopy(base)
     base["student"] = {"model": RTK_STUDENT}
-    result = run_compare(base, RTK_METHODS, seeds, runs, teacher_model=TABLE.TEACHER, progress=progress)
+    chosen = [m for m in RTK_METHODS if Path(m).stem in methods] if methods else RTK_METHODS
+    result = run_compare(base, chosen, seeds, runs, teacher_model=TABLE.TEACHER, progress=progress)
     result["table"] = result["gain_table"] or result["table"]
     return result
 
@@ -281,9 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="--claim rtk only: a part of its methods (at_kd afd rtk), e.g. afd rtk for more paired seeds")
     p.add_argument("--epochs", type=int, default=None,
                    help="train every run for this many epochs (default: the table's 10) in folders named -e<N>")
     args = p.parse_args(argv)
+    if args.methods and args.claim != "rtk":
+        p.error("--methods is for --claim rtk")
+    if args.methods and not set(args.methods) <= {Path(m).stem for m in RTK_METHODS}:
+        p.error(f"--methods: choose from {' '.join(Path(m).stem for m in RTK_METHODS)}, got {' '.join(args.methods)}")
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
 
@@ -302,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restored {restored} finished run(s) from {kept}", flush=True)
     started = time.time()
     try:
-        result = CLAIMS[args.claim](base, runs, args.seeds, args.progress)
+        extra = {"methods": args.methods} if args.methods else {}
+        result = CLAIMS[args.claim](base, runs, args.seeds, args.progress, **extra)
     finally:
         kept_runs = keep_finished(runs, kept, teacher_which(base))
         print(f"kept {kept_runs} finished run(s) in {kept} ({(time.time() - started) / 60:.0f} min)", flush=True)

@@ -105,11 +105,20 @@ def test_gain_is_paired_by_seed_and_rows_sort_best_first():
     mean = sum(diffs) / 3
     std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
     assert kd_row["gain"] == pytest.approx((mean, std))
-    assert kd_row["verdict"] == "higher on every seed"
+    half = 4.302652729749464 * std / math.sqrt(3)  # t_0.975 with 2 degrees of freedom (tables)
+    assert kd_row["interval"] == pytest.approx((mean - half, mean + half))
+    assert mean - half < 0 and kd_row["verdict"] == "not resolved"  # higher on all 3 seeds, but 1.0 to 3.0 apart
     assert rows[2]["gain"] == pytest.approx((-1.25, math.sqrt(0.125)))  # diffs -1.0, -1.5
-    assert rows[2]["verdict"] == "lower on every seed"
-    mixed = gain_rows([alone, _record("m", [0, 1], [81.0, 81.0])], "student-alone")
-    assert next(r for r in mixed if r["label"] == "m")["verdict"] == "mixed"
+    half = 12.706204736174694 * math.sqrt(0.125) / math.sqrt(2)  # df 1: [-4.43, +1.93] straddles 0
+    assert rows[2]["interval"] == pytest.approx((-1.25 - half, -1.25 + half))
+    assert rows[2]["verdict"] == "not resolved"  # lower on both seeds, yet the interval holds 0
+    clearly_lower = _record("low", [0, 1, 2], [78.0, 80.1, 78.9])  # diffs -2.0, -1.9, -2.1
+    clearly_higher = _record("high", [0, 1, 2], [81.0, 83.2, 81.9])  # diffs +1.0, +1.2, +0.9
+    rows = {r["label"]: r for r in gain_rows([alone, clearly_lower, clearly_higher], "student-alone")}
+    assert rows["low"]["verdict"] == "lower" and rows["high"]["verdict"] == "higher"
+    one_seed = gain_rows([alone, _record("m", [0], [81.0])], "student-alone")
+    row = next(r for r in one_seed if r["label"] == "m")
+    assert row["verdict"] == "not resolved" and row["interval"] is None
     with pytest.raises(ValueError, match="baseline 'nope' is not a group.*student-alone, kd, bad"):
         gain_rows([alone, kd, bad], "nope")
 

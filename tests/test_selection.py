@@ -3,6 +3,7 @@ asked otherwise, a validation hold-out chooses best.pt, and summaries say which 
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -131,6 +132,19 @@ def test_a_validation_split_chooses_best_and_the_test_split_is_only_reported(tmp
     assert summary["train_images"] == len(expected_train) and summary["val_images"] == len(expected_val)
     assert summary["selection_split"].startswith("val (0.2 of each class")
     assert checkpoint_source(best)["selected_on"] == summary["selection_split"]
+
+    # a slim export of best.pt, used as a teacher's best.pt (as the benchmarks' kept teachers are), keeps it
+    from kdforge.deploy.export import export_model
+
+    export_model(run, which="best", out=tmp_path / "slim.pt")
+    teacher = tmp_path / "teacher" / "checkpoints"
+    teacher.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "slim.pt", teacher / "best.pt")
+    assert checkpoint_source(load_checkpoint(teacher / "best.pt"))["selected_on"] == summary["selection_split"]
+    old = torch.load(teacher / "best.pt", weights_only=False)  # a slim file from before exports kept the record
+    del old["selection"]
+    torch.save(old, teacher / "best.pt")
+    assert checkpoint_source(load_checkpoint(teacher / "best.pt"))["selected_on"] == "val"  # not the eval split
 
 
 def few_shot_trainer(tmp_path, shots: int, **data):

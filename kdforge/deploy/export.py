@@ -113,7 +113,8 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
         if format == "state_dict":
             state = ckpt.get("state") if subnet is None else subnet_state(ckpt.get("state"), subnet, net.full_name)
             atomic_save({"format": FORMAT, "model": record, "student": student.state, "config": ckpt.get("config"),
-                         "data": ckpt.get("data"), "state": state, "exported_from": metadata["source"]}, staged)
+                         "data": ckpt.get("data"), "state": state, "selection": ckpt.get("selection"),
+                         "exported_from": metadata["source"]}, staged)
         elif format == "torchscript":
             write_torchscript(model, batches[0], staged, json.dumps(metadata))
         else:

@@ -108,9 +108,12 @@ def checkpoint_source(ckpt: dict) -> dict[str, Any]:
 
 
 def _eval_split_of(ckpt: dict) -> str | None:
-    """The split that chose a best.pt written before checkpoints recorded it: the run's eval split,
-    or its few-shot hold-out."""
+    """The split that chose a best.pt written without a `selection` record (before checkpoints recorded
+    it, or a slim export from before exports kept it): as `DataConfig.selection_split` decides it, from
+    the run's config."""
     data = (ckpt.get("config") or {}).get("data") or {}
+    if data.get("val_split") is not None:
+        return "val"
     if (data.get("few_shot") or {}).get("holdout"):
         return "few-shot hold-out"
     return data.get("eval_split")

@@ -1,39 +1,32 @@
-"""Each group against a baseline group (e.g. the student alone): top-1 gain paired by seed.
+"""Each group against a baseline group (e.g. the student alone): top-1 gain paired by seed, and a verdict.
 
 A group's gain on seed s is its run's last-epoch top-1 minus the baseline's run of the same
-seed; the gain is the mean ± sample std of those differences over the seeds both have. The
-verdict says plainly whether the group was higher on every shared seed, lower on every one, or
-mixed. Rows are sorted by mean top-1, best first. Nothing here looks at a best epoch.
+seed; the gain is the mean ± sample std of those differences over the seeds both have, with its
+95 % confidence interval (Student's t on the per-seed differences, `recipes.stats.paired_difference`).
+The verdict is the rule fixed before looking: "higher" when the interval lies above 0, "lower" when
+below, "not resolved" otherwise (and with one shared seed). Rows are sorted by mean top-1, best
+first. Nothing here looks at a best epoch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kdforge.recipes.stats import mean_std
+from kdforge.recipes.stats import mean_std, paired_difference
 from kdforge.report.table import MISSING, markdown_grid, md_cell
 
 __all__ = ["gain_rows", "gain_markdown", "gain_section", "GAIN_HEADERS", "GAIN_NOTE"]
 
-GAIN_HEADERS = ["group", "top-1 last (mean ± std)", "gain (mean ± std)", "vs baseline", "val top-1 last",
-                "ms / step", "extra params", "seeds"]
+GAIN_HEADERS = ["group", "top-1 last (mean ± std)", "gain (mean ± std)", "95 % interval", "vs baseline",
+                "val top-1 last", "ms / step", "extra params", "seeds"]
 GAIN_NOTE = ("Gain: a group's last-epoch top-1 minus the baseline's on the same seed, mean ± std over the seeds "
-             "both have; best first.")
+             "both have, and its 95 % confidence interval (Student's t on the per-seed differences). Verdict: "
+             "higher if the interval lies above 0, lower if below, else not resolved; best first.")
 
 
 def _by_seed(record: dict[str, Any], metric: str) -> dict[Any, float]:
     values = record["metrics"][metric]["values"]
     return {seed: v for seed, v in zip(record["seeds"], values) if v is not None}
-
-
-def _verdict(diffs: list[float]) -> str:
-    if not diffs:
-        return "no shared seed"
-    if all(d > 0 for d in diffs):
-        return "higher on every seed"
-    if all(d < 0 for d in diffs):
-        return "lower on every seed"
-    return "mixed"
 
 
 def gain_rows(records: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
@@ -48,13 +41,15 @@ def gain_rows(records: list[dict[str, Any]], baseline: str) -> list[dict[str, An
     rows = []
     for record in records:
         top1 = _by_seed(record, "top1_last")
-        diffs = [top1[s] - base_top1[s] for s in top1 if s in base_top1]
+        paired = paired_difference(top1, base_top1)
+        diffs = paired["diffs"]
         m = record["metrics"]
         rows.append({
             "label": record["label"], "is_baseline": record is base,
             "top1": mean_std(list(top1.values())), "top1_values": list(top1.values()),
             "gain": mean_std(diffs) if diffs else None, "gains": diffs,
-            "verdict": "baseline" if record is base else _verdict(diffs),
+            "interval": None if paired["n"] < 2 else (paired["low"], paired["high"]),
+            "verdict": "baseline" if record is base else paired["verdict"] if diffs else "no shared seed",
             "val_top1": m["val_top1_last"]["mean"], "ms_per_step": m["ms_per_step"]["mean"],
             "method_params": m["method_params"]["mean"], "seeds": [s for s in record["seeds"]],
         })
@@ -72,9 +67,13 @@ def _num(value: float | None, fmt: str) -> str:
     return MISSING if value is None else format(value, fmt)
 
 
+def _interval(pair: tuple[float, float] | None) -> str:
+    return MISSING if pair is None else f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
 def row_cells(row: dict[str, Any]) -> list[str]:
     return [row["label"], _pm(row["top1"]), MISSING if row["is_baseline"] else _pm(row["gain"], sign=True),
-            row["verdict"], _num(row["val_top1"], ".2f"), _num(row["ms_per_step"], ".1f"),
+            MISSING if row["is_baseline"] else _interval(row["interval"]), row["verdict"], _num(row["val_top1"], ".2f"), _num(row["ms_per_step"], ".1f"),
             _num(row["method_params"], ",.0f"), str(len(row["seeds"]))]
 
 

@@ -46,7 +46,7 @@ def _table(records: list[dict[str, Any]]) -> str:
 
 def _gain_table(gains: list[dict[str, Any]], baseline: str) -> str:
     e = html.escape
-    table = _html_table(GAIN_HEADERS, [gain_cells(r) for r in gains], {0, 3})  # group and verdict are text
+    table = _html_table(GAIN_HEADERS, [gain_cells(r) for r in gains], {0, 4})  # group and verdict are text
     return f"<h2 id=\"gains\">Gain over {e(baseline)}</h2>\n<p>{e(GAIN_NOTE)}</p>\n{table}"
 
 
