@@ -96,7 +96,7 @@ def test_netgraft_without_teacher_trains_one_on_the_base_data_and_distils_from_i
     assert s["steps"] == 2 and s["train_images"] == 1437 and s["num_classes"] == 10  # --set train.max_steps=2
     # every stage and baseline distils from that teacher, at its last epoch (no best.pt chosen on test)
     folder = out / "shots2" / "seed3"
-    runs = [*stage_runs(folder).values(), folder / "kd-shots", out / "kd-full" / "seed3"]
+    runs = [*stage_runs(folder).values(), folder / "kd-shots", folder / "kd-shots-shared", out / "kd-full" / "seed3"]
     for run in runs:
         assert config(run)["teacher"]["checkpoint"] == str(teacher), run
         assert summary(run)["teacher_checkpoint"]["file"] == str(teacher / "checkpoints" / "last.pt"), run
@@ -134,7 +134,7 @@ def test_netgraft_set_and_seeds_reach_every_run(digits_run):
         assert cfg["seed"] == 3 and cfg["data"]["few_shot"] == {"shots": 2, "seed": 3, "holdout": 0, "labels": False}
         assert summary(run)["train_images"] == 20
     rows = {(r["method"], r["shots"]) for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert rows == {("netgraft", 2), ("kd-shots", 2), ("kd-full", None)}
+    assert rows == {("netgraft", 2), ("kd-shots", 2), ("kd-shots-shared", 2), ("kd-full", None)}
 
 
 # ----------------------------------------------------------------------------- netgraft, 100 classes

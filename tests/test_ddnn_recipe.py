@@ -40,14 +40,19 @@ def test_pipeline_table_reuse_and_refusal(tmp_path, capsys):
     assert list(ekd["paths"]) == ["resnet14", "resnet8"]
     rows = table_rows(out)
     assert set(rows) == {"resnet14 (full)", "resnet8"}
+    last = [json.loads(line) for line in (tmp_path / "ekd-seed0" / "log.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "epoch"][-1]
+    direct = (last["train_ekd/resnet8/kl"] + last["train_ekd/resnet8/at"]) / last["train_ekd/resnet8/ce"]
+    assert direct > 0
+    ratio = {"resnet14": "-", "resnet8": f"{direct:.3f}"}  # the sub-net's distillation terms over its CE
     for model, label in (("resnet14", "resnet14 (full)"), ("resnet8", "resnet8")):
         path, alone = ekd["paths"][model], read[f"alone-{model}-seed0"]
         assert alone["student"] == model and alone["losses"] == {"ce": 1.0} and alone["epochs"] == ekd["epochs"]
         assert path["params"] == alone["params"]  # the DDNN path is exactly the plain model
         ekd_top1, alone_top1 = path["top1_last"], alone["top1_last"]
         assert rows[label] == [label, {"resnet14": "2-2-2", "resnet8": "1-1-1"}[model], f"{alone['params']:,}",
-                               format_macs(path["macs"]), f"{ekd_top1:.2f} ± 0.00", f"{alone_top1:.2f} ± 0.00",
-                               f"{ekd_top1 - alone_top1:+.2f} ± 0.00"]
+                               format_macs(path["macs"]), f"{ekd_top1:.2f} ± 0.00", ratio[model],
+                               f"{alone_top1:.2f} ± 0.00", f"{ekd_top1 - alone_top1:+.2f} ± 0.00"]
     s_per_epoch = ekd["train_time_s"] / ekd["epochs"]
     both = sum(read[f"alone-{m}-seed0"]["train_time_s"] / read[f"alone-{m}-seed0"]["epochs"]
                for m in ("resnet14", "resnet8"))

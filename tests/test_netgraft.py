@@ -214,6 +214,30 @@ def test_recipe_runs_both_stages_as_engine_runs_and_reports_the_exported_student
     assert rows[("netgraft", 2)]["top1"] == [student["top1"]]
     kd = evaluate_checkpoint(folder / "kd-shots", "last", split="test")
     assert rows[("kd-shots", 2)]["top1"] == [kd["top1"]]
+    # the control: KD on the same images, the student's first 3 blocks the teacher's (copied, frozen), the rest
+    # trained end to end from scratch
+    from kdforge.engine.checkpoint import load_checkpoint
+
+    control = json.loads((folder / "kd-shots-shared" / "summary.json").read_text())
+    net = build_model("grafted", num_classes=10, in_channels=1, teacher_options=W, student_options=W,
+                      graft=net.units)
+    trained_keys = [k for u in net.units for k in net.unit_state_keys(u)]
+    assert control["trainable_params"] == sum(net.state_dict()[k].numel() for k in trained_keys)
+    import yaml
+
+    assert yaml.safe_load((folder / "kd-shots-shared" / "config.yaml").read_text())["losses"] == \
+        {"kd": {"weight": 1.0, "T": 4.0}}
+    assert control["train_images"] == 20
+    teacher = load_checkpoint(tmp / "teacher", "best")["student"]
+    after = load_checkpoint(folder / "kd-shots-shared", "last")["student"]
+    shared = [k for k in teacher if k.startswith(("layer1.", "layer2.", "layer3."))]
+    assert shared and all(torch.equal(after[f"teacher.{k}"], teacher[k]) for k in shared)  # frozen, the teacher's
+    assert summary["params"] > control["trainable_params"]
+    start = build_model("grafted", num_classes=10, in_channels=1, teacher_options=W, student_options=W,
+                        graft=net.units).state_dict()
+    assert any(not torch.equal(after[k], start[k]) for k in trained_keys)  # the rest did train
+    assert rows[("kd-shots-shared", 2)]["top1"] == [evaluate_checkpoint(folder / "kd-shots-shared", "last",
+                                                                         split="test")["top1"]]
     full = evaluate_checkpoint(tmp / "ng" / "kd-full" / "seed0", "last", split="test")
     assert rows[("kd-full", None)]["top1"] == [full["top1"]]
     assert "NetGraft" in result["table"] and (tmp / "ng" / "results.md").is_file()

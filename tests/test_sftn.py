@@ -192,6 +192,21 @@ def test_gradient_routing():
     assert g["fc.weight"] is None  # detached: the KL moves only the branches ...
     assert g["layer1.0.conv1.weight"].abs().sum() > 0  # ... and the blocks before their branch points
 
+    # the public implementation's form: features detached before the branches
+    method, out = bound(trained, {"student": "resnet8", "detach_features": True}, images, y)
+    g = grads_after(trained, method, out, "branch_ce")
+    assert all(g[n] is None for n in g)  # branch CE trains only the branches' transforms and copies
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.branches[0].transform.parameters())
+    g = grads_after(trained, method, out, "kl")
+    assert g["fc.weight"].abs().sum() > 0  # KL still reaches the teacher, through its logits only
+    assert g["layer1.0.conv1.weight"] is not None  # (its whole body lies under z_T) ...
+    g_detached = g["layer1.0.conv1.weight"].clone()
+    method_j, out_j = bound(trained, {"student": "resnet8"}, images, y)
+    method_j.load_state_dict(method.state_dict())  # the same branches, features not detached
+    g_joint = grads_after(trained, method_j, out_j, "kl")["layer1.0.conv1.weight"]
+    assert not torch.allclose(g_detached, g_joint)  # ... but not through the branches: another gradient
+    assert torch.equal(method(out)["kl"], method_j(out_j)["kl"])  # the same forward value
+
 
 def test_config_errors_and_listing(capsys):
     with pytest.raises(ConfigError, match="student"):

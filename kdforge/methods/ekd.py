@@ -123,3 +123,17 @@ class EKD(Method):
 
     def eval_heads(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         return {name: self._subnet(out, name)[0] for name in self.subnets}
+
+
+def distillation_ratios(epoch: dict, key: str = "ekd") -> dict[str, float | None]:
+    """Per sub-net, (its weighted KL + attention terms) / (its weighted CE) in one epoch record of the log
+    (the `train_<key>/<path>/...` means): whether the distillation terms act at all. Near 0, the run is
+    joint CE training of the paths, not embedded distillation. None where the sub-net's CE is off or 0."""
+    prefix = f"train_{key}/"
+    paths = sorted({k[len(prefix):].rsplit("/", 1)[0] for k in epoch if k.startswith(prefix) and k.count("/") == 2})
+    ratios: dict[str, float | None] = {}
+    for path in paths:
+        ce = epoch.get(f"{prefix}{path}/ce")
+        distil = epoch.get(f"{prefix}{path}/kl", 0.0) + epoch.get(f"{prefix}{path}/at", 0.0)
+        ratios[path] = distil / ce if ce else None
+    return ratios

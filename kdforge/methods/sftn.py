@@ -78,9 +78,12 @@ class SFTN(Method):
     The T^2 factor is that code's too (no effect at its T = 1); the paper's own equation could
     not be read here, so both are taken from that re-implementation, not from the paper.
     By default z_T is not detached in the KL term, so the teacher adapts to its branches
-    (`detach_teacher: true` stops that), as in that code; the branch terms also reach the
-    teacher's blocks up to their branch point through the transforms (*interpretation*, from
-    the paper's joint training of teacher and branches; that code detaches the features). Use it
+    (`detach_teacher: true` stops that), as in that code. Where the branch terms reach the
+    teacher's blocks: by default (`detach_features: false`) also through the transforms into the
+    teacher's stages up to each branch point (*interpretation*, from the paper's joint training of
+    teacher and branches); `detach_features: true` is that code's form: the teacher's features are
+    detached before the branches, so the branch CE and KL train only the transforms and branch
+    copies, and reach the teacher through z_T in the KL term alone. Use it
     alone: `losses: {sftn: 1.0}`. Branch weights live in this method (the checkpoint's
     `losses` part); the run's model, saved as usual, is a plain zoo teacher for any method.
     The top-1 of every branch is logged at each evaluation.
@@ -97,7 +100,7 @@ class SFTN(Method):
     def __init__(self, student: str, student_options: dict[str, Any] | None = None, lambda_t: float = 1.0,
                  lambda_kl: float = 3.0, lambda_ce: float = 1.0, T: float = 1.0, detach_teacher: bool = False,
                  branches: list[int] | None = None, teacher_stages: list[str] | None = None,
-                 branch_reduction: Literal["mean", "sum"] = "mean"):
+                 branch_reduction: Literal["mean", "sum"] = "mean", detach_features: bool = False):
         super().__init__()
         if not student:
             raise ValueError("sftn: name the student architecture of the branches, e.g. {student: resnet8x4}")
@@ -111,6 +114,7 @@ class SFTN(Method):
         self.student_name, self.student_options = student, dict(student_options or {})
         self.lambda_t, self.lambda_kl, self.lambda_ce, self.T = lambda_t, lambda_kl, lambda_ce, T
         self.detach_teacher = detach_teacher
+        self.detach_features = bool(detach_features)
         self.branch_stages = branches
         self.teacher_stages = teacher_stages
         self.branches = nn.ModuleList()
@@ -178,7 +182,10 @@ class SFTN(Method):
     def branch_logits(self, out: StepOutputs) -> list[torch.Tensor]:
         if len(self.branches) != len(self.student_layers):
             raise RuntimeError("sftn: setup() was not called (no branches)")
-        return [branch(out.student_features[layer]) for branch, layer in zip(self.branches, self.student_layers)]
+        features = [out.student_features[layer] for layer in self.student_layers]
+        if self.detach_features:
+            features = [f.detach() for f in features]
+        return [branch(f) for branch, f in zip(self.branches, features)]
 
     def forward(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         z_t = out.student_logits.float()

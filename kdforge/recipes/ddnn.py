@@ -160,8 +160,18 @@ def _top1s(values: list) -> list[float] | None:
     return None if any(v is None for v in values) else [float(v) for v in values]
 
 
+def last_epoch_ratios(run_dir: str | Path) -> dict[str, float | None]:
+    """Each sub-net's (KL + attention) / CE at the last epoch of an EKD run (`methods.ekd.distillation_ratios`)."""
+    from kdforge.engine.logger import read_log
+    from kdforge.methods.ekd import distillation_ratios
+
+    epochs = read_log(Path(run_dir), "epoch")
+    return distillation_ratios(epochs[-1]) if epochs else {}
+
+
 def _rows(plan: DdnnPlan, ekd_runs: list[dict], alone: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     rows = []
+    ratios = [last_epoch_ratios(run["run_dir"]) for run in ekd_runs]
     for path in plan.paths:
         model = plan.models[path]
         first = ekd_runs[0]["paths"][path]
@@ -169,6 +179,9 @@ def _rows(plan: DdnnPlan, ekd_runs: list[dict], alone: dict[str, list[dict]]) ->
         row = {"path": path, "model": model, "full": path == plan.full, "depths": plan.depths[path],
                "params": first["params"], "macs": first["macs"], "ekd_top1": ekd,
                "ekd": format_mean_std(ekd) if ekd else "-"}
+        ratio = [r.get(path) for r in ratios]
+        if path != plan.full and ratio and all(v is not None for v in ratio):
+            row["distil_ratio"] = ratio
         if model in alone:
             ind = _top1s([run["top1_last"] for run in alone[model]])
             row["independent_top1"] = ind
@@ -191,7 +204,7 @@ def _markdown(rows: list[dict], time: dict[str, Any], plan: DdnnPlan, n_seeds: i
     head = (f"top-1 % (last epoch, mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}); DDNN {plan.full} "
             f"trained with EKD, bn {plan.bn}" + ("; independent: each depth trained alone (CE), same settings"
                                                     if independent else ""))
-    columns = ["depth", "blocks per stage", "params", "MACs", "EKD top-1"]
+    columns = ["depth", "blocks per stage", "params", "MACs", "EKD top-1", "distil / CE"]
     if independent:
         columns += ["independent top-1", "difference"]
     lines = [head, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
@@ -199,7 +212,9 @@ def _markdown(rows: list[dict], time: dict[str, Any], plan: DdnnPlan, n_seeds: i
         label = row["model"] or row["path"]
         if row["full"]:
             label += " (full)"
-        cells = [label, "-".join(map(str, row["depths"])), f"{row['params']:,}", format_macs(row["macs"]), row["ekd"]]
+        ratio = f"{mean_std(row['distil_ratio'])[0]:.3f}" if row.get("distil_ratio") else "-"
+        cells = [label, "-".join(map(str, row["depths"])), f"{row['params']:,}", format_macs(row["macs"]), row["ekd"],
+                 ratio]
         if independent:
             cells += [row.get("independent", "-"), row.get("difference_mean_std", "-")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -211,6 +226,8 @@ def _markdown(rows: list[dict], time: dict[str, Any], plan: DdnnPlan, n_seeds: i
         line += (f" vs the {len(plan.independent)} independent runs together {alone_mean:.2f} "
                  f"(EKD / independent = {ratio:.2f})")
     lines += ["", line]
+    lines.append("distil / CE: a sub-net's weighted KL + attention terms over its weighted CE in the last epoch "
+                 "(mean over seeds); near 0 the distillation terms do not act")
     if independent:
         lines.append("difference: EKD minus independent, mean ± std over seeds of the per-seed difference")
     return "\n".join(lines)

@@ -13,8 +13,11 @@ For every number of shots n and seed, on n label-free images per class (`data.fe
 Model selection never looks at the test split: every stage hands on its last epoch
 (``select="last"``), or the epoch best on a hold-out of `holdout` more images per class of the
 training split (``select="holdout"``). Baselines with the same seeds: plain KD of the student
-from scratch on the same n-shot images (label-free, ``kd-shots``), and KD with labels on the full
-training set (``kd-full``). A finished run is reused and an interrupted one resumed, so the
+from scratch on the same n-shot images (label-free, ``kd-shots``); the control that isolates grafting,
+KD on the same images of the student whose first `shared` blocks are the teacher's, copied and frozen
+as in the grafted student, the rest from scratch and trained end to end (``kd-shots-shared``: the
+grafted network with every unit grafted, from its initial weights, loss KD; with `shared` > 0); and
+KD with labels on the full training set (``kd-full``). A finished run is reused and an interrupted one resumed, so the
 recipe can be restarted after a crash; every run's settings and folder are checked first.
 """
 
@@ -99,6 +102,7 @@ class GraftGroup:
     stage2: list[Stage2Run]
     net: Any  # the grafted network with every unit grafted (its unit keys, folding)
     kd_shots: dict[str, Any] | None  # None without baselines
+    kd_shots_shared: dict[str, Any] | None = None  # the same with the teacher's shared blocks (shared > 0)
 
 
 @dataclass
@@ -143,9 +147,10 @@ def run_netgraft_pipeline(teacher: str | Path, *, base: dict[str, Any], shots: S
     results: dict[tuple, dict] = {}
     for (n, seed), group in plan.groups.items():
         results[("netgraft", n, seed)] = _run_group(group, plan.which)
-        if group.kd_shots is not None:
-            run_planned(group.kd_shots)
-            results[("kd-shots", n, seed)] = _test_top1(group.kd_shots, plan.which)
+        for kind, data in (("kd-shots", group.kd_shots), ("kd-shots-shared", group.kd_shots_shared)):
+            if data is not None:
+                run_planned(data)
+                results[(kind, n, seed)] = _test_top1(data, plan.which)
     for seed, data in plan.kd_full.items():
         run_planned(data)
         results[("kd-full", None, seed)] = _test_top1(data, "last")
@@ -224,13 +229,11 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
                                         chain, init))
             group = GraftGroup(folder, stage1, stage2, net, None)
             if baselines:
-                group.kd_shots = plan_run(base, folder, "kd-shots", seed=seed, data=data,
-                                             train=_train_section(base, kd_epochs),
-                                             student={"model": student, "options": dict(student_options or {})},
-                                             teacher=teacher_section(base, teacher),
-                                             losses={"kd": {"weight": 1.0, "T": 4.0}},
-                                             schedule=merge_configs(copy.deepcopy(base.get("schedule", {})),
-                                                                    {"epochs": kd_epochs}))
+                plain = {"model": student, "options": dict(student_options or {})}
+                group.kd_shots = kd_shots_run(base, folder, "kd-shots", seed, data, plain, teacher, kd_epochs)
+                if shared:
+                    group.kd_shots_shared = kd_shots_run(base, folder, "kd-shots-shared", seed, data,
+                                                         shared_student(options, units), teacher, kd_epochs)
             groups[(n, seed)] = group
     if baselines:
         for seed in seeds:
@@ -241,12 +244,29 @@ def plan_netgraft(teacher: str | Path, *, base: dict[str, Any], shots: Sequence[
     for group in groups.values():
         for data in [*group.stage1.values(), *(run.config for run in group.stage2)]:
             check_folder(data)
-        if group.kd_shots is not None:
-            check_folder(group.kd_shots)
+        for data in (group.kd_shots, group.kd_shots_shared):
+            if data is not None:
+                check_folder(data)
     for data in kd_full.values():
         check_folder(data)
     return NetGraftPlan(groups, kd_full, units, which, schedule, teacher, student, teacher_phrase(base),
                         _params(net), kd_epochs)
+
+
+def kd_shots_run(base: dict[str, Any], folder: Path, name: str, seed: int, data: dict, student: dict,
+                 teacher: str, epochs: int) -> dict[str, Any]:
+    """A label-free KD baseline on the n-shot images `data`: `student` from its initial weights, KD (T = 4) from
+    the teacher, the base's optimizer and schedule over `epochs` (NetGraft's two stages' epochs together)."""
+    return plan_run(base, folder, name, seed=seed, data=data, train=_train_section(base, epochs), student=student,
+                    teacher=teacher_section(base, teacher), losses={"kd": {"weight": 1.0, "T": 4.0}},
+                    schedule=merge_configs(copy.deepcopy(base.get("schedule", {})), {"epochs": epochs}))
+
+
+def shared_student(options: dict[str, Any], units: list[str]) -> dict[str, Any]:
+    """The `student:` section of the grafting control: the grafted network with every unit grafted, i.e. the
+    student whose first `shared` blocks are the teacher's (copied, frozen), the rest from their initial
+    weights; exported, its adapters fold away as NetGraft's student's do."""
+    return {"model": "grafted", "options": {**options, "graft": list(units)}}
 
 
 def _train_section(base: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -317,7 +337,7 @@ def _rows(plan: NetGraftPlan, results: dict) -> list[dict[str, Any]]:
     rows = []
     shots = sorted({n for (_, n, _) in results if n is not None})
     for n in shots:
-        for kind in ("netgraft", "kd-shots"):
+        for kind in ("netgraft", "kd-shots", "kd-shots-shared"):
             values = [results[(kind, n, s)]["top1"] for s in seeds if (kind, n, s) in results]
             if values:
                 mean, std = mean_std(values)
@@ -331,6 +351,7 @@ def _rows(plan: NetGraftPlan, results: dict) -> list[dict[str, Any]]:
 
 def _markdown(rows: list[dict], plan: NetGraftPlan) -> str:
     labels = {"netgraft": "NetGraft (label-free)", "kd-shots": "KD, same n-shot images (label-free)",
+              "kd-shots-shared": "KD, same images, teacher's first blocks copied and frozen (label-free)",
               "kd-full": "KD + CE, full training set"}
     lines = [f"student {plan.student} ({plan.params:,} params after folding), teacher {plan.teacher}; "
              f"test top-1 of the {'last epoch' if plan.which == 'last' else 'epoch best on the hold-out'} "
@@ -342,5 +363,5 @@ def _markdown(rows: list[dict], plan: NetGraftPlan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DIGITS_BASE", "GraftGroup", "GraftSchedule", "NetGraftPlan", "SCHEDULES", "Stage2Run", "plan_netgraft", "run_netgraft_pipeline", "schedule_for_teacher",
-           "train_teacher"]
+__all__ = ["DIGITS_BASE", "GraftGroup", "GraftSchedule", "NetGraftPlan", "SCHEDULES", "Stage2Run", "kd_shots_run",
+           "plan_netgraft", "run_netgraft_pipeline", "schedule_for_teacher", "shared_student", "train_teacher"]

@@ -80,16 +80,21 @@ def check_folder(data: dict[str, Any]) -> None:
     """Validate the run's config; a folder already holding a run made with other settings is an error."""
     import yaml
 
-    wanted = config_to_dict(config_from_dict(data))
     run_dir = run_dir_of(data)
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
-        saved = yaml.safe_load(saved_file.read_text()) or {}
-        saved = with_current_defaults(saved)  # keys added to kdforge since that run: their defaults (as --resume)
-        changed = [key for key in SAME if _at(saved, key) != _at(wanted, key)]
+        changed = changed_settings(yaml.safe_load(saved_file.read_text()) or {}, data)
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other {', '.join(changed)} than this pipeline asks for; "
                               f"use another --out (or delete that folder)")
+
+
+def changed_settings(saved: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """The `SAME` keys on which a run's saved config.yaml mapping differs from the planned run `data` (keys added
+    to kdforge since that run count at their defaults, as on --resume); empty: the run can stand for `data`."""
+    wanted = config_to_dict(config_from_dict(data))
+    saved = with_current_defaults(saved)
+    return [key for key in SAME if _at(saved, key) != _at(wanted, key)]
 
 
 def _at(config: dict[str, Any], dotted: str) -> Any:
