@@ -51,6 +51,23 @@ def test_table_script_runs_each_teacher_then_each_method(tmp_path):
     assert names == ["cifar100-teacher-resnet56", "cifar100-resnet56-resnet20-kd", "cifar100-resnet56-resnet20-at"]
 
 
+def test_table_script_uses_published_teacher_files_instead_of_training(tmp_path):
+    teachers = tmp_path / "save" / "models"
+    (teachers / "ResNet50_vanilla").mkdir(parents=True)  # RepDistiller's own spelling of the folder
+    (teachers / "ResNet50_vanilla" / "ckpt_epoch_240.pth").write_bytes(b"")
+    (teachers / "resnet56_vanilla").mkdir()
+    (teachers / "resnet56_vanilla" / "ckpt_epoch_240.pth").write_bytes(b"")
+    calls = commands(tmp_path, "cifar100_table.sh", PAIRS="resnet56-resnet20 resnet50-mobilenetv2 vgg13-vgg8",
+                     METHODS="kd", DATA="d", TEACHERS=str(teachers))
+    runs = [configs_of(c) for c in calls]
+    assert [r.name for r in runs] == ["cifar100-resnet56-resnet20-kd", "cifar100-resnet50-mobilenetv2-kd",
+                                      "cifar100-teacher-vgg13", "cifar100-vgg13-vgg8-kd"]  # vgg13: no file, trained
+    assert (runs[0].teacher.checkpoint, runs[0].teacher.model) == (
+        str(teachers / "resnet56_vanilla" / "ckpt_epoch_240.pth"), "resnet56")
+    assert runs[1].teacher.checkpoint == str(teachers / "ResNet50_vanilla" / "ckpt_epoch_240.pth")
+    assert runs[3].teacher.checkpoint == "runs/cifar100-teacher-vgg13"
+
+
 def test_sftn_script_runs_the_pipeline_for_each_pair(tmp_path):
     calls = commands(tmp_path, "sftn_cifar100.sh", DATA="/data", METHODS="kd crd", SEEDS="0")
     assert [c[0] for c in calls] == ["sftn"] * 3

@@ -5,17 +5,21 @@ from __future__ import annotations
 from kdforge.cli.args import positive_int
 
 import json
+import sys
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a run folder or checkpoint (top-1, top-5, loss)",
         description="Evaluate the model in a run folder (its last checkpoint, or --which best) or a .pt file on "
-                    "the dataset it was trained on, or on another one given by --data/--root.",
+                    "the dataset it was trained on, or on another one given by --data/--root; a plain weight "
+                    "file with --model and --data (the accuracy it states is shown beside the measured one).",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="checkpoint of a run folder: last epoch, or best.pt (chosen on the run's selection split)")
+    p.add_argument("--model", help="zoo model of a plain weight file (a RepDistiller/mdistiller teacher's "
+                                   "ckpt_epoch_240.pth, a torchvision ResNet); give --data too")
     p.add_argument("--data", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--root", help="dataset folder (default: the training run's)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
@@ -28,13 +32,20 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
+    from kdforge.engine.weights_file import stated_accuracy_warning
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.which, data=args.data, root=args.root, split=args.split,
-                                  batch_size=args.batch_size, device=args.device, precision=args.precision)
+    metrics = evaluate_checkpoint(args.checkpoint, args.which, model_name=args.model, data=args.data, root=args.root,
+                                  split=args.split, batch_size=args.batch_size, device=args.device,
+                                  precision=args.precision)
+    stated = metrics.get("stated_top1")
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         print(f"{metrics['model']} on {metrics['dataset']}/{metrics['split']} ({metrics['n']} images): "
-              f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
-              f"  [{metrics['checkpoint']}]")
+              f"top-1 {metrics['top1']:.2f}%{'' if stated is None else f' (the file states {stated:.2f}%)'}"
+              f"  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  [{metrics['checkpoint']}]")
+    warning = stated_accuracy_warning(metrics["checkpoint"], stated, metrics["top1"],
+                                      f"{metrics['dataset']}/{metrics['split']}")
+    if warning:
+        print(warning, file=sys.stderr)
     return 0

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline", metavar="GROUP", default=None,
                    help="a group's label (e.g. student-alone): also table every group's top-1 gain over it, "
                         "paired by seed")
+    p.add_argument("--reference", metavar="NAME", default=None,
+                   help="put published numbers beside the groups they match (cifar100: RepDistiller's, mdistiller's "
+                        "and ReviewKD's table, with whether each reports the last or the best epoch)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: report/ in the runs' common parent folder)")
     p.set_defaults(func=run)
@@ -30,12 +33,18 @@ def run(args) -> int:
         from kdforge.cli.args import check_out_folder
 
         check_out_folder(args.out)
-    result = write_report(args.runs, out=args.out, by=args.by, baseline=args.baseline)
+    result = write_report(args.runs, out=args.out, by=args.by, baseline=args.baseline, reference=args.reference)
     print(f"{count_phrase(result['groups'])}\n")
     print(result["table"])
     if result["gain_table"]:
         print(f"\ngain over {args.baseline}, paired by seed:\n")
         print(result["gain_table"])
+    if result["references"] is not None:
+        if result["reference_table"]:
+            print(f"\npublished ({args.reference}) beside ours; sources and what they report: report.md\n")
+            print(result["reference_table"])
+        else:
+            print(f"\nno group matches a published {args.reference} row")
     for note in result["notes"]:
         print(f"note: {note}")
     print()

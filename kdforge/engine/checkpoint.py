@@ -97,14 +97,18 @@ def checkpoint_source(ckpt: dict) -> dict[str, Any]:
     """How a loaded checkpoint was chosen, for a run's summary: {file, which, selected_on}.
 
     `which` is 'last'/'best' for a run folder's files (None for another file); `selected_on` is the
-    split that chose a best.pt (None for a last epoch: nothing was selected)."""
+    split that chose a best.pt (None for a last epoch: nothing was selected). A plain weight file that
+    states its top-1 (a RepDistiller/mdistiller teacher) adds `stated_accuracy`."""
     file = Path(ckpt["path"])
     which = file.stem if file.parent.name == "checkpoints" and file.stem in CHOICES else None
     selected_on = None
     if which == "best":
         selected_on = (ckpt.get("selection") or {}).get("split") or _eval_split_of(ckpt)
-    return {"file": str(file), "which": which, "selected_on": selected_on,
-            "epoch": (ckpt.get("state") or {}).get("epoch")}
+    source = {"file": str(file), "which": which, "selected_on": selected_on,
+              "epoch": (ckpt.get("state") or {}).get("epoch")}
+    if ckpt.get("stated_accuracy") is not None:
+        source["stated_accuracy"] = ckpt["stated_accuracy"]
+    return source
 
 
 def _eval_split_of(ckpt: dict) -> str | None:

@@ -12,7 +12,7 @@ from kdforge.engine.checkpoint import checkpoint_source, load_weights
 from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
-from kdforge.engine.weights_file import is_kdforge_checkpoint, load_model_file
+from kdforge.engine.weights_file import fit_to_model, is_kdforge_checkpoint, load_model_file
 from kdforge.errors import CheckpointError, ConfigError, KDForgeError
 from kdforge.models.capabilities import GraftedNet
 
@@ -127,7 +127,12 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
             raise CheckpointError(f"{role}.checkpoint {ckpt['path']} does not fit the ddnn's full net: "
                                   f"{str(exc).splitlines()[0][:300]}") from None
     elif ckpt is not None:
-        load_weights(model, ckpt["student"], ckpt["path"])
+        state = ckpt["student"]
+        if not is_kdforge_checkpoint(ckpt):  # a plain file: as saved, or in a published project's key layout
+            state, layout = fit_to_model(model, state, ckpt["path"])
+            if sources is not None:
+                sources[role]["layout"] = layout
+        load_weights(model, state, ckpt["path"])
     return model
 
 

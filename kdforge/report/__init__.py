@@ -17,14 +17,17 @@ FILES = {"markdown": "report.md", "json": "report.json", "html": "report.html",
 
 
 def write_report(runs: list[str | Path], out: str | Path | None = None,
-                 by: str | list[str] | None = None, baseline: str | None = None) -> dict[str, Any]:
+                 by: str | list[str] | None = None, baseline: str | None = None,
+                 reference: str | None = None) -> dict[str, Any]:
     """Report on `runs` (run folders, or folders whose sub-folders are runs) into `out`
     (default: `<common parent of the runs>/report`).
 
     `by`: fields to group by (`method`, `student`, `teacher`, `dataset`, or dotted config keys);
     None groups the runs that differ only by seed. `baseline`: a group's label; then every group's top-1
-    gain over it, paired by seed (report/gains.py), is tabled too. Returns {'groups': report.json's groups,
-    'table': the Markdown table, 'gains': gain rows or None, 'gain_table': their Markdown or None,
+    gain over it, paired by seed (report/gains.py), is tabled too. `reference`: a published table
+    (report/reference.py, e.g. 'cifar100') whose numbers go beside the groups they match. Returns
+    {'groups': report.json's groups, 'table': the Markdown table, 'gains': gain rows or None, 'gain_table':
+    their Markdown or None, 'references': joined published rows or None, 'reference_table': their Markdown,
     'markdown': report.md's text, 'files': {kind: path}, 'notes': [...], 'out': folder}.
     """
     from kdforge.errors import ConfigError
@@ -38,6 +41,9 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
     from kdforge.report.paths import split_paths
     from kdforge.report.table import markdown_report, markdown_table
 
+    from kdforge.report.reference import load_reference, reference_markdown, reference_rows, reference_section
+
+    published = load_reference(reference) if reference is not None else None  # a bad name fails before any work
     folders, notes = find_runs(list(runs))
     if not folders:
         raise ConfigError("no runs given: name run folders (with summary.json) or folders of runs")
@@ -62,12 +68,19 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
 
     grouped_by = ", ".join(fields) if fields else "config except seed"
     gain_table = gain_markdown(gains) if gains is not None else None
-    markdown = markdown_report(records, grouped_by, notes, (gain_section(baseline, gains),) if gains is not None else ())
+    references = reference_rows(records, published) if published is not None else None
+    sections = (gain_section(baseline, gains),) if gains is not None else ()
+    if references is not None:
+        sections += (reference_section(reference, published, references),)
+    markdown = markdown_report(records, grouped_by, notes, sections)
     files["markdown"].write_text(markdown)
     files["json"].write_text(json.dumps({"grouped_by": grouped_by, "groups": records, "baseline": baseline,
-                                         "gains": gains, "notes": notes}, indent=2, default=str) + "\n")
+                                         "gains": gains, "reference": reference, "references": references,
+                                         "notes": notes}, indent=2, default=str) + "\n")
     figures = {"top-1 per group": files["bars"], "learning curves": files["curves"],
                "top-1 vs size and cost": files["scatter"]}
     files["html"].write_text(render_html(records, figures, grouped_by, notes, gains=gains, baseline=baseline))
     return {"groups": records, "table": markdown_table(records), "gains": gains, "gain_table": gain_table,
+            "references": references,
+            "reference_table": reference_markdown(references) if references else None,
             "markdown": markdown, "files": {k: str(v) for k, v in files.items()}, "notes": notes, "out": str(out)}

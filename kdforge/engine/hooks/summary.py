@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from kdforge.engine.hooks.base import Hook
@@ -11,12 +12,37 @@ from kdforge.models.complexity import count_macs
 
 
 class SummaryHook(Hook):
-    """After the last epoch: `trainer.summary` (what `fit` returns), written by rank 0."""
+    """After the last epoch: `trainer.summary` (what `fit` returns), written by rank 0. Before the first, a
+    teacher file that states its top-1 is measured on the eval split (`check_stated_teacher`)."""
 
     name = "summary"
 
+    def before_train(self, trainer) -> None:
+        check_stated_teacher(trainer)
+
     def after_train(self, trainer) -> None:
         trainer.summary = write_summary(trainer)
+
+
+def check_stated_teacher(trainer) -> None:
+    """A teacher file that states its top-1 (RepDistiller's / mdistiller's `accuracy`): its top-1 on the eval
+    split goes beside it in the summary's `teacher_checkpoint` (`measured_top1`, `measured_on`), with one
+    warning line if they lie more than a point apart (another data set, normalisation or model)."""
+    from kdforge.engine.evaluate import evaluate
+    from kdforge.engine.weights_file import stated_accuracy_warning
+
+    source = trainer.checkpoint_sources.get("teacher") or {}
+    loader = dict(getattr(trainer, "eval_sets", [])).get("eval")
+    d = trainer.cfg.data
+    few_shot_holdout = d.few_shot is not None and d.few_shot.holdout  # training images: not what the file states
+    if source.get("stated_accuracy") is None or not trainer.use_teacher or loader is None or few_shot_holdout:
+        return
+    measured = evaluate(trainer.teacher, loader, trainer.precision, reduce=trainer.dist.all_reduce_sum)["top1"]
+    where = f"{d.name}/{d.eval_split}"
+    source.update(measured_top1=measured, measured_on=where)
+    warning = stated_accuracy_warning(source["file"], source["stated_accuracy"], measured, where)
+    if warning and trainer.dist.is_main:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def write_summary(trainer) -> dict[str, Any]:
