@@ -84,6 +84,8 @@ class FeatureTaps:
     Use as a context manager (hooks are removed on exit) or call `remove()`.
     After each forward, `self.features` maps every tap string to its tensor.
     `role` (e.g. "student") names the model in the error for an unknown module name.
+    A token model's (`model.token_layout`, `models/tokens.py`) block outputs arrive as maps: the patch tokens
+    ``(N, T, D)`` laid on their grid as ``(N, D, H, W)``, the class and distillation tokens dropped.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[str | Tap], runner=None, role: str = ""):
@@ -91,6 +93,7 @@ class FeatureTaps:
         self.runner = runner if runner is not None else model  # e.g. torch.compile(model)
         self.taps = [t if isinstance(t, Tap) else Tap.parse(t) for t in taps]
         self.features: dict[str, torch.Tensor] = {}
+        self.token_layout = getattr(model, "token_layout", None)
         self._handles = []
         for tap in dict.fromkeys(self.taps):  # unique, in order
             module = resolve_module(model, tap.module, role)
@@ -101,14 +104,20 @@ class FeatureTaps:
                 handle = module.register_forward_hook(self._output_hook(key))
             self._handles.append(handle)
 
+    def _as_feature(self, value) -> torch.Tensor:
+        tensor = first_tensor(value)
+        if self.token_layout is not None and self.token_layout.holds(tensor):
+            return self.token_layout.to_map(tensor)
+        return tensor
+
     def _input_hook(self, key: str):
         def hook(_module, args):
-            self.features[key] = first_tensor(args)
+            self.features[key] = self._as_feature(args)
         return hook
 
     def _output_hook(self, key: str):
         def hook(_module, _args, output):
-            self.features[key] = first_tensor(output)
+            self.features[key] = self._as_feature(output)
         return hook
 
     def __call__(self, *args, **kwargs):

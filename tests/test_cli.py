@@ -136,9 +136,16 @@ def test_methods_wide_listing_has_every_column(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "methods")
     assert code == 0
     header = out.splitlines()[0].split("  ")
-    assert [h.strip() for h in header if h.strip()] == ["method", "teacher", "hints", "weight", "taps by default",
-                                                         "defaults", "paper"]
+    assert [h.strip() for h in header if h.strip()] == ["method", "teacher", "hints", "ViT", "weight",
+                                                         "taps by default", "defaults", "paper"]
     assert "student=required" in out and "inspect" not in out and "Left out" not in out
+    from kdforge.methods import method_class, method_names
+
+    vit = {line.split()[0]: line.split()[3] for line in out.splitlines()[2:]
+           if line[:1].strip() and line.split()[0] in method_names()}
+    assert len(vit) == len(method_names())
+    assert vit == {name: "yes" if method_class(name).token_models is None else "no" for name in vit}
+    assert vit["at"] == "yes" and vit["catkd"] == "no"
 
 
 def test_methods_detail_shows_everything(capsys, monkeypatch):

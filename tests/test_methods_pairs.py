@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdforge.data.augment import PixelNormalization
-from kdforge.errors import LayerError
+from kdforge.errors import ConfigError, LayerError
 from kdforge.features import FeatureTaps
 from kdforge.methods import Losses, StepOutputs, method_class, method_names
 from kdforge.models import build_model
@@ -30,6 +30,10 @@ def test_every_method_binds_and_steps_on_the_pair(teacher_name, student_name):
     for name in METHODS:
         losses = Losses.from_config({name: 1.0})
         net = losses.wrap_student(student, teacher)  # the student itself but for SimKD's network
+        if method_class(name).student_requirement:  # DeiT's: a transformer with a distillation token (test_vit.py)
+            with pytest.raises(ConfigError, match="distillation token"):
+                losses.bind(net, teacher)
+            continue
         losses.bind(net, teacher)
         if name in SAME_CHANNELS and f"{teacher_name}-{student_name}" not in SAME_CHANNELS[name]:
             with pytest.raises(LayerError, match="same channels"):

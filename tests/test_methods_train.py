@@ -23,7 +23,9 @@ from kdforge.engine import train_from_config
 from kdforge.engine.hooks import PretrainStageHook
 from kdforge.methods import method_class, method_names
 
-DISTILL_METHODS = [m for m in method_names() if method_class(m).needs_teacher]
+#: every method that distils a CNN student from a teacher (DeiT's student is a transformer: tests/test_vit.py)
+DISTILL_METHODS = [m for m in method_names()
+                   if method_class(m).needs_teacher and not method_class(m).student_requirement]
 #: parameters that make a 4-epoch run on 1,437 images meaningful (the defaults suit 240-epoch schedules)
 SHORT_RUN = {
     "dkd": {"warmup": 1},

@@ -72,6 +72,12 @@ def run(args) -> int:
     if getattr(model, "inferred_taps", False):
         print("\nstages, blocks and classifier inferred by a dry run (the last module at each resolution; "
               "docs/models.md): give methods' layers by name where these are not the ones you want")
+    layout = getattr(model, "token_layout", None)
+    if layout is not None:
+        h, w = layout.grid
+        print(f"\na token model (vision transformer): {layout.prefix} class/distillation token(s), then {h}x{w} patch "
+              f"tokens; feature methods get a block's output as a map of its patch tokens, (N, D, {h}, {w}); "
+              f"stages: three blocks at a third, two thirds and the whole depth")
     if classifier:
         print(f"\nembedding (classifier input): '{classifier}:input'")
     if any(name.endswith(".out_relu") for name, _ in model.named_modules()):

@@ -46,9 +46,14 @@ def _show_method(name: str, width: int) -> None:
     say(f"paper: {cls.paper}")
     say(f"needs a teacher: {'yes' if cls.needs_teacher else 'no'}; uses labels: {'yes' if cls.needs_labels else 'no'}")
     say(f"taps by default: {cls.default_taps}")
+    if cls.student_requirement:
+        say(f"the student must be: {cls.student_requirement}")
     if cls.uses_hints:
         say("takes PURSUhInT hint layers from a run's `hints:` section when its own layers are not given "
             "(docs/hints.md)")
+    say("vision transformers (token models): " + ("yes: block outputs arrive as patch-token maps, the embedding "
+                                                    "is the pre-logits feature" if cls.token_models is None
+                                                    else f"no: {cls.token_models}"))
     if cls.pretrain_epochs:
         say(f"runs a stage before training: {cls.pretrain_epochs} epochs (parameter pretrain_epochs)")
     if params:
@@ -79,8 +84,9 @@ def run(args) -> int:
         defaults = ", ".join(f"{p.name}={_format_default(p.default)}" for p in method_params(name)
                              if not p.name.endswith("_layers"))  # layers: see the taps column
         rows.append([name, "yes" if cls.needs_teacher else "no", "yes" if cls.uses_hints else "-",
-                     f"{cls.typical_weight:g}", cls.default_taps, defaults or "-", cls.paper])
-    table, dropped = fit_table(["method", "teacher", "hints", "weight", "taps by default", "defaults", "paper"],
+                     "yes" if cls.token_models is None else "no", f"{cls.typical_weight:g}", cls.default_taps,
+                     defaults or "-", cls.paper])
+    table, dropped = fit_table(["method", "teacher", "hints", "ViT", "weight", "taps by default", "defaults", "paper"],
                                 rows, width, wrap=("taps by default", "defaults", "paper"),
                                 drop=("taps by default", "defaults"))
     print(table)
@@ -89,5 +95,6 @@ def run(args) -> int:
     print()
     print(textwrap.fill("`kdforge methods NAME` shows one method in full: its description, parameters, defaults "
                         f"and paper.{left_out} hints: takes the layers a run's `hints:` selects "
-                        "(`kdforge hints --help`).", width, break_on_hyphens=False))
+                        "(`kdforge hints --help`). ViT: can distil with a vision transformer as student or teacher "
+                        "(docs/models.md).", width, break_on_hyphens=False))
     return 0

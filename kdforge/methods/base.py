@@ -77,6 +77,12 @@ class Method(nn.Module):
     uses_hints: ClassVar[bool] = False
     #: can train data-parallel (DDP); false where the method keeps state per training image
     supports_distributed: ClassVar[bool] = True
+    #: None where the method can distil with a token model (a vision transformer: its block outputs arrive as
+    #: patch-token maps, its embedding is the pre-logits feature; `models/tokens.py`); else why it cannot
+    token_models: ClassVar[str | None] = None
+    #: None where any student will do; else what the student must be (DeiT's: a transformer with a distillation
+    #: token and head), shown by `kdforge methods`
+    student_requirement: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -54,6 +54,7 @@ class CATKD(Method):
     paper = "Guo, Yan, Wang, Zhang & Wang, Class Attention Transfer Based Knowledge Distillation, CVPR 2023"
     default_taps = "the globally pooled map and the classifier's weights (class activation maps)"
     typical_weight = 400.0
+    token_models = "its class activation maps need a global-pooling module before a linear classifier (a CNN's)"
 
     def __init__(self, resolution: int = 2, normalize: bool = True):
         super().__init__()

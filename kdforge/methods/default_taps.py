@@ -37,7 +37,10 @@ def stage_ends(model: nn.Module) -> list[str]:
 
 
 def stage_ends_preact(model: nn.Module) -> list[str]:
-    """Pre-activation output of each stage: the input of the stage's last `out_relu` module."""
+    """Pre-activation output of each stage: the input of the stage's last `out_relu` module. A token model's
+    stage ends are themselves pre-activation (a transformer block ends with its residual sum, no ReLU)."""
+    if getattr(model, "token_layout", None) is not None:
+        return stage_ends(model)
     names = [n for n, _ in model.named_modules()]
     taps = []
     for stage in stage_ends(model):

@@ -58,6 +58,7 @@ class EKD(Method):
     needs_teacher = False
     needs_labels = True
     default_taps = "a ddnn student's stage ends and each sub-net's branch block (no teacher)"
+    token_models = "it trains a depth-dynamic zoo ResNet (model ddnn)"
 
     def __init__(self, full_ce: float = 1.0, lambda_ce: float = 1.0, lambda_kl: float = 1.0,
                  lambda_at: float = 1.0, T: float = 1.0, attention: Literal["at", "softmax"] = "at",

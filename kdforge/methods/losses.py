@@ -95,7 +95,9 @@ class Losses(nn.Module):
         return self.taps("student")
 
     def wrap_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:
-        """The network to train in place of `student`: each active method's `wrap_student` in turn."""
+        """The network to train in place of `student`: each active method's `wrap_student` in turn (after
+        `refuse_token_models`)."""
+        self.refuse_token_models(student, teacher)
         for method in self.active():
             student = method.wrap_student(student, teacher)
         return student
@@ -115,7 +117,23 @@ class Losses(nn.Module):
                     views[key] = extra
         return views
 
+    def refuse_token_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """A one-line ConfigError naming the first active method that cannot serve a token model (a vision
+        transformer, `Method.token_models`) where the student or the teacher is one."""
+        from kdforge.errors import ConfigError
+
+        tokens = [role for role, model in (("student", student), ("teacher", teacher))
+                  if getattr(model, "token_layout", None) is not None]
+        active = self.active()
+        for key, method in self.methods.items():
+            if method in active and tokens and method.token_models is not None:
+                raise ConfigError(f"losses.{key}: {method.name} cannot distil with a token model (the {tokens[0]} is "
+                                  f"a vision transformer): {method.token_models}; `kdforge methods` lists the "
+                                  f"methods that can")
+
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Each active method's layers for these models (after `refuse_token_models`)."""
+        self.refuse_token_models(student, teacher)
         for method in self.active():
             method.bind(student, teacher)
 

@@ -96,6 +96,7 @@ class SFTN(Method):
     needs_labels = True
     default_taps = "the trained network's stage ends (branch points)"
     typical_weight = 1.0
+    token_models = "its branches are zoo CNN students continued from a stage (forward_from)"
 
     def __init__(self, student: str, student_options: dict[str, Any] | None = None, lambda_t: float = 1.0,
                  lambda_kl: float = 3.0, lambda_ce: float = 1.0, T: float = 1.0, detach_teacher: bool = False,

@@ -34,6 +34,7 @@ class SimKD(Method):
     paper = "Chen, Mei, Zhang, Wang, Feng & Chen, Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022"
     default_taps = "last stage end, projected; the student classifies with the teacher's head"
     typical_weight = 1.0
+    token_models = "it rebuilds zoo models (the student with the teacher's classifier) from their names"
 
     def __init__(self, factor: int = 2):
         super().__init__()

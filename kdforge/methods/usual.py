@@ -5,6 +5,7 @@ loss = CE + beta * method, with the method's usual beta (`typical_weight`), and 
 
 - `sskd`: 0.1 CE + 0.9 KD (T = 4) + SSKD (its own 2.7 and 10 inside), its teacher head's 60 epochs scaled;
 - `simkd`: its L2 term alone, as its authors train it (the student classifies with the teacher's head);
+- `deit`: its two heads' terms alone (the class head's CE is part of it), hard distillation as its paper's best;
 - `kd` itself: 0.1 CE + 0.9 KD at T = 4; `mlkd` (KD's defaults in its authors' code): 0.1 CE + 0.9 MLKD; `ctkd` (KD at a learnable temperature): 0.1 CE + 0.9 CTKD, its
   10 curriculum epochs scaled like the epoch counts below;
 - `afd` and `rtk`: CE + 0.9 KD (T = 4) + beta * method, AFD's own setting (Ji et al., AAAI 2021;
@@ -50,6 +51,8 @@ def usual_losses(method: str, epochs: int | None = None) -> dict[str, Any]:
         return {"ce": 0.1, "kd": dict(KD)}
     if method == "simkd":  # its authors train with the feature term alone (no CE, no KD)
         return {"simkd": cls.typical_weight}
+    if method == "deit":  # the class head's CE is one of its terms
+        return {"deit": {"weight": cls.typical_weight, "kind": "hard"}}
     if method == "mlkd":
         return {"ce": 0.1, "mlkd": cls.typical_weight}
     if method == "ctkd":  # KD at a learnable temperature, weighted as KD by its authors

@@ -74,6 +74,12 @@ def _module_of(target: str, where: str):
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import module {target!r} ({exc}); is it installed, or on "
                           f"PYTHONPATH?") from None
+    except Exception as exc:  # the package's own import failed
+        text = first_line(exc, 300)
+        hint = (" (torchvision built for another torch, e.g. its CUDA build beside a CPU torch: install the "
+                "torchvision that matches torch, or see docs/models.md, Vision transformers)"
+                if "torchvision::" in text else "")
+        raise ConfigError(f"{where}: importing {target!r} failed: {type(exc).__name__}: {text}{hint}") from None
 
 
 def load_factory(spec: str, where: str = "import") -> Callable[..., Any]:

@@ -15,6 +15,14 @@ A zoo model names its `stage_names`, `block_names` and `classifier_name` itself 
 * classifier: the last ``nn.Linear`` called whose output has the logits' shape; its input is the embedding.
 
 This is kdforge's reading of "the last module at each spatial resolution" (issue 24), not a published rule.
+
+A token model (a vision transformer) keeps one resolution throughout. Its blocks are the children of the
+outermost module that has two or more children, each called once and each mapping ``(N, T, D)`` tokens to
+tokens of the same shape (timm's ``blocks.0`` ... ``blocks.11``); its stages are three blocks at a third, two
+thirds and the whole of its depth (our interpretation: so that it pairs with a CIFAR network's three stages),
+and its `token_layout` (`models/tokens.py`) says which tokens are patches on which grid: the patch map of
+the last 4-D output before the first block, the rest prefix tokens. A model with a distillation head
+(``head_dist``, DeiT) classifies with ``head``.
 Layers given by name to a method always win; `kdforge layers` shows what was inferred.
 """
 
@@ -25,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kdforge.models.tokens import TokenLayout, layout_of
+
 
 @dataclass(frozen=True)
 class InferredTaps:
@@ -32,6 +42,7 @@ class InferredTaps:
     block_names: list[str]
     classifier_name: str | None
     logits_shape: tuple[int, ...]
+    token_layout: TokenLayout | None = None
 
 
 @dataclass
@@ -40,6 +51,7 @@ class _Call:
     module: nn.Module
     inside: tuple[int, ...]  # the calls open when this one started (its ancestors), outermost first
     input_size: tuple[int, int] | None = None
+    input_shape: tuple[int, ...] | None = None
     output: object = None
     sizes: set = field(default_factory=set)  # spatial sizes returned by this call and every call inside it
 
@@ -53,7 +65,8 @@ def _calls(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], object
 
     def enter(module, args, name):
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        calls.append(_Call(name, module, tuple(open_calls), _spatial(first)))
+        calls.append(_Call(name, module, tuple(open_calls), _spatial(first),
+                           tuple(first.shape) if first is not None else None))
         open_calls.append(len(calls) - 1)
 
     def leave(_module, _args, output):
@@ -136,7 +149,43 @@ def infer_taps(model: nn.Module, example: torch.Tensor) -> InferredTaps:
         blocks.extend(inside or [stage])
     linears = [c.name for c in returned if isinstance(c.module, nn.Linear) and times[c.name] == 1
                and isinstance(c.output, torch.Tensor) and tuple(c.output.shape) == tuple(output.shape)]
-    return InferredTaps(stages, blocks, linears[-1] if linears else None, tuple(output.shape[1:]))
+    classifier = linears[-1] if linears else None
+    if "head" in linears and "head_dist" in linears:  # DeiT: the class token's head classifies
+        classifier = "head"
+    tokens = _token_blocks(model, returned, calls, times)
+    if tokens is not None:
+        blocks, layout = tokens
+        depth = len(blocks)
+        stages = list(dict.fromkeys(blocks[max(1, round(depth * k / 3)) - 1] for k in (1, 2, 3)))
+        return InferredTaps(stages, blocks, classifier, tuple(output.shape[1:]), layout)
+    return InferredTaps(stages, blocks, classifier, tuple(output.shape[1:]))
+
+
+def _tokens_in_tokens_out(call: _Call) -> bool:
+    out = call.output
+    return (isinstance(out, torch.Tensor) and out.dim() == 3 and call.input_shape is not None
+            and call.input_shape == tuple(out.shape))
+
+
+def _token_blocks(model: nn.Module, returned: list[_Call], calls: list[_Call],
+                  times: dict[str, int]) -> tuple[list[str], TokenLayout] | None:
+    """(block names, token layout) of a token model (see the module docstring), or None."""
+    by_name = {c.name: c for c in returned}
+    for name, module in model.named_modules():  # outermost first
+        if not name:
+            continue
+        children = [f"{name}.{child}" for child, _ in module.named_children()]
+        if len(children) < 2 or any(c not in by_name or times[c] != 1 for c in children):
+            continue
+        if all(_tokens_in_tokens_out(by_name[c]) for c in children):
+            first = by_name[children[0]]
+            tokens = int(first.output.shape[1])
+            started = calls.index(first)
+            maps = [c for c in calls[:started] if _spatial(c.output) is not None]
+            layout = layout_of(model, tokens, _spatial(maps[-1].output) if maps else None)
+            if layout is not None:
+                return sorted(children, key=lambda c: returned.index(by_name[c])), layout
+    return None
 
 
 def has_taps(model: nn.Module) -> bool:
@@ -153,5 +202,7 @@ def ensure_taps(model: nn.Module, example: torch.Tensor) -> InferredTaps | None:
     model.block_names = taps.block_names
     if taps.classifier_name is not None:
         model.classifier_name = taps.classifier_name
+    if taps.token_layout is not None:
+        model.token_layout = taps.token_layout
     model.inferred_taps = True
     return taps
