@@ -265,7 +265,7 @@ def experiment_netgraft(base: dict, runs: Path, seeds: list[int]) -> Experiment:
     for row in published:
         if row["method"] in ("netgraft", "kd-shots"):
             label = {"netgraft": "netgraft", "kd-shots": "kd"}[row["method"]] + f" n={row['shots']}"
-            exp.joined[label] = dict(zip([0, 1, 2], row["top1"]))
+            exp.joined[label] = dict(zip(row.get("seeds", [0, 1, 2]), row["top1"]))  # issue 21's: seeds 0-2
     for n in NETGRAFT_SHOTS:
         exp.comparisons.append((f"kd-shared n={n}", f"netgraft n={n}", "grafting beats KD with the same copied blocks"))
         exp.comparisons.append((f"kd n={n}", f"kd-shared n={n}", "(reference) what the copied blocks alone give KD"))
@@ -322,11 +322,22 @@ def reuse(exp: Experiment, runs: Path, source: Path) -> int:
         if not changed_settings(yaml.safe_load((kept / "config.yaml").read_text()) or {}, run.config):
             target.mkdir(parents=True, exist_ok=True)
             for name in TABLE.RUN_FILES:
-                shutil.copyfile(kept / name, target / name)
+                if (kept / name).is_file():
+                    shutil.copyfile(kept / name, target / name)
+            if (kept / "teacher.pt").is_file():  # a teacher: the slim checkpoint its students load
+                (target / "checkpoints").mkdir(exist_ok=True)
+                for which in ("last", "best"):
+                    shutil.copyfile(kept / "teacher.pt", target / "checkpoints" / f"{which}.pt")
             where = kept.relative_to(HERE.parent) if kept.is_relative_to(HERE.parent) else kept
             (target / "reused_from.txt").write_text(f"{where}\n")
             count += 1
     return count
+
+
+def is_teacher(exp: Experiment, label: str) -> bool:
+    """Whether runs of `label` teach students (kept with a slim checkpoint): the experiment's teacher row, and every
+    row named '... teacher' (SFTN's three kinds)."""
+    return label == exp.teacher or label.endswith("teacher")
 
 
 def run_all(exp: Experiment, runs: Path, kept: Path, which: str) -> None:
@@ -341,7 +352,7 @@ def run_all(exp: Experiment, runs: Path, kept: Path, which: str) -> None:
         started = time.time()
         summary = run_planned(run.config)
         folder = folder_of(run.config)
-        TABLE.keep(folder, kept / folder.parent.relative_to(runs), run.label == exp.teacher, which)
+        TABLE.keep(folder, kept / folder.parent.relative_to(runs), is_teacher(exp, run.label), which)
         print(f"[{i + 1}/{len(todo)}] {folder.relative_to(runs)}: top-1 {summary['top1_last']:.2f} "
               f"({time.time() - started:.0f} s)", flush=True)
 
@@ -390,7 +401,8 @@ def write_table(exp: Experiment, values: dict[str, dict[int, float]], kept: Path
         if baseline not in values or row not in values:
             continue
         result = paired_difference(values[row], values[baseline])
-        decided.append({"baseline": baseline, "row": row, "claim": what, **result})
+        decided.append({"baseline": baseline, "row": row, "claim": what,
+                        **{k: None if isinstance(v, float) and v != v else v for k, v in result.items()}})
         lines.append(f"| {what} | {row} − {baseline} | {format_interval(result)} | {result['n']} | "
                      f"**{result['verdict']}** |")
     lines += ["", "Verdict: higher / lower when the 95 % Student-t interval of the paired per-seed differences lies "

@@ -56,18 +56,10 @@ KEPT = HERE / "results" / "fashion-vit"
 
 
 def timm_importable() -> None:
-    """Import timm, defining torchvision's nms/qnms schemas first where its compiled ops do not load."""
-    import torch
+    """Import timm (with torchvision's op schemas defined where its CUDA build meets the CPU torch)."""
+    from kdforge.models.torchvision_ops import allow_torchvision_without_its_ops
 
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
-        timm_importable.library = library
+    allow_torchvision_without_its_ops()
     import timm  # noqa: F401
 
 
@@ -80,7 +72,7 @@ def plan(base: dict, runs: Path, seeds: list[int], directions: list[str], teache
     planned = []
     for seed in seeds:
         if "cnn-vit" in directions:
-            teacher = {"checkpoint": str(TABLE_TEACHERS / f"teacher-seed{seed}" / "teacher.pt")}
+            teacher = teacher_section(base, runs / f"table-teacher-seed{seed}")  # the table's, put back by main
             planned.append(("cnn-vit", "vit alone", seed, plan_run(vit_base, runs, f"vit-alone-seed{seed}", seed=seed,
                                                                    student=VIT, losses={"ce": 1.0})))
             planned.append(("cnn-vit", "vit kd", seed, plan_run(vit_base, runs, f"vit-kd-seed{seed}", seed=seed,
@@ -137,6 +129,17 @@ def table(planned: list[tuple], runs: Path, machine: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _put_back(source: Path, target: Path) -> None:
+    """A kept teacher run (summary, config, log, teacher.pt) as a run folder whose checkpoints are its slim one."""
+    import shutil
+
+    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in TABLE.RUN_FILES:
+        shutil.copyfile(source / name, target / name)
+    for which in ("last", "best"):
+        shutil.copyfile(source / "teacher.pt", target / "checkpoints" / f"{which}.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--direction", choices=["cnn-vit", "vit-cnn"], nargs="+", default=["cnn-vit", "vit-cnn"])
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path("runs") / "fashion-vit"
     KEPT.mkdir(parents=True, exist_ok=True)
     TABLE.restore(KEPT, runs)
+    for seed in args.seeds:  # the standard table's resnet20 teachers, as run folders (their best.pt on val)
+        source, target = TABLE_TEACHERS / f"teacher-seed{seed}", runs / f"table-teacher-seed{seed}"
+        if not (target / "summary.json").is_file():
+            _put_back(source, target)
     planned = plan(base, runs, args.seeds, args.direction, args.teacher_epochs)
     if not args.table_only:
         for *_, config in planned:

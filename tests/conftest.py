@@ -6,30 +6,12 @@ import torch
 os.environ.setdefault("KDFORGE_TEST", "1")
 
 
-def _torchvision_schemas() -> None:
-    """timm imports torchvision, and on these machines pip brings torchvision's PyPI build, made for CUDA torch:
-    with our CPU torch its compiled ops do not load and `import torchvision` fails on registering a fake kernel
-    for `torchvision::nms` ("operator torchvision::nms does not exist"). Defining the two schemas it registers
-    kernels for lets it import; classification models (all timm needs here) never call them. Only where
-    torchvision is installed and does not import by itself."""
-    import importlib.util
-    import sys
+# timm (tests/test_timm_models.py) imports torchvision; where pip brought its CUDA build beside our CPU torch, its
+# compiled ops do not load and the import fails ("operator torchvision::nms does not exist"): kdforge defines the
+# two op schemas it needs to import (classification models never call them), so those tests run, not skip
+from kdforge.models.torchvision_ops import allow_torchvision_without_its_ops  # noqa: E402
 
-    if importlib.util.find_spec("torchvision") is None:
-        return
-    try:
-        import torchvision  # noqa: F401
-        return
-    except RuntimeError:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]  # the failed import's half-loaded modules
-    library = torch.library.Library("torchvision", "DEF")  # kept alive on the function
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
-    _torchvision_schemas.library = library
-
-
-_torchvision_schemas()
+allow_torchvision_without_its_ops()
 # one thread per pytest-xdist worker (`make test` runs one worker per core), else at most 2
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 

@@ -59,6 +59,27 @@ def test_resume_reaches_the_same_weights(tmp_path, digits):
     assert [r["train_loss"] for r in full.state.history] == [r["train_loss"] for r in second.state.history]
 
 
+def test_resume_restores_every_rng_to_the_checkpoints_state(tmp_path, digits):
+    """After --resume the torch, NumPy and Python generators are where the checkpoint left them (augmentation,
+    dropout and samplers then continue the interrupted run), whatever the process drew before."""
+    import random
+
+    import numpy as np
+
+    from kdforge.engine.training_checkpoint import resume
+
+    make_trainer(tmp_path, "rng", digits).fit(until_epoch=1)
+    saved = load_checkpoint(tmp_path / "rng", "last")["rng"]
+    trainer = make_trainer(tmp_path, "rng", digits)
+    trainer.prepare()
+    torch.manual_seed(999), np.random.seed(999), random.seed(999)  # a process that drew other numbers first
+    resume(trainer)
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+    name, keys, pos, *_ = np.random.get_state()
+    assert name == saved["numpy"][0] and np.array_equal(keys, saved["numpy"][1].numpy()) and pos == saved["numpy"][2]
+    assert random.getstate() == saved["python"]
+
+
 def test_teacher_frozen_and_run_folder_complete(tmp_path, digits):
     trainer = make_trainer(tmp_path, "run", digits)
     before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}

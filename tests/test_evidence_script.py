@@ -92,3 +92,16 @@ def test_table_decides_each_comparison_by_the_paired_rule(evidence, tmp_path):
     assert saved["comparisons"][0]["verdict"] == "higher" and saved["comparisons"][0]["n"] == 3
     values["t"] = {0: 80.5}
     assert "NOT clearly stronger" in evidence.write_table(exp, values, tmp_path, "cmd")
+
+
+def test_every_run_a_student_distils_from_is_kept_as_a_teacher(evidence, tmp_path):
+    """A teacher's slim checkpoint is what a fresh machine's students load: every run named as some student's
+    teacher must be kept with one."""
+    base = evidence.TABLE.recipe(False, None)
+    for name in ("pursuhint", "sftn"):
+        exp = evidence.EXPERIMENTS[name](base, tmp_path / name, [0, 1])
+        folders = {str(evidence.folder_of(r.config)): r.label for r in exp.runs}
+        taught_by = {r.config["teacher"]["checkpoint"] for r in exp.runs if r.config.get("teacher")}
+        assert taught_by and all(evidence.is_teacher(exp, folders[t]) for t in taught_by), name
+        assert not any(evidence.is_teacher(exp, r.label) for r in exp.runs if str(evidence.folder_of(r.config))
+                       not in taught_by), name

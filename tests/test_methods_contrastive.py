@@ -13,6 +13,7 @@ from kdforge.errors import LayerError
 from kdforge.features import FeatureTaps
 from kdforge.methods import Losses, StepOutputs, build_method
 from kdforge.methods.crd import sample_negatives
+from kdforge.methods.dkd import dkd_parts
 from kdforge.methods.kd import kd_loss
 from kdforge.models import build_model
 
@@ -606,3 +607,16 @@ def test_dkd_on_zoo_pairs(t_name, s_name):
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_dkd_nckd_ignores_the_target_class_logits():
+    """NCKD compares the distributions over the non-target classes only (the paper's Eq. 5): moving the target
+    class's logit of either model changes TCKD, never NCKD."""
+    s, t = torch.randn(5, 8) * 2, torch.randn(5, 8) * 2
+    y = torch.tensor([0, 7, 3, 3, 1])
+    tckd, nckd = dkd_parts(s, t, y, 4.0)
+    bump = torch.nn.functional.one_hot(y, 8) * 3.0
+    for s2, t2 in ((s + bump, t), (s, t - bump)):
+        tckd2, nckd2 = dkd_parts(s2, t2, y, 4.0)
+        assert nckd2.item() == pytest.approx(nckd.item(), rel=1e-5, abs=1e-7)
+        assert abs(tckd2.item() - tckd.item()) > 1e-3

@@ -54,6 +54,9 @@ def test_published_numbers_join_the_matching_groups(runs, tmp_path):
     assert "Published CIFAR-100 top-1 (%) beside ours" in text and "mdistiller README" in text
     assert "RepDistiller README" in text and "reviewkd" not in text.split("beside ours")[1]  # only the sources used
     assert json.loads((tmp_path / "report" / "report.json").read_text())["reference"] == "cifar100"
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "beside ours (<code>--reference cifar100</code>)" in page and "<td>dkd</td>" in page
+    assert '<td class="num">71.97</td>' in page and "mean of 5" in page
 
 
 def test_every_published_row_names_a_known_source_and_a_zoo_model():

@@ -144,7 +144,7 @@ def test_a_validation_split_chooses_best_and_the_test_split_is_only_reported(tmp
     old = torch.load(teacher / "best.pt", weights_only=False)  # a slim file from before exports kept the record
     del old["selection"]
     torch.save(old, teacher / "best.pt")
-    assert checkpoint_source(load_checkpoint(teacher / "best.pt"))["selected_on"] == "val"  # not the eval split
+    assert checkpoint_source(load_checkpoint(teacher / "best.pt"))["selected_on"] == summary["selection_split"]
 
 
 def few_shot_trainer(tmp_path, shots: int, **data):

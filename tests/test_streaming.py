@@ -314,3 +314,21 @@ def test_hint_probes_leave_unreadable_files_out_under_skip_bad_files(tree, tmp_p
     strict = open_streaming_split(run_config(tmp_path, "y", root).data, "train", train=True)
     with pytest.raises(DataError, match=f"cannot read image {first_bad}"):
         probe_features(model, strict, ["layer1"], torch.arange(10), batch_size=4, device="cpu")
+
+
+def test_each_image_has_its_own_crop_seed_that_follows_it_not_its_place_in_the_batch():
+    """The crop and flip of image i in epoch e are drawn from derive_seed("augment", seed, e, i): the seeds of one
+    batch differ, and an image keeps its seed wherever another epoch order puts it."""
+    from kdforge.data.loader import derive_seed
+    from kdforge.data.streaming.loader import BatchKeys
+
+    order = torch.arange(12)
+    keys = BatchKeys(order, 4, 3, 0, seed=7, epoch=2)
+    batch = keys[1]
+    assert [i for i, _ in batch] == [4, 5, 6, 7]
+    assert len({s for _, s in batch}) == 4  # every image of the batch its own crop
+    assert all(s == derive_seed("augment", 7, 2, i) for i, s in batch)
+    shuffled = BatchKeys(order.flip(0), 4, 3, 0, seed=7, epoch=2)
+    seeds = {i: s for k in range(3) for i, s in keys[k]}
+    assert {i: s for k in range(3) for i, s in shuffled[k]} == seeds  # the seed follows the image
+    assert dict(BatchKeys(order, 4, 3, 0, seed=7, epoch=3)[1]) != dict(batch)  # and the epoch

@@ -51,6 +51,11 @@ def test_a_timm_vit_learns_from_a_cnn_and_teaches_one_with_feature_methods(teach
     student = train_from_config(_cfg(tmp_path, "vit-student", VIT, losses, teachers / "cnn"))
     teacher = train_from_config(_cfg(tmp_path, "cnn-student", {"model": "resnet8"}, losses, teachers / "vit"))
     assert student["steps"] == teacher["steps"] == 2
+    for run in ("vit-student", "cnn-student"):
+        epoch = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()
+                 if json.loads(line)["kind"] == "epoch"][-1]
+        assert all(torch.isfinite(torch.tensor(epoch[f"train_{k}"])) and epoch[f"train_{k}"] > 0
+                   for k in ("kd", "at", "fitnet")), run
     model, _ = load_model(tmp_path / "vit-student")  # rebuilt from the recorded import spec
     assert type(model).__name__ == "VisionTransformer" and model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 

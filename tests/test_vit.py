@@ -36,10 +36,61 @@ def test_the_dry_run_finds_blocks_stages_classifier_and_token_layout(distilled, 
     assert infer_taps(TinyViT(image_size=28, patch=7), torch.zeros(2, 1, 28, 28)).token_layout == TokenLayout(1, (4, 4))
 
 
-def test_a_cnn_has_no_token_layout():
+def test_a_cnn_has_no_token_layout_even_with_a_token_mixing_head():
     from test_imported_models import TorchvisionStyleResNet
 
     assert infer_taps(TorchvisionStyleResNet(), torch.zeros(2, 3, 64, 64)).token_layout is None
+
+    class Mixer(torch.nn.Module):  # attention over the last map's positions: tokens in, tokens out
+        def __init__(self, dim):
+            super().__init__()
+            self.a, self.b = torch.nn.Sequential(torch.nn.Linear(dim, dim)), torch.nn.Sequential(torch.nn.Linear(dim, dim))
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class CnnWithMixer(TorchvisionStyleResNet):
+        def __init__(self):
+            super().__init__()
+            self.mix = Mixer(64)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            x = self.mix(x.flatten(2).transpose(1, 2)).mean(1)
+            return self.fc(x)
+
+    taps = infer_taps(CnnWithMixer(), torch.zeros(2, 3, 64, 64))
+    assert taps.token_layout is None and taps.stage_names[-4:] == ["layer1", "layer2", "layer3", "layer4"]
+
+
+def test_one_block_and_blocks_returning_tuples_are_found():
+    one = infer_taps(TinyViT(image_size=32, depth=1), torch.zeros(2, 1, 32, 32))
+    assert one.block_names == ["blocks.0"] and one.stage_names == ["blocks.0"] and one.token_layout is not None
+
+    class TupleBlock(torch.nn.Module):  # as Hugging Face's ViT layers return (hidden_states,)
+        def __init__(self, block):
+            super().__init__()
+            self.inner = block
+
+        def forward(self, x):
+            return (self.inner(x),)
+
+    class TupleViT(TinyViT):
+        def __init__(self):
+            super().__init__(image_size=32, depth=4)
+            self.layers = torch.nn.ModuleList(TupleBlock(b) for b in self.blocks)
+            del self.blocks
+
+        def forward(self, x):
+            x = self.patch_embed(x)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+            for layer in self.layers:
+                x = layer(x)[0]
+            return self.head(self.norm(x)[:, 0])
+
+    taps = infer_taps(TupleViT(), torch.zeros(2, 1, 32, 32))
+    assert taps.block_names == [f"layers.{i}" for i in range(4)] and taps.token_layout == TokenLayout(1, (8, 8))
 
 
 def test_patch_tokens_are_laid_on_their_grid_in_row_major_order():
@@ -105,13 +156,16 @@ def test_every_method_that_serves_token_models_trains_a_vit_student_and_from_a_v
 @pytest.mark.parametrize("method", [m for m in method_names() if method_class(m).needs_teacher
                                     and method_class(m).token_models is not None])
 def test_a_method_that_cannot_serve_a_token_model_is_refused_in_one_line(method, teachers, tmp_path, capsys):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(json.dumps({"name": "x", "output_dir": str(tmp_path), "student": VIT,
-                               "teacher": {"checkpoint": str(teachers / "cnn")}, "losses": usual_losses(method, 1),
-                               "train": {"progress": False, "device": "cpu", "max_steps": 1}}))
-    assert main(["train", str(cfg)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"losses.{method}" in err and "vision transformer" in err
+    for which, student, teacher in (("student", VIT, "cnn"), ("teacher", {"model": "resnet8"}, "vit")):
+        cfg = tmp_path / f"{which}.yaml"
+        cfg.write_text(json.dumps({"name": which, "output_dir": str(tmp_path), "student": student,
+                                   "teacher": {"checkpoint": str(teachers / teacher)},
+                                   "losses": usual_losses(method, 1),
+                                   "train": {"progress": False, "device": "cpu", "max_steps": 1}}))
+        assert main(["train", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"losses.{method}" in err, which
+        assert f"the {which} is a vision transformer" in err or method == "simkd" and which == "teacher", which
 
 
 # ---------------------------------------------------------------- DeiT

@@ -32,6 +32,9 @@ def run(args) -> int:
         raise DataError(f"pack: {root} is not a folder (expected ROOT/<split>/<class>/<image>)", root)
     splits = args.split or sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                                   key=lambda name: (name != "train", name))
+    if not splits:
+        raise DataError(f"pack: {root} has no split folders, so there is nothing to pack (expected "
+                        f"ROOT/<split>/<class>/<image>, e.g. ROOT/train/cat/1.jpg)", root)
     for split in splits:
         index = pack_split(root, args.out, split, shard_size=args.shard_size, seed=args.seed)
         print(f"{split}: {index['images']} images of {len(index['classes'])} classes in {len(index['shards'])} "

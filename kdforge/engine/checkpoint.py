@@ -117,7 +117,12 @@ def _eval_split_of(ckpt: dict) -> str | None:
     the run's config."""
     data = (ckpt.get("config") or {}).get("data") or {}
     if data.get("val_split") is not None:
-        return "val"
+        from kdforge.config import config_from_dict
+
+        try:  # the same words a checkpoint with the record has
+            return config_from_dict(ckpt["config"]).data.selection_split
+        except Exception:  # a config this kdforge no longer reads: the split is still the validation hold-out
+            return "val"
     if (data.get("few_shot") or {}).get("holdout"):
         return "few-shot hold-out"
     return data.get("eval_split")

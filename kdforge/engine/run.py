@@ -180,6 +180,11 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
                               f"run folders")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    try:  # made now, so that a folder that cannot be made fails before any data or model is loaded
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir: {cfg.output_dir} cannot be made ({exc.strerror or type(exc).__name__}); "
+                          f"give a folder you can write to") from None
     has_run = (run_dir / "checkpoints").exists() or (run_dir / "log.jsonl").exists()
     if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
         raise CheckpointError(f"--resume: {run_dir}/checkpoints/last.pt does not exist")

@@ -25,6 +25,12 @@ def _register_builtin_methods() -> None:
 _register_builtin_methods()
 import kdforge.graft.method  # noqa: E402,F401  (NetGraft's loss, kept with NetGraft)
 
+def __getattr__(name: str):  # old public names (kdforge/renamed.py), with a DeprecationWarning
+    from kdforge.renamed import renamed_attribute
+
+    return renamed_attribute(__name__, name)
+
+
 __all__ = [
     "Method", "StepOutputs", "Losses", "UnknownMethodError", "build_method",
     "method_class", "method_names", "method_params", "register_method",

@@ -25,7 +25,9 @@ class DeiT(Method):
 
     * ``kind: hard`` (the paper's best): L = 1/2 CE(z_c, y) + 1/2 CE(z_d, argmax z_t);
     * ``kind: soft``: L = (1 - lambda_kl) CE(z_c, y) + lambda_kl T^2 KL(softmax(z_t / T) || softmax(z_d / T)), the
-      paper's tau = 3 and lambda = 0.1 by default.
+      paper's tau = 3 and lambda = 0.1 by default. The KL is the paper's, averaged over the batch; the authors'
+      public code divides the summed KL by the number of logits (batch x classes), a term C times smaller, so
+      soft runs here do not match that code's scale (set lambda_kl to compare).
 
     At inference the network's output is the mean of the two heads, as the paper's and timm's distilled
     models return it (``*_distilled_*`` models of timm in their default mode; tests/tiny_vit.py with

@@ -154,3 +154,9 @@ class Losses(nn.Module):
                 name = key if part is None else f"{key}/{part}"
                 values[name] = loss if weight == 1.0 else weight * loss
         return values
+
+
+def __getattr__(name: str):  # old public names (kdforge/renamed.py), with a DeprecationWarning
+    from kdforge.renamed import renamed_attribute
+
+    return renamed_attribute(__name__, name)

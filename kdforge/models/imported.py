@@ -76,10 +76,30 @@ def _module_of(target: str, where: str):
                           f"PYTHONPATH?") from None
     except Exception as exc:  # the package's own import failed
         text = first_line(exc, 300)
-        hint = (" (torchvision built for another torch, e.g. its CUDA build beside a CPU torch: install the "
-                "torchvision that matches torch, or see docs/models.md, Vision transformers)"
-                if "torchvision::" in text else "")
-        raise ConfigError(f"{where}: importing {target!r} failed: {type(exc).__name__}: {text}{hint}") from None
+        if "torchvision::" in text:
+            return _import_without_torchvision_ops(target, where, text)
+        raise ConfigError(f"{where}: importing {target!r} failed: {type(exc).__name__}: {text}") from None
+
+
+def _import_without_torchvision_ops(target: str, where: str, first_error: str):
+    """`target` (timm) again after defining torchvision's op schemas (`torchvision_ops`), with a warning; one line
+    saying what to install where that does not help either."""
+    import warnings
+
+    from kdforge.models.torchvision_ops import allow_torchvision_without_its_ops
+
+    for name in [m for m in sys.modules if m == target or m.startswith(target + ".")]:
+        del sys.modules[name]
+    try:
+        if allow_torchvision_without_its_ops():
+            warnings.warn(f"{where}: torchvision's compiled ops do not load with this torch (a build for another "
+                          f"torch); importing {target} with their schemas defined, enough for classification "
+                          f"models (docs/models.md)", RuntimeWarning, stacklevel=2)
+        return importlib.import_module(target)
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing {target!r} failed: {first_error} (torchvision built for another "
+                          f"torch, e.g. its CUDA build beside a CPU torch: install the torchvision that matches "
+                          f"torch; docs/models.md, Vision transformers): {first_line(exc, 200)}") from None
 
 
 def load_factory(spec: str, where: str = "import") -> Callable[..., Any]:

@@ -17,8 +17,10 @@ A zoo model names its `stage_names`, `block_names` and `classifier_name` itself 
 This is kdforge's reading of "the last module at each spatial resolution" (issue 24), not a published rule.
 
 A token model (a vision transformer) keeps one resolution throughout. Its blocks are the children of the
-outermost module that has two or more children, each called once and each mapping ``(N, T, D)`` tokens to
-tokens of the same shape (timm's ``blocks.0`` ... ``blocks.11``); its stages are three blocks at a third, two
+shallowest module whose children are all blocks: modules of their own (not single layers), called once,
+each mapping ``(N, T, D)`` tokens (or a tuple starting with them) to tokens of the same shape (timm's
+``blocks.0`` ... ``blocks.11``), and which together hold at least half of the model's parameters (so a CNN
+with a small token-mixing head stays a CNN); its stages are three blocks at a third, two
 thirds and the whole of its depth (our interpretation: so that it pairs with a CIFAR network's three stages),
 and its `token_layout` (`models/tokens.py`) says which tokens are patches on which grid: the patch map of
 the last 4-D output before the first block, the rest prefix tokens. A model with a distillation head
@@ -161,30 +163,45 @@ def infer_taps(model: nn.Module, example: torch.Tensor) -> InferredTaps:
     return InferredTaps(stages, blocks, classifier, tuple(output.shape[1:]))
 
 
+def _token_tensor(value: object) -> torch.Tensor | None:
+    """A call's (first) output tensor if it is (N, T, D) tokens: a block may return a tuple (HF's layers do)."""
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    return value if isinstance(value, torch.Tensor) and value.dim() == 3 else None
+
+
 def _tokens_in_tokens_out(call: _Call) -> bool:
-    out = call.output
-    return (isinstance(out, torch.Tensor) and out.dim() == 3 and call.input_shape is not None
-            and call.input_shape == tuple(out.shape))
+    out = _token_tensor(call.output)
+    return out is not None and call.input_shape == tuple(out.shape)
 
 
 def _token_blocks(model: nn.Module, returned: list[_Call], calls: list[_Call],
                   times: dict[str, int]) -> tuple[list[str], TokenLayout] | None:
-    """(block names, token layout) of a token model (see the module docstring), or None."""
+    """(block names, token layout) of a token model (see the module docstring), or None. Of the modules whose
+    children are all blocks (modules of their own, called once, mapping tokens to tokens of the same shape), the
+    shallowest holds the blocks; one such child is a one-block model."""
     by_name = {c.name: c for c in returned}
-    for name, module in model.named_modules():  # outermost first
+    found = []
+    for name, module in model.named_modules():
         if not name:
             continue
-        children = [f"{name}.{child}" for child, _ in module.named_children()]
-        if len(children) < 2 or any(c not in by_name or times[c] != 1 for c in children):
+        children = [(f"{name}.{child}", sub) for child, sub in module.named_children()]
+        if not children or any(n not in by_name or times[n] != 1 or not list(sub.children()) for n, sub in children):
             continue
-        if all(_tokens_in_tokens_out(by_name[c]) for c in children):
-            first = by_name[children[0]]
-            tokens = int(first.output.shape[1])
-            started = calls.index(first)
-            maps = [c for c in calls[:started] if _spatial(c.output) is not None]
-            layout = layout_of(model, tokens, _spatial(maps[-1].output) if maps else None)
-            if layout is not None:
-                return sorted(children, key=lambda c: returned.index(by_name[c])), layout
+        if all(_tokens_in_tokens_out(by_name[n]) for n, _ in children):
+            found.append((name.count("."), name, [n for n, _ in children]))
+    total = sum(p.numel() for p in model.parameters())
+    for _, _, children in sorted(found):  # shallowest first
+        held = sum(p.numel() for n in children for p in model.get_submodule(n).parameters())
+        if held * 2 < total:  # a transformer's blocks hold most of it; a CNN's token-mixing head does not
+            continue
+        first = by_name[children[0]]
+        tokens = int(_token_tensor(first.output).shape[1])
+        started = calls.index(first)
+        maps = [c for c in calls[:started] if _spatial(c.output) is not None]
+        layout = layout_of(model, tokens, _spatial(maps[-1].output) if maps else None)
+        if layout is not None:
+            return sorted(children, key=lambda c: returned.index(by_name[c])), layout
     return None
 
 

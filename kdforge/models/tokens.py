@@ -40,17 +40,15 @@ class TokenLayout:
 
 
 def layout_of(model, tokens: int, grid: tuple[int, int] | None) -> TokenLayout | None:
-    """The layout of `tokens` tokens per image: from timm's attributes (`num_prefix_tokens`,
-    `patch_embed.grid_size`) where the model has them, else `grid` (the patch map seen before the first
-    block) with the tokens beyond it as prefix. None where they do not add up."""
-    prefix = getattr(model, "num_prefix_tokens", None)
+    """The layout of `tokens` tokens per image: `grid` is the patch map seen before the first block (timm's
+    `patch_embed.grid_size` where none was seen), the tokens beyond it the prefix (timm's `num_prefix_tokens`
+    where it adds up). None where they do not add up."""
     size = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if size is not None and len(tuple(size)) == 2:
+    if grid is None and size is not None and len(tuple(size)) == 2:
         grid = (int(size[0]), int(size[1]))
     if grid is None:
         return None
-    if prefix is None:
-        prefix = tokens - grid[0] * grid[1]
-    if not 0 <= prefix <= MAX_PREFIX or prefix + grid[0] * grid[1] != tokens:
+    prefix = tokens - grid[0] * grid[1]
+    if not 0 <= prefix <= MAX_PREFIX:
         return None
     return TokenLayout(int(prefix), grid)

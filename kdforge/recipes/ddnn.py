@@ -165,13 +165,15 @@ def last_epoch_ratios(run_dir: str | Path) -> dict[str, float | None]:
     from kdforge.engine.logger import read_log
     from kdforge.methods.ekd import distillation_ratios
 
+    if not (Path(run_dir) / "log.jsonl").is_file():
+        return {}
     epochs = read_log(Path(run_dir), "epoch")
     return distillation_ratios(epochs[-1]) if epochs else {}
 
 
 def _rows(plan: DdnnPlan, ekd_runs: list[dict], alone: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     rows = []
-    ratios = [last_epoch_ratios(run["run_dir"]) for run in ekd_runs]
+    ratios = [last_epoch_ratios(plan.run(EKD, run["seed"]).run_dir) for run in ekd_runs]  # where they are now
     for path in plan.paths:
         model = plan.models[path]
         first = ekd_runs[0]["paths"][path]

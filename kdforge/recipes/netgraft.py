@@ -338,14 +338,16 @@ def _rows(plan: NetGraftPlan, results: dict) -> list[dict[str, Any]]:
     shots = sorted({n for (_, n, _) in results if n is not None})
     for n in shots:
         for kind in ("netgraft", "kd-shots", "kd-shots-shared"):
-            values = [results[(kind, n, s)]["top1"] for s in seeds if (kind, n, s) in results]
+            have = [s for s in seeds if (kind, n, s) in results]
+            values = [results[(kind, n, s)]["top1"] for s in have]
             if values:
                 mean, std = mean_std(values)
-                rows.append({"method": kind, "shots": n, "top1": values, "mean": mean, "std": std})
-    full = [results[("kd-full", None, s)]["top1"] for s in seeds if ("kd-full", None, s) in results]
+                rows.append({"method": kind, "shots": n, "top1": values, "seeds": have, "mean": mean, "std": std})
+    have = [s for s in seeds if ("kd-full", None, s) in results]
+    full = [results[("kd-full", None, s)]["top1"] for s in have]
     if full:
         mean, std = mean_std(full)
-        rows.append({"method": "kd-full", "shots": None, "top1": full, "mean": mean, "std": std})
+        rows.append({"method": "kd-full", "shots": None, "top1": full, "seeds": have, "mean": mean, "std": std})
     return rows
 
 

@@ -79,7 +79,9 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
                                          "notes": notes}, indent=2, default=str) + "\n")
     figures = {"top-1 per group": files["bars"], "learning curves": files["curves"],
                "top-1 vs size and cost": files["scatter"]}
-    files["html"].write_text(render_html(records, figures, grouped_by, notes, gains=gains, baseline=baseline))
+    files["html"].write_text(render_html(records, figures, grouped_by, notes, gains=gains, baseline=baseline,
+                                         references=references,
+                                         reference=(reference, published) if published is not None else None))
     return {"groups": records, "table": markdown_table(records), "gains": gains, "gain_table": gain_table,
             "references": references,
             "reference_table": reference_markdown(references) if references else None,

@@ -15,8 +15,12 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; }
 .meta { color: #666; margin-top: 0; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; white-space: nowrap; }
+.scroll { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; }
+th { vertical-align: bottom; }
+td { white-space: nowrap; }
+td.text { white-space: normal; min-width: 8em; }
 th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -31,13 +35,18 @@ def data_uri(png: str | Path) -> str:
 
 
 def _html_table(headers: list[str], rows: list[list[str]], text_columns: set[int]) -> str:
-    """An HTML table; cells outside `text_columns` right-aligned as numbers."""
+    """An HTML table that scrolls sideways inside the page rather than widening it; cells outside
+    `text_columns` right-aligned as numbers, text cells (but the first) wrapped."""
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    cell = ("<td>{}</td>", '<td class="num">{}</td>')
-    body = ["<tr>" + "".join(cell[i not in text_columns].format(e(c)) for i, c in enumerate(cells)) + "</tr>"
-            for cells in rows]
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+    def cell(i: int, text: str) -> str:
+        kind = "num" if i not in text_columns else "text" if i else ""
+        return f'<td class="{kind}">{e(text)}</td>' if kind else f"<td>{e(text)}</td>"
+
+    body = ["<tr>" + "".join(cell(i, c) for i, c in enumerate(cells)) + "</tr>" for cells in rows]
+    return (f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
+            + "\n</tbody>\n</table></div>")
 
 
 def _table(records: list[dict[str, Any]]) -> str:
@@ -50,12 +59,32 @@ def _gain_table(gains: list[dict[str, Any]], baseline: str) -> str:
     return f"<h2 id=\"gains\">Gain over {e(baseline)}</h2>\n<p>{e(GAIN_NOTE)}</p>\n{table}"
 
 
+def _reference_table(rows: list[dict[str, Any]], name: str, reference: dict[str, Any]) -> str:
+    from kdforge.report.reference import HEADERS as REF_HEADERS, reference_cells
+
+    e = html.escape
+    if not rows:
+        return f"<h2 id=\"published\">{e(reference['title'])}</h2>\n<p>No group matches a published row.</p>"
+    sources = "\n".join(f"<li><b>{e(key)}</b>: {e(reference['sources'][key]['cite'])}; "
+                        f"{e(reference['sources'][key]['epoch'])} epoch; runs: {e(reference['sources'][key]['runs'])}. "
+                        f"{e(reference['sources'][key]['notes'])}.</li>" for key in sorted({r["source"] for r in rows}))
+    table = _html_table(REF_HEADERS, [reference_cells(r) for r in rows], {0, 1, 7, 8, 9})
+    return (f"<h2 id=\"published\">{e(reference['title'])} beside ours (<code>--reference {e(name)}</code>)</h2>\n"
+            f"<p>Ours: the last epoch. A source that reports the best epoch selected it on the test split. The "
+            f"published runs trained {e(str(reference.get('epochs', '?')))} epochs.</p>\n"
+            f"{table}\n<ul>\n{sources}\n</ul>")
+
+
 def render_html(records: list[dict[str, Any]], figures: dict[str, Path], grouped_by: str, notes: list[str],
                 when: datetime | None = None, gains: list[dict[str, Any]] | None = None,
-                baseline: str | None = None) -> str:
-    """The page: header, table, the gain table (with `gains`), figures (embedded), each group's run folders, notes."""
+                baseline: str | None = None, references: list[dict[str, Any]] | None = None,
+                reference: tuple[str, dict[str, Any]] | None = None) -> str:
+    """The page: header, table, the gain table (with `gains`), the published numbers (with `references` and
+    `reference` = (its name, its table)), figures (embedded), each group's run folders, notes."""
     e = html.escape
     gain_html = _gain_table(gains, baseline or "") if gains is not None else ""
+    if references is not None and reference is not None:
+        gain_html += "\n" + _reference_table(references, *reference)
     when = when or datetime.now()
     images = "\n".join(f'<h3>{e(name)}</h3>\n<img alt="{e(name)}" src="{data_uri(path)}">'
                        for name, path in figures.items())

@@ -21,8 +21,8 @@ __all__ = ["REFERENCES", "load_reference", "reference_rows", "reference_section"
 
 FOLDER = Path(__file__).parent / "references"
 REFERENCES = sorted(p.stem for p in FOLDER.glob("*.json"))
-HEADERS = ["group", "pair", "ours: top-1 last (mean ± std)", "runs", "published", "ours − published", "source",
-           "published epoch", "published runs"]
+HEADERS = ["group", "pair", "ours: top-1 last (mean ± std)", "runs", "our epochs", "published", "ours − published",
+           "source", "published epoch", "published runs"]
 
 
 def load_reference(name: str) -> dict[str, Any]:
@@ -59,21 +59,28 @@ def reference_rows(records: list[dict[str, Any]], reference: dict[str, Any]) -> 
         if not values:
             continue
         mean, std = mean_std(values)
+        epochs = ((record.get("key") or {}).get("schedule") or {}).get("epochs")
         for teacher, student, method in _keys(record):
             for ref in reference["rows"]:
                 if ref["method"] == method and teacher in ("*", ref["teacher"]) and student in ("*", ref["student"]):
                     source = reference["sources"][ref["source"]]
                     rows.append({"label": record["label"], "pair": f"{ref['teacher']} -> {ref['student']}",
-                                 "method": method, "ours": (mean, std), "n": len(values), "published": ref["top1"],
+                                 "method": method, "ours": (mean, std), "n": len(values), "epochs": epochs,
+                                 "published": ref["top1"],
                                  "difference": mean - ref["top1"], "source": ref["source"],
                                  "epoch": source["epoch"], "runs": source["runs"]})
     return rows
 
 
+def reference_cells(row: dict[str, Any]) -> list[str]:
+    """One joined row as table cells (`HEADERS`)."""
+    return [row["label"], row["pair"], f"{row['ours'][0]:.2f} ± {row['ours'][1]:.2f}", str(row["n"]),
+            "?" if row["epochs"] is None else f"{row['epochs']:g}", f"{row['published']:.2f}",
+            f"{row['difference']:+.2f}", row["source"], row["epoch"], row["runs"]]
+
+
 def reference_markdown(rows: list[dict[str, Any]]) -> str:
-    cells = [[r["label"], r["pair"], f"{r['ours'][0]:.2f} ± {r['ours'][1]:.2f}", str(r["n"]), f"{r['published']:.2f}",
-              f"{r['difference']:+.2f}", r["source"], r["epoch"], r["runs"]] for r in rows]
-    return markdown_grid(HEADERS, cells)
+    return markdown_grid(HEADERS, [reference_cells(r) for r in rows])
 
 
 def reference_section(name: str, reference: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -85,7 +92,8 @@ def reference_section(name: str, reference: dict[str, Any], rows: list[dict[str,
                      f"see kdforge/report/references/{name}.json).")
         return "\n".join(lines)
     lines += ["Ours: the last epoch, as in every kdforge table. A source that reports the best epoch selected it on "
-              "the test split.", "", reference_markdown(rows), ""]
+              f"the test split. The published runs trained {reference.get('epochs', '?')} epochs: compare only runs of "
+              "that schedule.", "", reference_markdown(rows), ""]
     for key in used:
         source = reference["sources"][key]
         lines.append(f"- **{md_cell(key)}**: {source['cite']}; {source['epoch']} epoch; runs: {source['runs']}. "
