@@ -8,11 +8,11 @@ import sys
 import traceback
 
 from kdforge.cli import (attention, compare, ddnn, evaluate, export, hints, layers, methods, models, netgraft, pack,
-                         predict, quickstart, report, sftn, train)
+                         predict, quickstart, report, sftn, train, tune)
 from kdforge.errors import KDForgeError
 
-COMMANDS = [train, evaluate, export, predict, report, compare, hints, sftn, ddnn, netgraft, quickstart, models, methods,
-            layers, attention, pack]
+COMMANDS = [train, evaluate, export, predict, report, compare, tune, hints, sftn, ddnn, netgraft, quickstart, models,
+            methods, layers, attention, pack]
 DEBUG_HELP = "show full tracebacks for errors"
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from kdforge.config import ModelConfig, RunConfig
 from kdforge.engine.checkpoint import checkpoint_source, load_weights
 from kdforge.engine.distributed import Distributed, init_from_environment, shutdown
+from kdforge.engine.hooks import Hook
 from kdforge.engine.seeding import seed_everything
 from kdforge.engine.trainer import Trainer
 from kdforge.engine.weights_file import fit_to_model, is_kdforge_checkpoint, load_model_file
@@ -201,8 +203,9 @@ def stopped_before_first_checkpoint(run_dir: Path) -> bool:
 
 
 def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-                      until_epoch: int | None = None) -> dict[str, Any]:
-    """Run one training job as described by `cfg`; returns its summary.
+                      until_epoch: int | None = None, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+    """Run one training job as described by `cfg`; returns its summary. `hooks`: the caller's own loop hooks
+    (`engine/hooks/`; e.g. `kdforge tune`'s pruning), added to the trainer's.
 
     Everything is loaded and checked before an existing run folder is replaced, so a
     mistake in the config never costs a finished run. Started by torchrun (WORLD_SIZE > 1),
@@ -210,13 +213,13 @@ def train_from_config(cfg: RunConfig, resume: bool = False, overwrite: bool = Fa
     """
     dist = init_from_environment(cfg.train.device)
     try:
-        return _train(cfg, resume, overwrite, until_epoch, dist)
+        return _train(cfg, resume, overwrite, until_epoch, dist, hooks)
     finally:
         shutdown(dist)
 
 
 def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | None,
-           dist: Distributed) -> dict[str, Any]:
+           dist: Distributed, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     from kdforge.methods import Losses
 
     if resume and stopped_before_first_checkpoint(Path(cfg.output_dir) / cfg.name):
@@ -250,7 +253,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, until_epoch: int | Non
     with dist.main_first():  # rank 0 selects hint layers (and caches them); the others read its cache
         hints = _hint_plan(cfg, losses, teacher, student, train, run_dir, resume)
     trainer = Trainer(student, losses, train, evaluation, val_data=validation, teacher=teacher, config=cfg,
-                      run_dir=run_dir, distributed=dist, checkpoint_sources=sources)
+                      run_dir=run_dir, distributed=dist, checkpoint_sources=sources, hooks=hooks)
     if overwrite and run_dir.exists():
         trainer.prepare()  # binds layers and builds adapters: a layer mismatch must not cost the old run
         dist.barrier()  # every rank has checked the old folder before rank 0 removes it

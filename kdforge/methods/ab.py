@@ -104,6 +104,7 @@ class AB(Method):
              "Hidden Neurons, AAAI 2019")
     default_taps = "stage ends (pre-ReLU), paired from the deepest"
     typical_weight = 0.0
+    tunable = {"margin": (0.25, 4.0), "pretrain_epochs": (0, 5)}
     layer_kind = "stages_preact"
     pretrain_epochs = 3
 

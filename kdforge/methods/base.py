@@ -80,6 +80,9 @@ class Method(nn.Module):
     #: None where the method can distil with a token model (a vision transformer: its block outputs arrive as
     #: patch-token maps, its embedding is the pre-logits feature; `models/tokens.py`); else why it cannot
     token_models: ClassVar[str | None] = None
+    #: parameters `kdforge tune` searches besides the loss weight (and T where the method has one):
+    #: {name: (low, high)}, log scale for floats, every integer for ints (recipes/tune.py)
+    tunable: ClassVar[dict[str, tuple[float, float]]] = {}
     #: None where any student will do; else what the student must be (DeiT's: a transformer with a distillation
     #: token and head), shown by `kdforge methods`
     student_requirement: ClassVar[str | None] = None

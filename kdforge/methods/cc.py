@@ -49,6 +49,7 @@ class CC(Method):
              "Distillation, ICCV 2019")
     default_taps = "embedding"
     typical_weight = 0.02
+    tunable = {"gamma": (0.1, 2.0)}
     layer_kind = "embedding"
 
     def __init__(self, teacher_layers: list[str] | None = None, student_layers: list[str] | None = None,

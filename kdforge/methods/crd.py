@@ -208,6 +208,7 @@ class CRD(Method):
     default_taps = "embedding"
     uses_hints = True
     typical_weight = 0.8
+    tunable = {"nce_t": (0.02, 0.5)}
     #: score every bank entry with one matmul (then pick) while the bank has at most this
     #: many times the K + 1 entries a row uses; beyond, gather the K + 1 rows first
     full_scores_ratio = 8

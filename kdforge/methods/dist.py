@@ -36,6 +36,7 @@ class DIST(Method):
     paper = "Huang, You, Wang, Qian & Xu, Knowledge Distillation from A Stronger Teacher, NeurIPS 2022"
     default_taps = "logits"
     typical_weight = 2.0
+    tunable = {"beta": (0.25, 4.0), "gamma": (0.25, 4.0)}
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, T: float = 4.0, standardize: bool = False):
         super().__init__()

@@ -68,6 +68,7 @@ class DKD(Method):
     needs_labels = True
     default_taps = "logits"
     typical_weight = 1.0
+    tunable = {"beta": (1.0, 16.0)}
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20,
                  standardize: bool = False):

@@ -62,6 +62,7 @@ class VID(Method):
              "Transfer, CVPR 2019")
     default_taps = "stage ends, paired from the deepest"
     typical_weight = 1.0
+    tunable = {"init_variance": (0.01, 10.0)}
     layer_kind = "stages"
     uses_hints = True
 

@@ -1,0 +1,181 @@
+"""`kdforge tune`: the search space read from the methods, the never-test rule, pruning, resuming a study, the
+final comparison, and one-line errors."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from kdforge.cli import main
+from kdforge.errors import ConfigError
+from kdforge.recipes import tune
+from kdforge.recipes.tune import parse_budget, search_space, trial_losses
+
+BASE = {"data": {"name": "digits", "batch_size": 64, "val_split": {"fraction": 0.2, "seed": 0}},
+        "student": {"model": "resnet8"}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "schedule": {"name": "cosine", "epochs": 2},
+        "train": {"precision": "fp32", "device": "cpu", "tensorboard": False, "max_steps": 6}}
+
+
+def test_search_space_is_the_weight_t_and_what_the_method_declares():
+    usual, dims = search_space("dkd", 240)
+    by_name = {d.name: d for d in dims}
+    assert set(by_name) == {"weight", "T", "beta"} and usual == {"ce": 1.0, "dkd": {"weight": 1.0, "warmup": 20}}
+    assert (by_name["weight"].low, by_name["weight"].high, by_name["weight"].log) == (0.1, 10.0, True)
+    assert by_name["T"].usual == 4.0 and by_name["beta"].usual == 8.0
+    for d in dims:
+        assert d.low <= d.usual <= d.high
+    _, dims = search_space("ab", 10)
+    margin, epochs = [d for d in dims if d.name in ("margin", "pretrain_epochs")]
+    assert not margin.integer and epochs.integer and not epochs.log and epochs.usual == 1  # 30 of 240 -> 1 of 10
+    _, dims = search_space("kd", 10)
+    assert [d.name for d in dims] == ["weight", "T"] and dims[0].usual == 0.9
+    assert trial_losses({"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}}, "kd", {"T": 2.0}) == \
+        {"ce": 0.1, "kd": {"weight": 0.9, "T": 2.0}}
+    assert trial_losses({"ce": 1.0, "at": 1000.0}, "at", {"weight": 50.0}) == {"ce": 1.0, "at": {"weight": 50.0}}
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("90m", 5400), ("45s", 45), ("1.5h", 5400), ("600", 600)])
+def test_budget_parsing(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-1h", "0", "2d"])
+def test_a_bad_budget_says_how_to_write_one(text):
+    with pytest.raises(ConfigError, match="--budget"):
+        parse_budget(text)
+
+
+def test_the_prune_hook_stops_a_trial_the_pruner_prunes():
+    class Trial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) >= 2
+
+    class Trainer:
+        class state:
+            epoch = 1
+
+    hook, trial = tune._prune_hook(Trial()), None
+    hook.after_epoch(Trainer, {"val_top1": 50.0})
+    Trainer.state.epoch = 2
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        hook.after_epoch(Trainer, {"val_top1": 40.0})
+    assert Trial.reported == [(1, 50.0), (2, 40.0)]
+    hook.after_epoch(Trainer, {"train_loss": 1.0})  # an epoch without validation reports nothing
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """kd, 3 trials, no final comparison, while recording which splits are loaded."""
+    import kdforge.data as data_package
+
+    root = tmp_path_factory.mktemp("tune")
+    (root / "base.yaml").write_text(yaml.safe_dump(BASE))
+    loaded = []
+    original = data_package.load_dataset
+
+    def recording(name, root_, split, **options):  # every split a run loads (engine/run.load_run_data)
+        loaded.append(split)
+        return original(name, root_, split, **options)
+
+    data_package.load_dataset = recording
+    try:
+        code = main(["tune", str(root / "base.yaml"), "--methods", "kd", "--budget", "10m", "--trials", "3",
+                     "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(root / "out")])
+    finally:
+        data_package.load_dataset = original
+    assert code == 0
+    return root, loaded
+
+
+def test_trials_never_read_the_test_split(tuned):
+    root, loaded = tuned
+    trials = sorted((root / "out" / "trials" / "kd").iterdir())
+    assert [t.name for t in trials] == ["trial-0", "trial-1", "trial-2"]
+    assert loaded.count("train") == 4 and loaded.count("test") == 1  # the teacher's run only (its own report)
+    for trial in trials:
+        config = yaml.safe_load((trial / "config.yaml").read_text())
+        assert config["data"]["eval_split"] == "" and config["seed"] == 0
+        summary = json.loads((trial / "summary.json").read_text())
+        assert summary["top1_last"] is None and summary["val_top1_last"] is not None
+    first = yaml.safe_load((trials[0] / "config.yaml").read_text())["losses"]
+    assert first == {"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}}  # the usual settings are trial 0
+
+
+def test_the_best_settings_are_a_method_file_and_the_study_resumes(tuned):
+    root, _ = tuned
+    out = root / "out"
+    best = json.loads((out / "tune.json").read_text())["kd"]
+    study = optuna.load_study(study_name="tune-kd", storage=f"sqlite:///{out / 'tune.db'}")
+    assert best["trials"] == len(study.trials) == 3 and best["val_top1"] == study.best_value
+    losses = yaml.safe_load(Path(best["file"]).read_text())["losses"]
+    assert losses["kd"]["T"] == pytest.approx(study.best_params["T"]) and losses["ce"] == 0.1
+    stamps = {t: (t / "summary.json").stat().st_mtime_ns for t in (out / "trials" / "kd").iterdir()}
+    assert main(["tune", str(root / "base.yaml"), "--methods", "kd", "--budget", "10m", "--trials", "4",
+                 "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(out)]) == 0
+    study = optuna.load_study(study_name="tune-kd", storage=f"sqlite:///{out / 'tune.db'}")
+    assert len(study.trials) == 4 and (out / "trials" / "kd" / "trial-3" / "summary.json").is_file()
+    assert all((t / "summary.json").stat().st_mtime_ns == s for t, s in stamps.items())  # not trained again
+
+
+def test_a_trial_left_running_by_a_kill_is_marked_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    study = tune.open_study(storage, "kd", "key")
+    study.ask()  # a trial that a killed process never told
+    study = tune.open_study(storage, "kd", "key")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    with pytest.raises(ConfigError, match="other settings"):
+        tune.open_study(storage, "kd", "another key")
+
+
+@pytest.mark.parametrize("extra, base, message", [
+    ([], {"data": {"name": "digits"}}, "data.val_split"),
+    (["--methods", "nope"], None, "nope"),
+    (["--methods", "tfkd"], None, "not a distillation method"),
+    (["--budget", "1s", "--methods", "kd", "dkd"], None, "cannot fit one trial"),
+    (["--budget", "later"], None, "--budget 'later'"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, extra, base, message):
+    config = {**BASE, **(base or {})}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    args = ["tune", str(tmp_path / "base.yaml"), "--methods", "kd", "--budget", "1h", "--teacher", "resnet8",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    for flag in ("--methods", "--budget"):
+        if flag in extra:
+            i = args.index(flag)
+            del args[i:i + 2 if flag == "--budget" else i + 2]
+    args = args + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out" / "trials").exists()  # refused before any trial
+
+
+def test_without_optuna_it_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    assert main(["tune", str(tmp_path / "base.yaml"), "--methods", "kd", "--budget", "1h"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install optuna" in err
+
+
+def test_the_final_comparison_trains_the_tuned_settings_beside_the_usual(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    result = tune.run_tune(yaml.safe_load((tmp_path / "base.yaml").read_text()), ["kd"], [0, 1], tmp_path / "out",
+                           teacher_model="resnet14", budget_s=600, trials=2)
+    best = result["best"]["kd"]
+    labels = {g["label"] for g in result["compare"]["groups"]}
+    assert {"student-alone", "teacher"} <= labels
+    assert ("kd_tuned" in labels) == (not best["usual_was_best"])  # a tuned run only where the search found better
+    report = (tmp_path / "out" / "final" / "report" / "report.md").read_text()
+    assert "Gain over student-alone" in report and "95 % interval" in report
