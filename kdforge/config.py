@@ -220,6 +220,10 @@ class TrainConfig:
     #: distributed runs: let DDP find parameters a step does not use (None: where a method or the student may
     #: skip some — a pre-training stage's adapters, a depth-dynamic student's paths)
     ddp_find_unused: bool | None = None
+    #: experiment trackers the run also logs to (`engine/hooks/trackers.py`): mlflow
+    trackers: list[str] = field(default_factory=list)
+    #: the trackers' experiment (MLflow) for this run; None: "kdforge" (compare and tune set their folder's name)
+    tracker_group: str | None = None
 
     def check(self, path: str) -> None:
         _positive(path, "log_every", self.log_every)
@@ -230,6 +234,9 @@ class TrainConfig:
             _positive(path, "checkpoint_every_steps", self.checkpoint_every_steps)
         if not self.teacher_cache_max_gb > 0:
             raise ConfigError(f"{path}.teacher_cache_max_gb: must be positive, got {self.teacher_cache_max_gb}")
+        from kdforge.engine.hooks.trackers import check_trackers
+
+        check_trackers(list(self.trackers), f"{path}.trackers")
 
 
 @dataclass

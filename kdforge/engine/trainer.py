@@ -34,6 +34,7 @@ from kdforge.engine.dot import dot_update
 from kdforge.engine.epoch_tally import EpochTally
 from kdforge.engine.hooks import (AfterPretrainHook, BNRecalibrationHook, CheckpointHook, EpochRecordHook,
                                   EvaluationHook, Hook, Hooks, StepLogHook, SummaryHook)
+from kdforge.engine.hooks.trackers import tracker_hooks
 from kdforge.engine.interrupts import RunInterrupted, StopSignals
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.nonfinite import NonFiniteLossError
@@ -47,12 +48,14 @@ from kdforge.models.capabilities import model_record_of
 __all__ = ["Trainer", "TrainState", "StepResult", "NonFiniteLossError", "model_record_of", "default_hooks"]
 
 
-def default_hooks(extra: Sequence[Hook] = (), methods: Sequence[Hook] = ()) -> list[Hook]:
+def default_hooks(extra: Sequence[Hook] = (), methods: Sequence[Hook] = (),
+                  trackers: Sequence[Hook] = ()) -> list[Hook]:
     """The loop's hooks in calling order: first the `methods`' own (`Losses.loop_hooks`: their stages before
     training, evaluation heads), then the loop's, with `extra` where they see every record before it is
-    logged and have their state saved by the checkpoint of the same step or epoch."""
+    logged and have their state saved by the checkpoint of the same step or epoch, and last the `trackers`
+    (`hooks/trackers.py`), which see the finished record and the summary."""
     return [*methods, AfterPretrainHook(), BNRecalibrationHook(), EvaluationHook(), StepLogHook(), *extra,
-            EpochRecordHook(), CheckpointHook(), SummaryHook()]
+            EpochRecordHook(), CheckpointHook(), SummaryHook(), *trackers]
 
 
 class Trainer:
@@ -87,7 +90,7 @@ class Trainer:
         self.dist = distributed or Distributed.current()
         if not self.dist.is_main:
             self.cfg.train.progress = False  # one progress bar and one set of messages: rank 0's
-        self.hooks = Hooks(default_hooks(hooks, losses.loop_hooks()))
+        self.hooks = Hooks(default_hooks(hooks, losses.loop_hooks(), tracker_hooks(self.cfg)))
         self.state = TrainState()
         self._prepared = False
         self._ddp: nn.Module | None = None  # student + adapters under DDP, built when training starts

@@ -139,6 +139,9 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
     if progress is not None:
         base = copy.deepcopy(base)
         base.setdefault("train", {})["progress"] = progress
+    if (base.get("train") or {}).get("trackers") and not base["train"].get("tracker_group"):
+        base = copy.deepcopy(base)
+        base["train"]["tracker_group"] = Path(output_dir).resolve().name  # one MLflow experiment per comparison
     planned = plan_compare(base, methods, seeds, output_dir, teacher_model)
     for i, run in enumerate(planned):
         reused = is_finished(run.config)

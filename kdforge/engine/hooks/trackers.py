@@ -1,0 +1,116 @@
+"""Experiment trackers as loop hooks (`train.trackers: [mlflow]`): the run's resolved config as parameters, every
+epoch record's numbers as metrics, the summary, and the run's files as artifacts.
+
+MLflow (an optional extra: `pip install mlflow-skinny`, or `kdforge[mlflow]`) writes where
+`MLFLOW_TRACKING_URI` says, else to a local SQLite store in the run's output folder
+(`<output_dir>/mlflow.db`, artifacts in `<output_dir>/mlartifacts`). The experiment is `train.tracker_group`
+(kdforge compare and tune set it to their folder's name) or "kdforge". A resumed run continues the same
+MLflow run (its id is kept in the checkpoint). Only the main process of a distributed run logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from kdforge.engine.hooks.base import Hook
+from kdforge.errors import ConfigError
+
+#: tracker name -> (module to import, the pip package that brings it)
+TRACKERS = {"mlflow": ("mlflow", "mlflow-skinny")}
+#: files of a finished run logged as artifacts (those that exist)
+ARTIFACTS = ("summary.json", "config.yaml", "log.jsonl", "curves.png")
+
+
+def check_trackers(names: list[str], path: str = "train.trackers") -> None:
+    """One-line ConfigErrors for a tracker kdforge does not know, or one that is not installed."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"{path}: unknown tracker {name!r}; kdforge logs to {', '.join(TRACKERS)}")
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{path}: {name} is not installed: pip install {package} (in the same pip command as "
+                              f"the torch pin), or drop it from train.trackers")
+
+
+def tracker_hooks(cfg) -> list[Hook]:
+    """The hooks of the run's `train.trackers`."""
+    check_trackers(list(cfg.train.trackers))
+    return [MLflowHook() for name in cfg.train.trackers if name == "mlflow"]
+
+
+def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as {dotted.key: value as text} (MLflow parameters are text of at most 6,000 characters)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flat_params(value, name + "."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a record, with names MLflow accepts ('/' kept, other odd characters as '_')."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            continue
+        out["".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)] = float(value)
+    return out
+
+
+class MLflowHook(Hook):
+    """Logs the run to MLflow (see the module docstring)."""
+
+    name = "tracker_mlflow"
+
+    def __init__(self):
+        self.run_id: str | None = None
+
+    def before_train(self, trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        import mlflow
+
+        from kdforge.config import config_to_dict
+
+        out = Path(trainer.cfg.output_dir).resolve()
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+        group = trainer.cfg.train.tracker_group or "kdforge"
+        if mlflow.get_experiment_by_name(group) is None:
+            mlflow.create_experiment(group, artifact_location=(out / "mlartifacts").as_uri())
+        mlflow.set_experiment(group)
+        if self.run_id is not None:  # a resumed run: the same MLflow run
+            mlflow.start_run(run_id=self.run_id)
+            return
+        run = mlflow.start_run(run_name=trainer.cfg.name, tags={"kdforge.run_dir": str(trainer.run_dir)})
+        self.run_id = run.info.run_id
+        mlflow.log_params(flat_params(config_to_dict(trainer.cfg)))
+
+    def after_epoch(self, trainer, record: dict[str, Any]) -> None:
+        if trainer.dist.is_main and self.run_id is not None:
+            import mlflow
+
+            mlflow.log_metrics(numbers(record), step=int(trainer.state.epoch))
+
+    def after_train(self, trainer) -> None:
+        if not trainer.dist.is_main or self.run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_metrics({f"summary.{k}": v for k, v in numbers(trainer.summary or {}).items()})
+        for name in ARTIFACTS:
+            if (trainer.run_dir / name).is_file():
+                mlflow.log_artifact(str(trainer.run_dir / name))
+        mlflow.end_run()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id")

@@ -1,0 +1,68 @@
+"""Experiment trackers (`train.trackers: [mlflow]`): a real local MLflow store, read back with its client."""
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from kdforge.cli import main
+from kdforge.config import config_from_dict
+from kdforge.engine import train_from_config
+from kdforge.errors import ConfigError
+
+
+
+def _cfg(root, name, epochs=2, **train):
+    return config_from_dict({
+        "name": name, "output_dir": str(root), "data": {"batch_size": 64}, "student": {"model": "resnet8"},
+        "losses": {"ce": 1.0}, "schedule": {"name": "cosine", "epochs": epochs},
+        "train": {"progress": False, "tensorboard": False, "precision": "fp32", "device": "cpu",
+                  "trackers": ["mlflow"], "tracker_group": "tests", **train}})
+
+
+def _client(root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+
+
+def test_a_run_is_logged_with_its_config_every_epoch_its_summary_and_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = train_from_config(_cfg(tmp_path, "logged"))
+    client = _client(tmp_path, monkeypatch)
+    experiment = client.get_experiment_by_name("tests")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "logged" and run.info.status == "FINISHED"
+    assert run.data.params["student.model"] == "resnet8" and run.data.params["schedule.epochs"] == "2"
+    epochs = [json.loads(line) for line in (tmp_path / "logged" / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(int(e["epoch"]), pytest.approx(e["train_loss"])) for e in epochs]
+    assert run.data.metrics["summary.top1_last"] == pytest.approx(summary["top1_last"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "config.yaml", "log.jsonl"} <= names
+
+
+def test_a_resumed_run_continues_the_same_tracked_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_from_config(_cfg(tmp_path, "resumed", epochs=3), until_epoch=1)
+    train_from_config(_cfg(tmp_path, "resumed", epochs=3), resume=True)
+    client = _client(tmp_path, monkeypatch)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == [1, 2, 3] and runs[0].info.status == "FINISHED"
+
+
+def test_an_unknown_or_missing_tracker_is_one_line(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'.*mlflow"):
+        config_from_dict({"train": {"trackers": ["tensorbored"]}})
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"name": "x", "output_dir": str(tmp_path),
+                                                       "train": {"trackers": ["mlflow"]}}))
+    assert main(["train", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.trackers" in err and "pip install mlflow-skinny" in err
