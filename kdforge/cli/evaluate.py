@@ -31,9 +31,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from kdforge.deploy.evaluate_file import evaluate_file, is_deployed_file
     from kdforge.engine.evaluate_checkpoint import evaluate_checkpoint
     from kdforge.engine.weights_file import stated_accuracy_warning
 
+    if is_deployed_file(args.checkpoint):  # an exported ONNX / TorchScript file, run as deployed
+        metrics = evaluate_file(args.checkpoint, data=args.data, root=args.root, split=args.split,
+                                batch_size=args.batch_size)
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            kind = " (int8)" if metrics["int8"] else ""
+            print(f"{metrics['model']}{kind} on {metrics['dataset']}/{metrics['split']} ({metrics['n']} images): "
+                  f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  [{metrics['checkpoint']}]")
+        return 0
     metrics = evaluate_checkpoint(args.checkpoint, args.which, model_name=args.model, data=args.data, root=args.root,
                                   split=args.split, batch_size=args.batch_size, device=args.device,
                                   precision=args.precision)

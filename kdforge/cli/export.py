@@ -36,6 +36,11 @@ def add_parser(sub) -> None:
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="checkpoint of a run folder (default last: best.pt is selected on the evaluation split, "
                         "which is the test split by default)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --format onnx: quantise to int8 after training (QDQ nodes, per-channel weights, "
+                        "activations calibrated on --calibrate training images; ONNX Runtime)")
+    p.add_argument("--calibrate", type=int, default=256, metavar="N",
+                   help="training images the int8 activations are calibrated on (default 256; never test images)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="file to write (default: <run folder>/export/<model>.pt, .torchscript.pt or .onnx); "
                         "the metadata goes to FILE.json")
@@ -46,7 +51,8 @@ def run(args) -> int:
     from kdforge.deploy.export import export_model
     from kdforge.models.complexity import format_macs
 
-    result = export_model(args.source, subnet=args.subnet, which=args.which, out=args.out, format=args.format)
+    result = export_model(args.source, subnet=args.subnet, which=args.which, out=args.out, format=args.format,
+                          int8=args.int8, calibrate=args.calibrate)
     what = ("the full net of " if result["full_net"] else
             f"sub-net {result['subnet']} of " if result["subnet"] else "")
     size = result["image_size"]
@@ -58,6 +64,10 @@ def run(args) -> int:
 
 def _check(result: dict) -> str:
     """How the written file was checked, in words."""
+    if result.get("int8_check"):
+        check = result["int8_check"]
+        return (f"int8 (QDQ): top-1 agrees with the fp32 model on {100 * check['top1_agreement']:.1f} % of held "
+                f"training images, max |logit difference| {check['max_abs_diff']:.3g}")
     diff = result["max_abs_diff"]
     if diff is None:
         return "graph validated by onnx.checker, not run (onnxruntime is not installed)"

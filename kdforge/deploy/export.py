@@ -48,7 +48,8 @@ class _Student:
 
 
 def export_model(source: str | Path, subnet: str | None = None, which: str = "last",
-                 out: str | Path | None = None, format: str = "state_dict") -> dict[str, Any]:
+                 out: str | Path | None = None, format: str = "state_dict", int8: bool = False,
+                 calibrate: int = 256) -> dict[str, Any]:
     """Write the student of a run folder or .pt checkpoint `source` in `format`; return what was written.
 
     `format`: ``state_dict`` (a slim kdforge checkpoint: loads with `kdforge eval`, as a teacher, or
@@ -82,20 +83,35 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     go, with the folders this export created: an earlier export at `out` stays as it was.
     Without onnxruntime an ONNX file is only validated by ``onnx.checker`` (``max_abs_diff`` None).
 
+    `int8` (ONNX only): the ONNX file is quantised after training to int8 (QDQ, `deploy/int8.py`), its
+    activations calibrated on `calibrate` training images (never test images); instead of the fp32 check, the
+    int8 file's top-1 agreement with the fp32 model and largest logit difference on other training images go
+    to the metadata (`int8`) and the result (`int8_check`).
+
     Returns {path, format, model, params, macs, max_abs_diff, checked_with, metadata, subnet,
-    full_net, checkpoint, which, image_size}; `macs` of one image of the checkpoint's data size.
+    full_net, checkpoint, which, image_size, int8_check}; `macs` of one image of the checkpoint's data size.
     """
     if which not in ("last", "best"):
         raise ConfigError(f"which: 'last' or 'best', got {which!r}")
     if format not in FORMATS:
         raise ConfigError(f"format: one of {', '.join(FORMATS)}, got {format!r}")
+    if int8 and format != "onnx":
+        raise ConfigError(f"--int8 writes an ONNX model with QuantizeLinear/DequantizeLinear nodes: give --format onnx "
+                          f"(not {format})")
+    if int8 and calibrate < 1:
+        raise ConfigError(f"--calibrate: the number of training images to calibrate on, at least 1, got {calibrate}")
     if format == "onnx":
         require_onnx()
+    if int8:
+        from kdforge.deploy.int8 import require_quantization
+
+        require_quantization()
     net, ckpt = load_model(source, which)
     net.eval()
     origin = ckpt["path"]
     student, subnet = _student(net, ckpt["model"], subnet, origin)
-    out = Path(out) if out is not None else _default_out(Path(source), Path(origin), student.name + SUFFIXES[format])
+    suffix = ".int8.onnx" if int8 else SUFFIXES[format]
+    out = Path(out) if out is not None else _default_out(Path(source), Path(origin), student.name + suffix)
     _check_out(out, Path(origin))
 
     record = student.record
@@ -121,6 +137,9 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
             write_onnx(model, batches[0], staged, shown=out)
         diff, checked_with = _check_file(staged, format, student, batches, f"{subnet or student.name} from {origin}")
         metadata.update(max_abs_diff=diff, checked_with=checked_with)
+        int8_check = None
+        if int8:
+            int8_check = _quantize_staged(staged, model, ckpt, metadata, calibrate)
         write_metadata(staged_meta, metadata)
         os.replace(staged, out)  # only now is an earlier export at `out` replaced
         os.replace(staged_meta, meta_file)
@@ -137,7 +156,31 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     return {"path": str(out), "format": format, "model": student.name, "subnet": subnet, "full_net": full,
             "checkpoint": origin, "which": metadata["source"]["which"], "params": metadata["params"],
             "macs": metadata["macs"], "image_size": size, "max_abs_diff": diff, "checked_with": checked_with,
-            "metadata": str(meta_file)}
+            "metadata": str(meta_file), "int8_check": int8_check}
+
+
+def _quantize_staged(staged: Path, model, ckpt: dict, metadata: dict[str, Any], calibrate: int) -> dict[str, Any]:
+    """Replace the checked fp32 ONNX file `staged` by its int8 version (`deploy/int8.py`); record how in
+    `metadata['int8']`; returns the int8 check."""
+    from kdforge.deploy.int8 import CALIBRATION_SEED, CHECK_IMAGES, compare, quantize, training_images
+
+    config, norm = ckpt.get("config") or {}, metadata["normalization"]
+    calibration = training_images(config, norm, calibrate)
+    fp32 = staged.with_name(staged.name + ".fp32")
+    os.replace(staged, fp32)
+    try:
+        quantize(fp32, staged, calibration)
+    finally:
+        fp32.unlink(missing_ok=True)
+    check = compare(staged, model, training_images(config, norm, CHECK_IMAGES, skip=calibrate))
+    split = ((config.get("data") or {}).get("train_split")) or "train"
+    metadata["int8"] = {"method": "post-training static quantisation (ONNX Runtime)", "format": "QDQ",
+                        "weights": "int8, per output channel", "activations": "int8, min-max calibrated",
+                        "calibration": {"images": len(calibration), "split": split, "seed": CALIBRATION_SEED},
+                        "check": {**check, "images": CHECK_IMAGES, "split": split,
+                                  "against": "the fp32 model on training images the calibration did not use"}}
+    metadata["max_abs_diff"] = check["max_abs_diff"]
+    return check
 
 
 def _staging(path: Path) -> Path:
