@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import shutil
 import sys
@@ -46,14 +45,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _module("fashion_table")
+if str(HERE) not in sys.path:  # the sibling scripts, also when this one is loaded by file (tests)
+    sys.path.insert(0, str(HERE))
+import fashion_table as TABLE  # noqa: E402
 
 
 @dataclass
@@ -240,7 +234,7 @@ def experiment_netgraft(base: dict, runs: Path, seeds: list[int]) -> Experiment:
     from kdforge.config import merge_configs
     from kdforge.recipes.netgraft import SCHEDULES, kd_shots_run, shared_student
 
-    claims = _module("fashion_claims")
+    import fashion_claims as claims
     base = student_base(base)
     base["data"]["options"] = {"image_size": 32}
     base["optim"] = dict(claims.NETGRAFT_OPTIM)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import sys
 import time
@@ -37,14 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _module("fashion_table")
+if str(HERE) not in sys.path:  # the sibling scripts, also when this one is loaded by file (tests)
+    sys.path.insert(0, str(HERE))
+import fashion_table as TABLE  # noqa: E402
 SHAPE = {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 64, "depth": 6,
          "num_heads": 4}
 VIT = {"import": "timm:create_model", "kwargs": {"model_name": "vit_tiny_patch16_224", **SHAPE}}
