@@ -94,3 +94,18 @@ def test_eval_runs_exported_files_as_deployed(quantized, trained, tmp_path):
     assert abs(onnx_fp32["top1"] - reference["top1"]) <= 100 / reference["n"]  # at most one image flips
     int8 = evaluate_file(result["path"])
     assert int8["int8"] and not onnx_fp32["int8"] and abs(int8["top1"] - reference["top1"]) < 5
+
+
+def test_speed_benchmark_times_both_files(trained, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("int8_speed", Path(__file__).parent.parent / "benchmarks" /
+                                                  "int8_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(trained[0]), "--repeats", "2"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if str(trained[0]) in line]
+    assert [r[1].strip() for r in rows] == ["fp32", "int8"]
+    assert float(rows[1][2]) < float(rows[0][2])  # the int8 file is smaller
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)

@@ -1,0 +1,66 @@
+"""fp32 vs int8 ONNX students: file size, test top-1 and ONNX Runtime latency per image (issue 39).
+
+For each run folder given: `kdforge export --format onnx` and `--format onnx --int8` (post-training static
+quantisation, 256 calibration images of the training split), then each file's test top-1 run as deployed
+(`kdforge eval FILE`) and its latency in ONNX Runtime on this CPU: median over `--repeats` timed calls after
+warm-up, batch 1 and batch 64, one intra-op thread (a small device's budget) unless `--threads`.
+
+    python benchmarks/int8_speed.py runs/quickstart/student-KD-seed0 [RUN ...] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def latency_ms(path: str, image_size: int, channels: int, batch: int, repeats: int, threads: int) -> float:
+    import numpy as np
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, channels, image_size, image_size)).astype(np.float32)
+    for _ in range(5):
+        session.run(None, {"images": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders of trained students")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+
+    from kdforge.deploy.evaluate_file import evaluate_file
+    from kdforge.deploy.export import export_model
+
+    print("| run | file | size (KB) | test top-1 | ms / image, batch 1 | ms / image, batch 64 |")
+    print("|---|---|---|---|---|---|")
+    for run in args.runs:
+        for int8 in (False, True):
+            result = export_model(run, format="onnx", int8=int8)
+            top1 = evaluate_file(result["path"])["top1"]
+            size = result["image_size"]
+            channels = json.loads(Path(result["metadata"]).read_text())["in_channels"]
+            one = latency_ms(result["path"], size, channels, 1, args.repeats, args.threads)
+            many = latency_ms(result["path"], size, channels, 64, max(5, args.repeats // 5), args.threads)
+            kb = Path(result["path"]).stat().st_size / 1024
+            print(f"| {run} | {'int8' if int8 else 'fp32'} | {kb:.0f} | {top1:.2f} | {one:.3f} | {many:.3f} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
