@@ -86,7 +86,8 @@ def student_base(base: dict) -> dict:
 
 # ---------------------------------------------------------------- PURSUhInT
 PURSUHINT_TEACHER, PURSUHINT_STUDENT = "resnet56", "resnet8"
-PURSUHINT_TEACHER_EPOCHS = 40
+#: the teacher trains this many times the students' epochs (40 at the table's 10)
+PURSUHINT_TEACHER_FACTOR = 4
 #: CE + KD (T = 4) + hint, as the paper and configs/cifar100/hints/*.yaml. FitNet: RepDistiller's single hint
 #: at 100 becomes 100 / K per pair over our K = 3 pairs (the same total scale); AT: 1000 per pair, summed
 #: over the pairs as RepDistiller's AT sums its groups
@@ -105,8 +106,9 @@ def experiment_pursuhint(base: dict, runs: Path, seeds: list[int]) -> Experiment
                      "hints at cluster centres beat stage-end hints for the same method (Keser et al. 2023)",
                      teacher="teacher", alone="alone")
     teacher_cfg = student_base(base)
-    teacher_cfg["schedule"]["epochs"] = PURSUHINT_TEACHER_EPOCHS
-    name = f"teacher-{PURSUHINT_TEACHER}-e{PURSUHINT_TEACHER_EPOCHS}"
+    teacher_epochs = PURSUHINT_TEACHER_FACTOR * base["schedule"]["epochs"]
+    teacher_cfg["schedule"]["epochs"] = teacher_epochs
+    name = f"teacher-{PURSUHINT_TEACHER}-e{teacher_epochs}"
     exp.runs.append(Run("teacher", 0, plan_run(teacher_cfg, runs, name, seed=0, student={"model": PURSUHINT_TEACHER},
                                                losses={"ce": 1.0})))
     teacher = teacher_section(base, runs / name)
@@ -182,7 +184,8 @@ def experiment_ddnn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
 
 
 # ---------------------------------------------------------------- SFTN
-SFTN_TEACHER, SFTN_STUDENT, SFTN_EPOCHS = "resnet20", "resnet8", 30
+SFTN_TEACHER, SFTN_STUDENT = "resnet20", "resnet8"
+SFTN_FACTOR = 3  # teachers and students train 3x the table's epochs (30 at its 10: issue 21's 30-epoch runs)
 SFTN_KINDS = {"standard": {"ce": 1.0}, "sftn": {"sftn": {"weight": 1.0, "student": SFTN_STUDENT}},
               "sftn-detached": {"sftn": {"weight": 1.0, "student": SFTN_STUDENT, "detach_features": True}}}
 SFTN_METHODS = ["kd", "fitnet"]
@@ -196,11 +199,12 @@ def experiment_sftn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
     from kdforge.methods.usual import usual_losses
     from kdforge.recipes.runs import plan_run, teacher_section
 
-    exp = Experiment(f"SFTN: students of standard / SFTN / SFTN-detached {SFTN_TEACHER} teachers, {SFTN_EPOCHS} epochs",
+    epochs = SFTN_FACTOR * base["schedule"]["epochs"]
+    exp = Experiment(f"SFTN: students of standard / SFTN / SFTN-detached {SFTN_TEACHER} teachers, {epochs} epochs",
                      "students of an SFTN teacher beat students of a standard teacher (Park et al. 2021)",
                      teacher="standard teacher", alone="alone")
     cfg = student_base(base)
-    cfg["schedule"]["epochs"] = SFTN_EPOCHS
+    cfg["schedule"]["epochs"] = epochs
     for seed in seeds:
         exp.runs.append(Run("alone", seed, plan_run(cfg, runs, f"alone-{SFTN_STUDENT}-seed{seed}", seed=seed,
                                                     student={"model": SFTN_STUDENT}, losses={"ce": 1.0})))
@@ -211,7 +215,7 @@ def experiment_sftn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
             for method in SFTN_METHODS:
                 exp.runs.append(Run(f"{kind} {method}", seed, plan_run(
                     cfg, runs, f"{kind}-{method}-seed{seed}", seed=seed, student={"model": SFTN_STUDENT},
-                    losses=usual_losses(method, SFTN_EPOCHS), teacher=teacher_section(cfg, folder_of(teacher)))))
+                    losses=usual_losses(method, epochs), teacher=teacher_section(cfg, folder_of(teacher)))))
     for method in SFTN_METHODS:
         for kind in ("sftn", "sftn-detached"):
             exp.comparisons.append((f"standard {method}", f"{kind} {method}", "students of the SFTN teacher are better"))
@@ -428,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--table-only", action="store_true", help="write the table from the finished runs, train nothing")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="the students' epochs instead of the table's 10 (teachers scale with them: PURSUhInT 4x, SFTN "
+                        "3x), in folders named -e<N>; e.g. 240 on a GPU (not netgraft: the paper's schedule; not rtk)")
     args = p.parse_args(argv)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds: each seed once, got {args.seeds}")
@@ -441,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     base = TABLE.recipe(False, args.root)
     base["train"]["progress"] = args.progress
     folder = FOLDERS.get(name, f"evidence-{name}")
+    if args.epochs is not None and args.epochs != base["schedule"]["epochs"]:
+        if args.epochs < 1 or name in ("netgraft", "rtk"):
+            p.error(f"--epochs: a positive number, and not for {name}" if name in ("netgraft", "rtk")
+                    else f"--epochs must be at least 1, got {args.epochs}")
+        base["schedule"]["epochs"] = args.epochs
+        folder = f"evidence-{name}-e{args.epochs}"  # another table: nothing reused from the table's schedule
     runs, kept = Path("runs") / folder, HERE / "results" / folder
     kept.mkdir(parents=True, exist_ok=True)
     if name not in TABLE_ONLY:
@@ -454,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reused {reused} finished run(s) of the same settings from {source}", flush=True)
     if not args.table_only and name not in TABLE_ONLY:
         run_all(exp, runs, kept, teacher_which(base))
-    command = f"python benchmarks/fashion_evidence.py --experiment {name} --seeds {' '.join(map(str, args.seeds))}"
+    command = (f"python benchmarks/fashion_evidence.py --experiment {name} --seeds {' '.join(map(str, args.seeds))}"
+               + (f" --epochs {args.epochs}" if args.epochs else ""))
     print(write_table(exp, collect(exp, runs, kept), kept, command))
     return 0
 
