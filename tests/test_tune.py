@@ -179,3 +179,5 @@ def test_the_final_comparison_trains_the_tuned_settings_beside_the_usual(tmp_pat
     assert ("kd_tuned" in labels) == (not best["usual_was_best"])  # a tuned run only where the search found better
     report = (tmp_path / "out" / "final" / "report" / "report.md").read_text()
     assert "Gain over student-alone" in report and "95 % interval" in report
+    page = (tmp_path / "out" / "final" / "report" / "report.html").read_text()
+    assert "<h3>kd: the search</h3>" in page and (tmp_path / "out" / "tune-kd.png").is_file()

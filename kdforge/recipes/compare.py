@@ -132,7 +132,8 @@ def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], out
 
 
 def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], output_dir: str | Path,
-                teacher_model: str | None = None, progress: bool = True, on_run=None) -> dict[str, Any]:
+                teacher_model: str | None = None, progress: bool = True, on_run=None,
+                extra_figures: dict[str, Path] | None = None) -> dict[str, Any]:
     """Train what is missing, then report. Returns write_report's result plus 'winner' (the label with the
     best mean validation top-1, or None without data.val_split) and 'planned' (the runs).
     `on_run(i, n, run, summary)` is called after each run (finished or reused)."""
@@ -152,7 +153,7 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
 
     out = Path(output_dir)
     folders = [run.run_dir for run in planned]
-    result = write_report(folders, out=out / "report", baseline=BASELINE)
+    result = write_report(folders, out=out / "report", baseline=BASELINE, extra_figures=extra_figures)
     result["winner"] = validation_winner(result["groups"])
     result["planned"] = planned
     (out / "compare.json").write_text(json.dumps({"winner": result["winner"], "baseline": BASELINE,

@@ -213,6 +213,29 @@ def best_method_file(study, method: str, usual: dict[str, Any], out: Path) -> Pa
     return path
 
 
+def plot_importances(study, path: Path) -> Path | None:
+    """How much each searched setting mattered to the validation top-1 (Optuna's fANOVA importances), as bars;
+    None with fewer than two finished trials or one setting."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from kdforge.plots import save_figure
+
+    if len([t for t in study.trials if t.value is not None]) < 2:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every finished trial has the same settings
+        return None
+    if len(importances) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance for the validation top-1 (fANOVA)", title=study.study_name)
+    return save_figure(fig, path)
+
+
 def plot_study(study, path: Path) -> Path | None:
     """Each trial's validation top-1 and the best so far against the trial number (PNG)."""
     import matplotlib.pyplot as plt
@@ -277,6 +300,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     storage = f"sqlite:///{(out / 'tune.db').resolve()}"
     best: dict[str, Any] = {}
     files = []
+    pictures: dict[str, Path] = {}
     for method in methods:
         usual, dims = search_space(method, epochs)
         study = open_study(storage, method, _settings_key(search_base, dims, teacher, seeds[0]))
@@ -291,7 +315,10 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
         path.rename(tuned)
         if study.best_trial.number != 0:  # the usual settings won: nothing new to train over the seeds
             files.append(tuned)
-        plot_study(study, out / f"tune-{method}.png")
+        for title, plotted in ((f"{method}: the search", plot_study(study, out / f"tune-{method}.png")),
+                               (f"{method}: what mattered", plot_importances(study, out / f"tune-{method}-importance.png"))):
+            if plotted is not None:
+                pictures[title] = Path(plotted)
         best[method] = {"params": study.best_trial.params, "val_top1": study.best_value,
                         "usual_val_top1": usual_value, "trials": len(study.trials),
                         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
@@ -301,5 +328,6 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     result: dict[str, Any] = {"best": best, "files": [str(f) for f in files], "compare": None}
     if final:
         result["compare"] = run_compare(base, [*methods, *map(str, files)], seeds, out / "final",
-                                        teacher_model=teacher_model, progress=progress, on_run=on_run)
+                                        teacher_model=teacher_model, progress=progress, on_run=on_run,
+                                        extra_figures=pictures)
     return result

@@ -18,7 +18,7 @@ FILES = {"markdown": "report.md", "json": "report.json", "html": "report.html",
 
 def write_report(runs: list[str | Path], out: str | Path | None = None,
                  by: str | list[str] | None = None, baseline: str | None = None,
-                 reference: str | None = None) -> dict[str, Any]:
+                 reference: str | None = None, extra_figures: dict[str, Path] | None = None) -> dict[str, Any]:
     """Report on `runs` (run folders, or folders whose sub-folders are runs) into `out`
     (default: `<common parent of the runs>/report`).
 
@@ -28,6 +28,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
     (report/reference.py, e.g. 'cifar100') whose numbers go beside the groups they match. Returns
     {'groups': report.json's groups, 'table': the Markdown table, 'gains': gain rows or None, 'gain_table':
     their Markdown or None, 'references': joined published rows or None, 'reference_table': their Markdown,
+    `extra_figures` ({title: PNG}, e.g. `kdforge tune`'s search pictures) go on the HTML page after the report's own.
     'markdown': report.md's text, 'files': {kind: path}, 'notes': [...], 'out': folder}.
     """
     from kdforge.errors import ConfigError
@@ -78,7 +79,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None,
                                          "gains": gains, "reference": reference, "references": references,
                                          "notes": notes}, indent=2, default=str) + "\n")
     figures = {"top-1 per group": files["bars"], "learning curves": files["curves"],
-               "top-1 vs size and cost": files["scatter"]}
+               "top-1 vs size and cost": files["scatter"], **(extra_figures or {})}
     files["html"].write_text(render_html(records, figures, grouped_by, notes, gains=gains, baseline=baseline,
                                          references=references,
                                          reference=(reference, published) if published is not None else None))
