@@ -20,7 +20,8 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 #: leaves them out for the inner loop, `make test` (CI) runs everything
 SLOW_MODULES = {"test_methods_train.py", "test_crash_safety.py", "test_pretrain_stages.py", "test_distributed.py",
                 "test_distributed_behaviours.py", "test_quickstart.py", "test_cli_recipes.py", "test_sftn.py",
-                "test_ddnn_recipe.py", "test_netgraft.py", "test_few_shot_runs.py", "test_teacher_cache.py"}
+                "test_ddnn_recipe.py", "test_netgraft.py", "test_few_shot_runs.py", "test_teacher_cache.py",
+                "test_vit.py", "test_timm_models.py", "test_tune.py", "test_trackers.py", "test_int8.py"}
 
 
 def pytest_collection_modifyitems(config, items):
