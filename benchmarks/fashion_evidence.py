@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from datetime import date
@@ -318,14 +317,7 @@ def reuse(exp: Experiment, runs: Path, source: Path) -> int:
         if not (kept / "summary.json").is_file() or (target / "summary.json").is_file():
             continue
         if not changed_settings(yaml.safe_load((kept / "config.yaml").read_text()) or {}, run.config):
-            target.mkdir(parents=True, exist_ok=True)
-            for name in TABLE.RUN_FILES:
-                if (kept / name).is_file():
-                    shutil.copyfile(kept / name, target / name)
-            if (kept / "teacher.pt").is_file():  # a teacher: the slim checkpoint its students load
-                (target / "checkpoints").mkdir(exist_ok=True)
-                for which in ("last", "best"):
-                    shutil.copyfile(kept / "teacher.pt", target / "checkpoints" / f"{which}.pt")
+            TABLE.put_back(kept, target)
             where = kept.relative_to(HERE.parent) if kept.is_relative_to(HERE.parent) else kept
             (target / "reused_from.txt").write_text(f"{where}\n")
             count += 1

@@ -86,16 +86,21 @@ def restore(kept: Path, runs: Path) -> int:
         target = runs / summary.parent.name
         if (target / "summary.json").is_file():
             continue
-        target.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            if (summary.parent / name).is_file():
-                shutil.copyfile(summary.parent / name, target / name)
-        if (summary.parent / "teacher.pt").is_file():
-            (target / "checkpoints").mkdir(exist_ok=True)
-            for which in ("last", "best"):  # the slim file is the checkpoint the students use
-                shutil.copyfile(summary.parent / "teacher.pt", target / "checkpoints" / f"{which}.pt")
+        put_back(summary.parent, target)
         count += 1
     return count
+
+
+def put_back(source: Path, target: Path) -> None:
+    """One kept run (`source`: its small files, a teacher's slim checkpoint) as the run folder `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+    if (source / "teacher.pt").is_file():
+        (target / "checkpoints").mkdir(exist_ok=True)
+        for which in ("last", "best"):  # the slim file is the checkpoint the students use
+            shutil.copyfile(source / "teacher.pt", target / "checkpoints" / f"{which}.pt")
 
 
 def keep(run_dir: Path, kept: Path, is_teacher: bool, which: str) -> None:

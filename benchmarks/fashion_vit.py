@@ -123,17 +123,6 @@ def table(planned: list[tuple], runs: Path, machine: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _put_back(source: Path, target: Path) -> None:
-    """A kept teacher run (summary, config, log, teacher.pt) as a run folder whose checkpoints are its slim one."""
-    import shutil
-
-    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for name in TABLE.RUN_FILES:
-        shutil.copyfile(source / name, target / name)
-    for which in ("last", "best"):
-        shutil.copyfile(source / "teacher.pt", target / "checkpoints" / f"{which}.pt")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--direction", choices=["cnn-vit", "vit-cnn"], nargs="+", default=["cnn-vit", "vit-cnn"])
@@ -152,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # the standard table's resnet20 teachers, as run folders (their best.pt on val)
         source, target = TABLE_TEACHERS / f"teacher-seed{seed}", runs / f"table-teacher-seed{seed}"
         if not (target / "summary.json").is_file():
-            _put_back(source, target)
+            TABLE.put_back(source, target)
     planned = plan(base, runs, args.seeds, args.direction, args.teacher_epochs)
     if not args.table_only:
         for *_, config in planned:

@@ -7,7 +7,7 @@ switched off (`data.eval_split: ""`): the search reads the training and validati
 space (`search_space`): the loss weight on a log scale from a tenth to ten times the usual weight, T where the
 method has one (1 to 10, log), and what the method declares in `Method.tunable`; the usual settings are the first
 trial, so the best found is never below them on the validation split. Then the best settings of each method
-are written as method files (`OUT/best/<method>.yaml`), and `kdforge compare` retrains them beside the usual
+are written as method files (`OUT/best/<method>_tuned.yaml`), and `kdforge compare` retrains them beside the usual
 settings over the seeds and reports the test top-1 with paired intervals (`OUT/final/report/`).
 """
 
@@ -28,6 +28,7 @@ from kdforge.errors import ConfigError
 MIN_TRIAL_S = 1.0
 T_RANGE = (1.0, 10.0)
 WEIGHT_SPAN = 10.0
+TUNED = "_tuned"  # a tuned method file's suffix: its label in the final comparison
 
 
 def parse_budget(text: str) -> float:
@@ -200,10 +201,10 @@ def tune_method(study, base: dict[str, Any], out: Path, method: str, seed: int, 
 
 
 def best_method_file(study, method: str, usual: dict[str, Any], out: Path) -> Path:
-    """OUT/best/<method>.yaml: a method file (`losses:` only) with the study's best settings."""
+    """OUT/best/<method>_tuned.yaml: a method file (`losses:` only) with the study's best settings."""
     import yaml
 
-    path = out / "best" / f"{method}.yaml"
+    path = out / "best" / f"{method}{TUNED}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     best = study.best_trial
     losses = trial_losses(usual, method, dict(best.params))
@@ -260,7 +261,6 @@ def plot_study(study, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-TUNED = "_tuned"  # a tuned method file's suffix: its label in the final comparison
 
 
 def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: str | Path, *,
@@ -310,9 +310,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
         if not finished:
             raise ConfigError(f"--budget: no trial of {method} finished; give a larger budget")
         usual_value = next((t.value for t in finished if t.number == 0), None)
-        path = best_method_file(study, method, usual, out)
-        tuned = path.with_name(f"{method}{TUNED}.yaml")
-        path.rename(tuned)
+        tuned = best_method_file(study, method, usual, out)
         if study.best_trial.number != 0:  # the usual settings won: nothing new to train over the seeds
             files.append(tuned)
         for title, plotted in ((f"{method}: the search", plot_study(study, out / f"tune-{method}.png")),
