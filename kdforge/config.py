@@ -209,7 +209,11 @@ class TrainConfig:
     #: compute the teacher's outputs (logits, tapped features) once per training image and look them up
     #: afterwards; only without random augmentation (data.augment.crop_padding: 0, hflip: false)
     teacher_cache: bool = False
-    teacher_cache_max_gb: float = 4.0  # refuse a teacher cache larger than this (it lives on the device)
+    teacher_cache_max_gb: float = 4.0  # refuse a teacher cache (or an epoch of teacher_store) larger than this
+    #: a folder shared by a study's runs: the teacher's logits per (seed, epoch, image), computed by the first run
+    #: and looked up by the others (logit-only methods; `engine/teacher_store.py`). kdforge compare and tune set it
+    teacher_store: str | None = None
+    teacher_store_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # float32: bit-exact to no store
     #: also save checkpoints/last.pt every this many steps inside an epoch (None: at epoch ends only); a crash
     #: then loses at most these steps
     checkpoint_every_steps: int | None = None
@@ -220,9 +224,10 @@ class TrainConfig:
     #: distributed runs: let DDP find parameters a step does not use (None: where a method or the student may
     #: skip some — a pre-training stage's adapters, a depth-dynamic student's paths)
     ddp_find_unused: bool | None = None
-    #: experiment trackers the run also logs to (`engine/hooks/trackers.py`): mlflow
+    #: experiment trackers the run also logs to (`engine/hooks/trackers.py`): mlflow, wandb
     trackers: list[str] = field(default_factory=list)
-    #: the trackers' experiment (MLflow) for this run; None: "kdforge" (compare and tune set their folder's name)
+    #: the trackers' grouping: the MLflow experiment (None: "kdforge") and the W&B group (compare and tune set their
+    #: folder's name)
     tracker_group: str | None = None
 
     def check(self, path: str) -> None:

@@ -21,7 +21,8 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 SLOW_MODULES = {"test_methods_train.py", "test_crash_safety.py", "test_pretrain_stages.py", "test_distributed.py",
                 "test_distributed_behaviours.py", "test_quickstart.py", "test_cli_recipes.py", "test_sftn.py",
                 "test_ddnn_recipe.py", "test_netgraft.py", "test_few_shot_runs.py", "test_teacher_cache.py",
-                "test_vit.py", "test_timm_models.py", "test_tune.py", "test_trackers.py", "test_int8.py"}
+                "test_vit.py", "test_timm_models.py", "test_tune.py", "test_trackers.py", "test_int8.py",
+                "test_teacher_store.py"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,3 +60,27 @@ def tapped_outputs():
                            student_features=dict(s_features), teacher_features=dict(t_features))
 
     return run
+
+
+@pytest.fixture(scope="session")
+def briefly_trained():
+    """`briefly_trained(model, data, seed, steps)`: the state dict of a zoo model trained `steps` CE steps (SGD,
+    lr 0.1, batches of 32 cycling over the first 96 images of `data`), so its outputs differ clearly per image."""
+    from kdforge.config import config_from_dict
+    from kdforge.engine.run import build_zoo_model
+
+    def train(model: str, data, seed: int, steps: int) -> dict:
+        torch.manual_seed(seed)
+        net = build_zoo_model(config_from_dict({"student": {"model": model}}).student, 10, 1, "teacher")
+        mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+        images, labels = (data.images.float() / 255 - mean) / std, data.labels
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for step in range(steps):
+            batch = torch.arange(32) + 32 * (step % 3)
+            loss = torch.nn.functional.cross_entropy(net(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return net.state_dict()
+
+    return train

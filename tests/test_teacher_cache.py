@@ -35,22 +35,9 @@ def digits(digits_head):
 
 
 @pytest.fixture(scope="module")
-def teacher_state(digits):
+def teacher_state(digits, briefly_trained):
     """A resnet14 trained for a few CE steps, so its outputs differ clearly from image to image."""
-    data = digits[0]
-    torch.manual_seed(123)
-    teacher = build_zoo_model(config_from_dict({"student": {"model": "resnet14"}}).student, 10, 1, "teacher")
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    images, labels = (data.images.float() / 255 - mean) / std, data.labels
-    optimizer = torch.optim.SGD(teacher.parameters(), lr=0.1, momentum=0.9)
-    for step in range(24):
-        batch = torch.arange(32) + 32 * (step % 3)
-        loss = torch.nn.functional.cross_entropy(teacher(images[batch]), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return teacher.state_dict()
+    return briefly_trained("resnet14", digits[0], 123, 24)
 
 
 def make_trainer(tmp_path, name, digits, teacher_state, *, cache=True, losses=KD, augment=NO_AUGMENT, epochs=3,

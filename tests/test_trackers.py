@@ -66,3 +66,62 @@ def test_an_unknown_or_missing_tracker_is_one_line(tmp_path, capsys, monkeypatch
     assert main(["train", str(tmp_path / "run.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.trackers" in err and "pip install mlflow-skinny" in err
+
+
+# ---------------------------------------------------------------- Weights & Biases (offline, read back from its file)
+
+def _wandb_runs(root):
+    from wandb_log import read_run
+
+    return [read_run(f) for f in sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))]
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    pytest.importorskip("wandb", reason="the wandb extra (pip install wandb) is not installed")
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: not logged in, so offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_wandb_logs_config_every_epoch_summary_and_files_offline(tmp_path, offline_wandb):
+    summary = train_from_config(_cfg(tmp_path, "logged", trackers=["wandb"]))
+    (run,) = _wandb_runs(tmp_path)
+    assert run["run"].display_name == "logged" and run["run"].run_group == "tests"
+    assert run["run"].project == "kdforge"
+    assert run["config"]["student"]["model"] == "resnet8" and run["config"]["schedule"]["epochs"] == 2
+    epochs = [json.loads(line) for line in (tmp_path / "logged" / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    logged = [(h["_step"], h["train_loss"]) for h in run["history"] if "train_loss" in h]
+    assert logged == [(int(e["epoch"]), pytest.approx(e["train_loss"])) for e in epochs]
+    assert run["summary"]["summary.top1_last"] == pytest.approx(summary["top1_last"])
+    (artifact,) = run["artifacts"]
+    assert {"summary.json", "config.yaml", "log.jsonl"} <= {entry.path for entry in artifact.manifest.contents}
+
+
+def test_wandb_resumed_run_keeps_its_id_and_both_trackers_log(tmp_path, offline_wandb, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_from_config(_cfg(tmp_path, "resumed", epochs=3, trackers=["wandb", "mlflow"]), until_epoch=1)
+    train_from_config(_cfg(tmp_path, "resumed", epochs=3, trackers=["wandb", "mlflow"]), resume=True)
+    first, second = _wandb_runs(tmp_path)
+    assert first["run"].run_id == second["run"].run_id
+    steps = [h["_step"] for run in (first, second) for h in run["history"] if "train_loss" in h]
+    assert steps == [1, 2, 3]
+    client = _client(tmp_path, monkeypatch)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_loss")] == [1, 2, 3]
+
+
+def test_wandb_mode_follows_the_users_login(monkeypatch, tmp_path):
+    from kdforge.engine.hooks.trackers import wandb_mode
+
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert wandb_mode() == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"

@@ -15,6 +15,7 @@ from kdforge.engine.nonfinite import NonFiniteGuard
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.precision import resolve_device, resolve_precision
 from kdforge.engine.teacher_cache import TeacherCache, check_teacher_cache
+from kdforge.engine.teacher_store import TeacherLogitStore, store_key_parts, why_store_unused
 from kdforge.errors import ConfigError
 from kdforge.features import FeatureTaps
 from kdforge.methods.base import StepOutputs
@@ -72,6 +73,7 @@ def prepare(trainer) -> None:
     if tcfg.teacher_cache and tcfg.progress:
         print(trainer.teacher_cache.describe() if trainer.teacher_cache is not None else
               "train.teacher_cache: no loss needs the teacher, nothing to cache", flush=True)
+    open_teacher_store(trainer)
     trainer.losses.to(device=device)
     if trainer.precision.channels_last:
         trainer.losses.to(memory_format=torch.channels_last)
@@ -84,6 +86,25 @@ def prepare(trainer) -> None:
     trainer.scaler = trainer.precision.grad_scaler()
     trainer.lr_used = trainer.optimizer.param_groups[0]["lr"]
     trainer.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, trainer.dist)
+
+
+def open_teacher_store(trainer) -> None:
+    """`train.teacher_store`: the study's stored teacher logits for a logit-only run (`engine/teacher_store.py`);
+    `trainer.teacher_store_unused` says why a run with a store does not use it."""
+    tcfg = trainer.cfg.train
+    trainer.teacher_store, trainer.teacher_store_unused = None, None
+    if not tcfg.teacher_store or not trainer.use_teacher:
+        return
+    reason = why_store_unused(trainer)
+    if reason is None:
+        data = trainer.train_data
+        trainer.teacher_store = TeacherLogitStore.open(
+            tcfg.teacher_store, store_key_parts(trainer.cfg, trainer.teacher, trainer.precision), len(data),
+            data.num_classes, tcfg.teacher_store_dtype, trainer.precision.device, tcfg.teacher_cache_max_gb)
+    else:
+        trainer.teacher_store_unused = reason
+        if tcfg.progress:
+            print(f"train.teacher_store: not used: {reason}; the teacher runs every step", flush=True)
 
 
 def infer_missing_taps(trainer) -> None:

@@ -34,6 +34,7 @@ from kdforge.engine.dot import dot_update
 from kdforge.engine.epoch_tally import EpochTally
 from kdforge.engine.hooks import (AfterPretrainHook, BNRecalibrationHook, CheckpointHook, EpochRecordHook,
                                   EvaluationHook, Hook, Hooks, StepLogHook, SummaryHook)
+from kdforge.engine.hooks.teacher_store import TeacherStoreHook
 from kdforge.engine.hooks.trackers import tracker_hooks
 from kdforge.engine.interrupts import RunInterrupted, StopSignals
 from kdforge.engine.logger import RunLogger
@@ -54,8 +55,8 @@ def default_hooks(extra: Sequence[Hook] = (), methods: Sequence[Hook] = (),
     training, evaluation heads), then the loop's, with `extra` where they see every record before it is
     logged and have their state saved by the checkpoint of the same step or epoch, and last the `trackers`
     (`hooks/trackers.py`), which see the finished record and the summary."""
-    return [*methods, AfterPretrainHook(), BNRecalibrationHook(), EvaluationHook(), StepLogHook(), *extra,
-            EpochRecordHook(), CheckpointHook(), SummaryHook(), *trackers]
+    return [*methods, AfterPretrainHook(), BNRecalibrationHook(), TeacherStoreHook(), EvaluationHook(),
+            StepLogHook(), *extra, EpochRecordHook(), CheckpointHook(), SummaryHook(), *trackers]
 
 
 class Trainer:
@@ -218,16 +219,7 @@ class Trainer:
             images = torch.cat([images, *views.values()])
         t_logits, t_feats = None, {}
         if self.use_teacher:
-            if self.teacher_cache is not None and indices is not None:
-                t_logits, t_feats = self.teacher_cache.lookup(indices)
-                if views:  # the cache holds the batch's own images; the teacher (eval mode) runs on the rest
-                    with torch.no_grad():
-                        v_logits, v_feats = self.teacher_taps(images[n:])
-                    t_logits = torch.cat([t_logits, v_logits])
-                    t_feats = {k: torch.cat([t_feats[k], v_feats[k]]) for k in t_feats}
-            else:
-                with torch.no_grad():
-                    t_logits, t_feats = self.teacher_taps(images)
+            t_logits, t_feats = self._teacher_outputs(images, n, indices)
         s_logits, s_feats = self.student_taps(images)
 
         def part(start: int, end: int | None, labels_: torch.Tensor | None, indices_: torch.Tensor | None):
@@ -242,6 +234,29 @@ class Trainer:
             out.views[key] = part(start, start + extra.shape[0], None, None)
             start += extra.shape[0]
         return out
+
+    def _teacher_outputs(self, images: torch.Tensor, n: int, indices: torch.Tensor | None):
+        """The teacher's (logits, {tap: feature}) for `images`, whose first `n` are the batch's own (dataset
+        `indices`) and the rest methods' extra views: looked up in the run's teacher cache or the study's store
+        where they hold the batch, else computed (and recorded by a store that is recording this epoch)."""
+        cache = self.teacher_cache
+        store = self.teacher_store if indices is not None else None
+        if cache is not None and indices is not None:
+            t_logits, t_feats = cache.lookup(indices)
+        elif store is not None and store.serving:
+            t_logits, t_feats = store.lookup(indices), {}
+        else:
+            with torch.no_grad():
+                t_logits, t_feats = self.teacher_taps(images)
+            if store is not None:  # every run of the study sees the logits as stored
+                t_logits = torch.cat([store.record(indices, t_logits[:n]), t_logits[n:]])
+            return t_logits, t_feats
+        if images.shape[0] > n:  # a lookup holds the batch's own images; the teacher (eval mode) runs on the rest
+            with torch.no_grad():
+                v_logits, v_feats = self.teacher_taps(images[n:])
+            t_logits = torch.cat([t_logits, v_logits])
+            t_feats = {k: torch.cat([t_feats[k], v_feats[k]]) for k in t_feats}
+        return t_logits, t_feats
 
     def _forward_loss_values(self, images: torch.Tensor, labels: torch.Tensor | None,
                              indices: torch.Tensor | None):

@@ -131,6 +131,16 @@ def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], out
     return planned
 
 
+def with_teacher_store(base: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`base` with `train.teacher_store` at `folder` unless it sets one (or `null`, to go without): the study's
+    logit-only runs then pay the teacher once per seed (`engine/teacher_store.py`)."""
+    if "teacher_store" in (base.get("train") or {}):
+        return base
+    base = copy.deepcopy(base)
+    base.setdefault("train", {})["teacher_store"] = str(folder)
+    return base
+
+
 def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], output_dir: str | Path,
                 teacher_model: str | None = None, progress: bool = True, on_run=None,
                 extra_figures: dict[str, Path] | None = None) -> dict[str, Any]:
@@ -143,6 +153,7 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
     if (base.get("train") or {}).get("trackers") and not base["train"].get("tracker_group"):
         base = copy.deepcopy(base)
         base["train"]["tracker_group"] = Path(output_dir).resolve().name  # one MLflow experiment per comparison
+    base = with_teacher_store(base, Path(output_dir) / "teacher-store")
     planned = plan_compare(base, methods, seeds, output_dir, teacher_model)
     for i, run in enumerate(planned):
         reused = is_finished(run.config)

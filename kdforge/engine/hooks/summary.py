@@ -91,6 +91,7 @@ def write_summary(trainer) -> dict[str, Any]:
         "precision": trainer.precision.name,
         "channels_last": trainer.precision.channels_last,
         "teacher_cache": trainer.teacher_cache is not None,
+        "teacher_store": teacher_store_summary(trainer),
         "skipped_steps": trainer.state.skipped_steps,  # non-finite losses skipped (train.nonfinite: skip)
         "processes": trainer.dist.world_size,
         "run_dir": str(trainer.run_dir),
@@ -149,3 +150,11 @@ def path_summary(trainer, heads: dict[str, float], full_top1: float | None) -> d
     full = trainer.student.full_name
     return {name: {"top1_last": full_top1 if name == full else by_name.get(name), **cost}
             for name, cost in paths.items()}
+
+
+def teacher_store_summary(trainer) -> dict[str, Any] | None:
+    """The study's teacher store as this run used it (None: the run set no `train.teacher_store`)."""
+    if getattr(trainer, "teacher_store", None) is not None:
+        return {"used": True, **trainer.teacher_store.describe()}
+    reason = getattr(trainer, "teacher_store_unused", None)
+    return None if reason is None else {"used": False, "reason": reason}

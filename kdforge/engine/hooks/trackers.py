@@ -1,11 +1,16 @@
-"""Experiment trackers as loop hooks (`train.trackers: [mlflow]`): the run's resolved config as parameters, every
-epoch record's numbers as metrics, the summary, and the run's files as artifacts.
+"""Experiment trackers as loop hooks (`train.trackers: [mlflow, wandb]`): the run's resolved config as parameters,
+every epoch record's numbers as metrics, the summary, and the run's files as artifacts.
 
 MLflow (an optional extra: `pip install mlflow-skinny`, or `kdforge[mlflow]`) writes where
 `MLFLOW_TRACKING_URI` says, else to a local SQLite store in the run's output folder
 (`<output_dir>/mlflow.db`, artifacts in `<output_dir>/mlartifacts`). The experiment is `train.tracker_group`
 (kdforge compare and tune set it to their folder's name) or "kdforge". A resumed run continues the same
 MLflow run (its id is kept in the checkpoint). Only the main process of a distributed run logs.
+
+Weights & Biases (`pip install wandb`, or `kdforge[wandb]`) runs offline, into `<output_dir>/wandb/`, unless
+the user has logged in (`wandb login`: an api.wandb.ai entry in ~/.netrc, or WANDB_API_KEY) or sets WANDB_MODE;
+`wandb sync` uploads offline runs later. The project is WANDB_PROJECT or "kdforge", the group
+`train.tracker_group`; a resumed run continues the same W&B run id.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from kdforge.engine.hooks.base import Hook
 from kdforge.errors import ConfigError
 
 #: tracker name -> (module to import, the pip package that brings it)
-TRACKERS = {"mlflow": ("mlflow", "mlflow-skinny")}
+TRACKERS = {"mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb")}
 #: files of a finished run logged as artifacts (those that exist)
 ARTIFACTS = ("summary.json", "config.yaml", "log.jsonl", "curves.png")
 
@@ -38,7 +43,7 @@ def check_trackers(names: list[str], path: str = "train.trackers") -> None:
 def tracker_hooks(cfg) -> list[Hook]:
     """The hooks of the run's `train.trackers`."""
     check_trackers(list(cfg.train.trackers))
-    return [MLflowHook() for name in cfg.train.trackers if name == "mlflow"]
+    return [{"mlflow": MLflowHook, "wandb": WandbHook}[name]() for name in dict.fromkeys(cfg.train.trackers)]
 
 
 def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -114,3 +119,76 @@ class MLflowHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id = state.get("run_id")
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE if set; else 'online' for a user who has logged in (WANDB_API_KEY, or `wandb login`'s entry in
+    ~/.netrc), 'offline' otherwise."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    import netrc
+
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        logged_in = False
+    return "online" if logged_in else "offline"
+
+
+class WandbHook(Hook):
+    """Logs the run to Weights & Biases (see the module docstring)."""
+
+    name = "tracker_wandb"
+
+    def __init__(self):
+        self.run_id: str | None = None
+        self.run = None
+
+    def before_train(self, trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        import wandb
+
+        from kdforge.config import config_to_dict
+
+        out = Path(trainer.cfg.output_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        resumed = self.run_id is not None
+        project = os.environ.get("WANDB_PROJECT") or "kdforge"
+        self.run = wandb.init(project=project, group=trainer.cfg.train.tracker_group, name=trainer.cfg.name,
+                              config=config_to_dict(trainer.cfg), dir=str(out), mode=wandb_mode(), id=self.run_id,
+                              resume="allow" if resumed else None, reinit="create_new",
+                              notes=f"kdforge run folder: {trainer.run_dir}")
+        self.run_id = self.run.id
+
+    def after_epoch(self, trainer, record: dict[str, Any]) -> None:
+        if trainer.dist.is_main and self.run is not None:
+            self.run.log(numbers(record), step=int(trainer.state.epoch))
+
+    def after_train(self, trainer) -> None:
+        if not trainer.dist.is_main or self.run is None:
+            return
+        import wandb
+
+        self.run.summary.update({f"summary.{k}": v for k, v in numbers(trainer.summary or {}).items()})
+        files = [trainer.run_dir / name for name in ARTIFACTS if (trainer.run_dir / name).is_file()]
+        if files:
+            artifact = wandb.Artifact(artifact_name(trainer.cfg.name), type="kdforge-run")
+            for path in files:
+                artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
+        self.run.finish()
+        self.run = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id")
+
+
+def artifact_name(run_name: str) -> str:
+    """A W&B artifact name for a run's files (letters, digits, '-', '_', '.')."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_name}-files")
