@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--direction", choices=["cnn-vit", "vit-cnn"], nargs="+", default=["cnn-vit", "vit-cnn"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--teacher-epochs", type=int, default=20, help="the ViT teacher's epochs (students: 10; the committed table: 20)")
+    p.add_argument("--teacher-epochs", type=int, default=20,
+                   help="the ViT teacher's epochs (students: 10; the committed table: 20)")
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)

@@ -195,6 +195,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """Quantisation-aware training of the student (`train.quantize`; `engine/quantize.py`): from `start_epoch` on it
+    trains with fake-quantised int8 weights (per output channel) and activations, BN folded into the convolutions."""
+
+    mode: Literal["qat"] = "qat"
+    start_epoch: int = 0  # the first epoch (counting from 0) trained with fake quantisation
+    backend: Literal["x86", "qnnpack"] = "x86"  # the int8 kernels the model is quantised for
+
+    def check(self, path: str) -> None:
+        _at_least(path, "start_epoch", self.start_epoch, 0)
+
+
+@dataclass
 class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -229,6 +242,8 @@ class TrainConfig:
     #: the trackers' grouping: the MLflow experiment (None: "kdforge") and the W&B group (compare and tune set their
     #: folder's name)
     tracker_group: str | None = None
+    #: quantisation-aware training (`{mode: qat, start_epoch, backend}`), None: the student trains in float
+    quantize: QuantizeConfig | None = None
 
     def check(self, path: str) -> None:
         _positive(path, "log_every", self.log_every)
@@ -327,7 +342,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 #: the keys that shape a run's trajectory: a resumed run must keep them, and runs that agree on them (but
 #: the seed) are the same experiment (recipes reuse such runs; the report groups them)
 TRAJECTORY_KEYS = ("seed", "data", "student", "teacher", "losses", "optim", "schedule", "hints",
-                   "train.precision", "train.channels_last")
+                   "train.precision", "train.channels_last", "train.quantize")
 #: keys inside those that a resume may change and that do not split runs into groups: the speed
 #: (`data.workers`), and skipping unreadable files (so a run stopped by a corrupt file can be resumed skipping it;
 #: on readable data it changes nothing)

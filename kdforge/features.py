@@ -95,9 +95,14 @@ class FeatureTaps:
         self.features: dict[str, torch.Tensor] = {}
         self.token_layout = getattr(model, "token_layout", None)
         self._handles = []
+        points = getattr(model, "kdforge_tap_points", None) or {}  # a quantisation-prepared graph's (engine/quantize.py)
         for tap in dict.fromkeys(self.taps):  # unique, in order
-            module = resolve_module(model, tap.module, role)
             key = str(tap)
+            if key in points:  # the tapped value passes through an identity module of its own
+                self._handles.append(resolve_module(model, points[key], role).register_forward_hook(
+                    self._output_hook(key)))
+                continue
+            module = resolve_module(model, tap.module, role)
             if tap.what == "input":
                 handle = module.register_forward_pre_hook(self._input_hook(key))
             else:

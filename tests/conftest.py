@@ -22,7 +22,7 @@ SLOW_MODULES = {"test_methods_train.py", "test_crash_safety.py", "test_pretrain_
                 "test_distributed_behaviours.py", "test_quickstart.py", "test_cli_recipes.py", "test_sftn.py",
                 "test_ddnn_recipe.py", "test_netgraft.py", "test_few_shot_runs.py", "test_teacher_cache.py",
                 "test_vit.py", "test_timm_models.py", "test_tune.py", "test_trackers.py", "test_int8.py",
-                "test_teacher_store.py"}
+                "test_teacher_store.py", "test_qat.py"}
 
 
 def pytest_collection_modifyitems(config, items):

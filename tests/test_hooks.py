@@ -114,8 +114,8 @@ def test_the_loops_own_hooks_come_in_order_around_the_callers():
     from kdforge.engine.trainer import default_hooks
 
     names = [type(h).__name__ for h in default_hooks([Counter()])]
-    assert names == ["AfterPretrainHook", "BNRecalibrationHook", "EvaluationHook", "StepLogHook", "Counter",
-                     "EpochRecordHook", "CheckpointHook", "SummaryHook"]
+    assert names == ["AfterPretrainHook", "BNRecalibrationHook", "TeacherStoreHook", "EvaluationHook", "StepLogHook",
+                     "Counter", "EpochRecordHook", "CheckpointHook", "SummaryHook"]
 
 
 def test_two_hooks_of_one_name_are_refused():

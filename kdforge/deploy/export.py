@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_model, load_weights, model_from_record, run_folder
+from kdforge.engine.quantize import like_checkpoint
 from kdforge.deploy.formats import (FORMATS, SUFFIXES, load_runner, require_onnx, write_onnx,
                                            write_torchscript)
 from kdforge.deploy.metadata import (VERSION, accuracy, loaded_which, metadata_path, preprocessing,
@@ -109,13 +110,18 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     net, ckpt = load_model(source, which)
     net.eval()
     origin = ckpt["path"]
+    quantized = ckpt.get("quantize")  # a quantisation-aware-trained student (train.quantize)
+    if quantized and format != "state_dict" and not (format == "onnx" and int8):
+        raise ConfigError(f"{origin} holds a student trained with fake int8 quantisation: export its int8 model "
+                          f"with --format onnx --int8 (or a state_dict checkpoint), not {format}"
+                          f"{'' if format != 'onnx' else ' without --int8'}")
     student, subnet = _student(net, ckpt["model"], subnet, origin)
     suffix = ".int8.onnx" if int8 else SUFFIXES[format]
     out = Path(out) if out is not None else _default_out(Path(source), Path(origin), student.name + suffix)
     _check_out(out, Path(origin))
 
     record = student.record
-    model = model_from_record(record)
+    model = like_checkpoint(model_from_record(record), ckpt)
     load_weights(model, student.state, origin)
     model.eval()
     metadata = _describe(model, student, net, ckpt, subnet, format, out)
@@ -130,16 +136,24 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
             state = ckpt.get("state") if subnet is None else subnet_state(ckpt.get("state"), subnet, net.full_name)
             atomic_save({"format": FORMAT, "model": record, "student": student.state, "config": ckpt.get("config"),
                          "data": ckpt.get("data"), "state": state, "selection": ckpt.get("selection"),
-                         "exported_from": metadata["source"]}, staged)
+                         "exported_from": metadata["source"], "quantize": quantized}, staged)
         elif format == "torchscript":
             write_torchscript(model, batches[0], staged, json.dumps(metadata))
+        elif quantized:
+            write_qat_int8(model, ckpt, metadata, staged)
         else:
             write_onnx(model, batches[0], staged, shown=out)
-        diff, checked_with = _check_file(staged, format, student, batches, f"{subnet or student.name} from {origin}")
-        metadata.update(max_abs_diff=diff, checked_with=checked_with)
         int8_check = None
-        if int8:
+        if quantized and format == "onnx":
+            int8_check = metadata["int8"]["check"]
+            metadata.update(max_abs_diff=int8_check["max_abs_diff"], checked_with="onnxruntime")
+        else:
+            diff, checked_with = _check_file(staged, format, student, batches,
+                                             f"{subnet or student.name} from {origin}")
+            metadata.update(max_abs_diff=diff, checked_with=checked_with)
+        if int8 and not quantized:
             int8_check = _quantize_staged(staged, model, ckpt, metadata, calibrate)
+        diff, checked_with = metadata["max_abs_diff"], metadata["checked_with"]
         write_metadata(staged_meta, metadata)
         os.replace(staged, out)  # only now is an earlier export at `out` replaced
         os.replace(staged_meta, meta_file)
@@ -181,6 +195,28 @@ def _quantize_staged(staged: Path, model, ckpt: dict, metadata: dict[str, Any], 
                                   "against": "the fp32 model on training images the calibration did not use"}}
     metadata["max_abs_diff"] = check["max_abs_diff"]
     return check
+
+
+def write_qat_int8(model, ckpt: dict, metadata: dict[str, Any], staged: Path) -> None:
+    """The int8 model of a QAT student (`engine/quantize.convert`) as a QDQ ONNX file (`deploy/qat_onnx.py`),
+    checked against PyTorch's int8 model on training images; how, in `metadata['int8']`."""
+    from kdforge.deploy.int8 import CHECK_IMAGES, compare, training_images
+    from kdforge.deploy.qat_onnx import write_qat_onnx
+    from kdforge.engine.quantize import convert
+
+    converted = convert(model)
+    write_qat_onnx(converted, metadata["in_channels"], metadata["image_size"], staged)
+    config = ckpt.get("config") or {}
+    images = training_images(config, metadata["normalization"], CHECK_IMAGES)
+    check = compare(staged, converted, images)
+    split = ((config.get("data") or {}).get("train_split")) or "train"
+    backend = ckpt["quantize"]["backend"]
+    metadata["int8"] = {"method": f"quantisation-aware training (torch.ao FX, {backend} backend)", "format": "QDQ",
+                        "backend": backend, "weights": "int8, per output channel",
+                        "activations": "uint8, ranges learned while training (the run's observers)",
+                        "calibration": "none: the ranges come from training",
+                        "check": {**check, "images": CHECK_IMAGES, "split": split,
+                                  "against": "PyTorch's int8 model (convert_fx) on training images"}}
 
 
 def _staging(path: Path) -> Path:

@@ -174,7 +174,9 @@ def load_model(path: str | Path, which: str = "last", map_location: str | torch.
     if not record:
         raise CheckpointError(f"{ckpt['path']} holds a custom model that is not in the zoo: build it "
                               f"yourself and load_state_dict(checkpoint['student'])")
-    model = model_from_record(record)
+    from kdforge.engine.quantize import like_checkpoint
+
+    model = like_checkpoint(model_from_record(record), ckpt)  # a QAT student: its prepared graph
     load_weights(model, ckpt["student"], ckpt["path"])
     return model, ckpt
 

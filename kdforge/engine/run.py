@@ -100,6 +100,10 @@ def build_zoo_model(mcfg: ModelConfig, num_classes: int, in_channels: int, role:
         if sources is not None:
             sources[role] = checkpoint_source(ckpt)
         stored = ckpt.get("model") or {}
+        if ckpt.get("quantize"):
+            raise ConfigError(f"{role}.checkpoint {ckpt['path']} holds a student trained with fake int8 "
+                              f"quantisation (train.quantize); evaluate or export it (kdforge eval, kdforge export "
+                              f"--format onnx --int8), it cannot start another run")
         if name is None and spec is None and stored.get("import"):  # a run of an imported model
             spec, kwargs = stored["import"], {**stored.get("kwargs", {}), **kwargs}
         if spec is not None:

@@ -25,7 +25,9 @@ def prepare(trainer) -> None:
     """Set up `trainer` for training (see the module docstring); sets the attributes the loop and hooks use."""
     cfg, tcfg = trainer.cfg, trainer.cfg.train
     device = trainer.dist.device(resolve_device(tcfg.device))
-    trainer.precision = resolve_precision(tcfg.precision, tcfg.channels_last, device)
+    check_quantize(trainer)
+    precision = "fp32" if tcfg.quantize is not None and tcfg.precision == "auto" else tcfg.precision  # fake quant
+    trainer.precision = resolve_precision(precision, tcfg.channels_last, device)
     fmt = trainer.precision.memory_format()
     if trainer.dist.enabled:
         refuse_unsupported(trainer.losses, cfg.optim.name)
@@ -67,6 +69,8 @@ def prepare(trainer) -> None:
     trainer.teacher_taps = (FeatureTaps(trainer.teacher, trainer.losses.teacher_taps, role="teacher")
                             if trainer.use_teacher else None)
     dry_run(trainer, device)
+    if tcfg.quantize is not None:
+        check_quantizable(trainer)
     if tcfg.teacher_cache and trainer.use_teacher:  # built with every tap, those of stages before training too
         trainer.teacher_cache = TeacherCache.build(trainer.teacher_taps, trainer.train_data, trainer.precision,
                                                    cfg.data.eval_batch_size, tcfg.teacher_cache_max_gb)
@@ -86,6 +90,48 @@ def prepare(trainer) -> None:
     trainer.scaler = trainer.precision.grad_scaler()
     trainer.lr_used = trainer.optimizer.param_groups[0]["lr"]
     trainer.nonfinite = NonFiniteGuard(tcfg.nonfinite, device, trainer.dist)
+
+
+def check_quantize(trainer) -> None:
+    """`train.quantize`: one-line errors for what quantisation-aware training does not combine with."""
+    cfg = trainer.cfg
+    q = cfg.train.quantize
+    if q is None:
+        return
+    refused = [("train.precision", cfg.train.precision in ("bf16", "fp16"),
+                f"{cfg.train.precision} autocast; fake quantisation trains in fp32 (precision: auto or fp32)"),
+               ("train.compile", cfg.train.compile, "torch.compile; the prepared graph runs eagerly"),
+               ("distributed training", trainer.dist.enabled, "more than one process")]
+    for where, bad, why in refused:
+        if bad:
+            raise ConfigError(f"train.quantize: not with {where} ({why})")
+    if q.start_epoch >= cfg.schedule.epochs:
+        raise ConfigError(f"train.quantize.start_epoch={q.start_epoch}: the run trains {cfg.schedule.epochs} "
+                          f"epochs (0 to {cfg.schedule.epochs - 1}), so fake quantisation would never start")
+
+
+def check_quantizable(trainer) -> None:
+    """Before training: the student (a copy) traces, takes its taps and converts to int8 ops the int8 export
+    writes; else one ConfigError naming the module and the op (`engine/quantize.py`, `deploy/qat_onnx.py`)."""
+    import copy
+
+    from kdforge.deploy.qat_onnx import check_int8_graph
+    from kdforge.engine.quantize import convert, prepare_qat, with_tap_points
+
+    data = trainer.train_data
+    param = next(trainer.student.parameters())
+    example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=param.device)
+    student = copy.deepcopy(trainer.student)
+    for module in student.modules():  # without the copied feature taps' hooks
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    trial = prepare_qat(student, trainer.cfg.train.quantize.backend, example)
+    with_tap_points(trial, [str(t) for t in trainer.student_taps.taps])
+    trial(example)  # observers see one batch, so the conversion has ranges
+    try:
+        check_int8_graph(convert(trial.cpu()))
+    except ConfigError as exc:
+        raise ConfigError(f"train.quantize: {exc}") from None
 
 
 def open_teacher_store(trainer) -> None:

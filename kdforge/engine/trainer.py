@@ -34,6 +34,7 @@ from kdforge.engine.dot import dot_update
 from kdforge.engine.epoch_tally import EpochTally
 from kdforge.engine.hooks import (AfterPretrainHook, BNRecalibrationHook, CheckpointHook, EpochRecordHook,
                                   EvaluationHook, Hook, Hooks, StepLogHook, SummaryHook)
+from kdforge.engine.hooks.quantize import QuantizeHook
 from kdforge.engine.hooks.teacher_store import TeacherStoreHook
 from kdforge.engine.hooks.trackers import tracker_hooks
 from kdforge.engine.interrupts import RunInterrupted, StopSignals
@@ -91,7 +92,8 @@ class Trainer:
         self.dist = distributed or Distributed.current()
         if not self.dist.is_main:
             self.cfg.train.progress = False  # one progress bar and one set of messages: rank 0's
-        self.hooks = Hooks(default_hooks(hooks, losses.loop_hooks(), tracker_hooks(self.cfg)))
+        quantize = [QuantizeHook()] if self.cfg.train.quantize is not None else []
+        self.hooks = Hooks(default_hooks(hooks, [*quantize, *losses.loop_hooks()], tracker_hooks(self.cfg)))
         self.state = TrainState()
         self._prepared = False
         self._ddp: nn.Module | None = None  # student + adapters under DDP, built when training starts

@@ -7,6 +7,7 @@ from typing import Any
 from kdforge.config import RESUMABLE_CHANGES, TRAJECTORY_KEYS, config_to_dict, with_current_defaults
 from kdforge.engine.checkpoint import FORMAT, load_checkpoint, load_weights
 from kdforge.engine.logger import truncate_log
+from kdforge.engine.quantize import quantize_record
 from kdforge.engine.seeding import restore_rng_state, rng_state
 from kdforge.engine.state import TrainState
 from kdforge.errors import CheckpointError, ConfigError
@@ -21,6 +22,7 @@ def checkpoint_of(trainer, with_optimizer: bool = True) -> dict[str, Any]:
         "format": FORMAT,
         "model": model_record_of(trainer.student),
         "student": trainer.student.state_dict(),
+        "quantize": quantize_record(trainer.student),  # a QAT student's state dict fits its prepared graph
         "losses": trainer.losses.state_dict(),
         "state": vars(trainer.state).copy(),
         "hooks": trainer.hooks.state_dict(),
@@ -42,6 +44,7 @@ def resume(trainer) -> None:
     # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
     ckpt = load_checkpoint(trainer.run_dir, "last", map_location="cpu")
     check_same_config(config_to_dict(trainer.cfg), ckpt["config"], ckpt["path"])
+    trainer.hooks.before_resume(trainer, ckpt.get("hooks", {}))  # e.g. the student switched to QAT before the save
     try:
         load_weights(trainer.student, ckpt["student"], ckpt["path"])
         trainer.losses.load_state_dict(ckpt["losses"])

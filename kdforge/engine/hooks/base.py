@@ -27,6 +27,8 @@ class Hook:
     - `after_step(result)`: after each optimizer step (`trainer.state.step` already counts it).
     - `after_train`: once, after the last epoch (not after an interrupted run).
     - `state_dict` / `load_state_dict`: what must survive a kill and `--resume`.
+    - `before_resume(checkpoint)`: `--resume` calls it before any weights load, with the hook's saved state: a
+      hook that changed the student's structure (quantisation-aware training) repeats the change here.
     """
 
     #: the key of this hook's state in checkpoints; unique within a run
@@ -51,6 +53,9 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def before_resume(self, trainer: Trainer, state: dict[str, Any]) -> None:
         pass
 
 
@@ -91,6 +96,11 @@ class Hooks:
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """{hook name: its state} of the hooks that keep any."""
         return {hook_name(h): state for h in self.hooks if (state := h.state_dict())}
+
+    def before_resume(self, trainer: Trainer, states: dict[str, dict[str, Any]]) -> None:
+        """Each hook's `before_resume` with its saved state ({} if it saved none)."""
+        for hook in self.hooks:
+            hook.before_resume(trainer, states.get(hook_name(hook), {}))
 
     def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
         """Give each hook its saved state (a hook absent from `states` had none to save)."""
