@@ -1,0 +1,96 @@
+"""Does tuning pay? (issue 38) `kdforge tune` on the Fashion-MNIST recipe against each method's usual settings.
+
+The standard table's data and recipe (benchmarks/fashion_table.py: 600 training images per class after a 5 %
+validation hold-out, the full test split, crop + flip, SGD, 10 epochs, resnet8 student) and one teacher for every
+seed: the table's committed resnet20 of seed 0 (best.pt on the validation hold-out). Methods KD, DKD, CC, VID, AB
+and CRD, each searched within the same budget (`--budget-per-method`, default 20 minutes of this machine) on the
+validation split of seed 0 (Optuna TPE, successive-halving pruning; the usual settings are trial 0), then the best
+settings trained beside the usual ones and the student alone over seeds 0-2 and compared on the test split by the
+paired rule (`kdforge tune`'s final comparison, `OUT/final/report`).
+
+Resumable: the study is SQLite (`runs/fashion-tune/tune.db`, copied to benchmarks/results/fashion-tune/ after each
+trial) and the final runs are kept there as they finish, so a later session on a fresh machine continues it.
+
+    python benchmarks/fashion_tune.py [--budget-per-method 20m] [--methods kd dkd cc vid ab crd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import fashion_table as TABLE  # noqa: E402
+
+KEPT = HERE / "results" / "fashion-tune"
+TEACHER = HERE / "results" / "fashion" / "teacher-seed0"
+METHODS = ["kd", "dkd", "cc", "vid", "ab", "crd"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--budget-per-method", default="20m", help="search time per method (e.g. 20m, 1h)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
+    args = p.parse_args(argv)
+    from kdforge.recipes.runs import teacher_section
+    from kdforge.recipes.tune import parse_budget, run_tune
+
+    out = Path("runs") / "fashion-tune"
+    base = TABLE.recipe(False, args.root)
+    teacher_dir = out / "table-teacher-seed0"
+    if not (teacher_dir / "summary.json").is_file():
+        TABLE.put_back(TEACHER, teacher_dir)
+    base["teacher"] = teacher_section(base, teacher_dir)
+    base["train"]["progress"] = False
+    KEPT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if (KEPT / "tune.db").is_file() and not (out / "tune.db").is_file():
+        shutil.copyfile(KEPT / "tune.db", out / "tune.db")  # the study so far, from an earlier session
+    TABLE.restore(KEPT / "final", out / "final")
+
+    def trial_done(method, number, values, seconds):
+        shutil.copyfile(out / "tune.db", KEPT / "tune.db")
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        print(f"{method} trial {number} ({shown}): {seconds:.0f} s", flush=True)
+
+    def run_done(i, n, run, summary, reused):
+        if not reused:
+            TABLE.keep(run.run_dir, KEPT / "final", run.label == "teacher", "last")
+        print(f"[{i + 1}/{n}] {run.config['name']}: top-1 {summary.get('top1_last', float('nan')):.2f}"
+              f"{' (reused)' if reused else ''}", flush=True)
+
+    started = time.time()
+    budget = parse_budget(args.budget_per_method) * len(args.methods)
+    result = run_tune(base, args.methods, args.seeds, out, teacher_model=None, budget_s=budget,
+                      on_trial=trial_done, on_run=run_done)
+    shutil.copyfile(out / "tune.db", KEPT / "tune.db")
+    for name in ("tune.json",):
+        shutil.copyfile(out / name, KEPT / name)
+    (KEPT / "best").mkdir(exist_ok=True)
+    for f in (out / "best").glob("*.yaml"):
+        shutil.copyfile(f, KEPT / "best" / f.name)
+    for f in out.glob("tune-*.png"):
+        shutil.copyfile(f, KEPT / f.name)
+    report = out / "final" / "report"
+    for name in ("report.md", "bars.png"):
+        if (report / name).is_file():
+            shutil.copyfile(report / name, KEPT / name)
+    (KEPT / "command.json").write_text(json.dumps({
+        "command": "python benchmarks/fashion_tune.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": TABLE.machine(), "seconds_this_call": round(time.time() - started),
+        "budget_per_method": args.budget_per_method, "methods": args.methods, "seeds": args.seeds},
+        indent=2) + "\n")
+    print(json.dumps(result["best"], indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
