@@ -125,3 +125,23 @@ def test_wandb_mode_follows_the_users_login(monkeypatch, tmp_path):
     assert wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+def test_a_comparison_logs_its_report_beside_its_runs(tmp_path, offline_wandb, monkeypatch):
+    from kdforge.recipes.compare import run_compare
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = {"data": {"name": "digits", "batch_size": 32, "few_shot": {"shots": 10, "seed": 0, "labels": True}},
+            "student": {"model": "resnet8"}, "schedule": {"name": "constant", "epochs": 1},
+            "train": {"tensorboard": False, "trackers": ["mlflow", "wandb"]}}
+    run_compare(base, ["kd"], [0], tmp_path / "study", teacher_model="resnet14", progress=False)
+    client = _client(tmp_path / "study", monkeypatch)
+    runs = client.search_runs([client.get_experiment_by_name("study").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["kd-seed0", "student-alone-seed0", "study report",
+                                                     "teacher-seed0"]
+    report = next(r for r in runs if r.info.run_name == "study report")
+    assert "report/report.md" in {a.path for a in client.list_artifacts(report.info.run_id, "report")}
+    wandb_runs = _wandb_runs(tmp_path / "study")
+    assert {r["run"].run_group for r in wandb_runs} == {"study"} and len(wandb_runs) == 4
+    (logged,) = [r for r in wandb_runs if r["run"].display_name == "study report"]
+    assert "report.md" in {entry.path for entry in logged["artifacts"][0].manifest.contents}

@@ -165,6 +165,11 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
     out = Path(output_dir)
     folders = [run.run_dir for run in planned]
     result = write_report(folders, out=out / "report", baseline=BASELINE, extra_figures=extra_figures)
+    train = base.get("train") or {}
+    if train.get("trackers"):  # the report beside the study's runs in each tracker
+        from kdforge.engine.hooks.trackers import log_report
+
+        log_report(list(train["trackers"]), train.get("tracker_group"), out, out / "report")
     result["winner"] = validation_winner(result["groups"])
     result["planned"] = planned
     (out / "compare.json").write_text(json.dumps({"winner": result["winner"], "baseline": BASELINE,

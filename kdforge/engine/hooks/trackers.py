@@ -68,6 +68,45 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def mlflow_experiment(output_dir: Path, group: str | None) -> None:
+    """Point MLflow at MLFLOW_TRACKING_URI, else at the local store in `output_dir`, and at the experiment `group`
+    ("kdforge" if None), created if new."""
+    import mlflow
+
+    out = output_dir.resolve()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    group = group or "kdforge"
+    if mlflow.get_experiment_by_name(group) is None:
+        mlflow.create_experiment(group, artifact_location=(out / "mlartifacts").as_uri())
+    mlflow.set_experiment(group)
+
+
+def log_report(trackers: list[str], group: str | None, output_dir: Path, report_dir: Path) -> None:
+    """A study's report (`kdforge compare` / `tune`: its page, tables and pictures) as the artifacts of one more
+    tracked run, '<group> report', beside the study's runs in each tracker."""
+    files = [f for f in sorted(Path(report_dir).iterdir()) if f.is_file()]
+    name = f"{group or 'kdforge'} report"
+    if "mlflow" in trackers:
+        import mlflow
+
+        mlflow_experiment(Path(output_dir), group)
+        with mlflow.start_run(run_name=name, tags={"kdforge.kind": "report"}):
+            for path in files:
+                mlflow.log_artifact(str(path), artifact_path="report")
+    if "wandb" in trackers:
+        import wandb
+
+        out = Path(output_dir).resolve()
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "kdforge", group=group, name=name,
+                         job_type="report", dir=str(out), mode=wandb_mode(), reinit="create_new")
+        artifact = wandb.Artifact(artifact_name(name, suffix=""), type="kdforge-report")
+        for path in files:
+            artifact.add_file(str(path))
+        run.log_artifact(artifact)
+        run.finish()
+
+
 class MLflowHook(Hook):
     """Logs the run to MLflow (see the module docstring)."""
 
@@ -83,13 +122,7 @@ class MLflowHook(Hook):
 
         from kdforge.config import config_to_dict
 
-        out = Path(trainer.cfg.output_dir).resolve()
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-        group = trainer.cfg.train.tracker_group or "kdforge"
-        if mlflow.get_experiment_by_name(group) is None:
-            mlflow.create_experiment(group, artifact_location=(out / "mlartifacts").as_uri())
-        mlflow.set_experiment(group)
+        mlflow_experiment(Path(trainer.cfg.output_dir), trainer.cfg.train.tracker_group)
         if self.run_id is not None:  # a resumed run: the same MLflow run
             mlflow.start_run(run_id=self.run_id)
             return
@@ -189,6 +222,6 @@ class WandbHook(Hook):
         self.run_id = state.get("run_id")
 
 
-def artifact_name(run_name: str) -> str:
+def artifact_name(run_name: str, suffix: str = "-files") -> str:
     """A W&B artifact name for a run's files (letters, digits, '-', '_', '.')."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_name}-files")
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_name}{suffix}")
