@@ -12,28 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 
 def latency_ms(path: str, image_size: int, channels: int, batch: int, repeats: int, threads: int) -> float:
-    import numpy as np
-    import onnxruntime
+    from kdforge.deploy.latency import onnx_ms_per_image
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, channels, image_size, image_size)).astype(np.float32)
-    for _ in range(5):
-        session.run(None, {"images": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"images": x})
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
+    return onnx_ms_per_image(path, image_size, channels, batch, repeats, threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,3 +109,21 @@ def test_speed_benchmark_times_both_files(trained, capsys):
     assert [r[1].strip() for r in rows] == ["fp32", "int8"]
     assert float(rows[1][2]) < float(rows[0][2])  # the int8 file is smaller
     assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+
+
+def test_one_command_shows_the_int8_file_beside_the_fp32_one(trained, tmp_path, capsys):
+    """`kdforge export --int8` writes both files and prints each one's top-1 (as `kdforge eval FILE` measures it),
+    size and speed."""
+    from kdforge.deploy.evaluate_file import evaluate_file
+
+    out = tmp_path / "r8.int8.onnx"
+    assert main(["export", str(trained[0]), "--format", "onnx", "--int8", "--calibrate", "64", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split("|")[1].strip().split(":")[0]: line.split("|") for line in text.splitlines()
+            if line.startswith("| fp32:") or line.startswith("| int8:")}
+    assert set(rows) == {"fp32", "int8"} and (tmp_path / "r8.onnx").is_file()
+    for kind, path in (("fp32", tmp_path / "r8.onnx"), ("int8", out)):
+        assert float(rows[kind][3]) == pytest.approx(evaluate_file(path)["top1"], abs=0.005)
+        assert float(rows[kind][2]) == pytest.approx(path.stat().st_size / 1024, abs=0.5)
+        assert float(rows[kind][4]) > 0 and float(rows[kind][5]) > 0
+    assert "agrees with the fp32 model on held training images" in text

@@ -128,7 +128,7 @@ def test_feature_methods_train_under_qat(tmp_path, teacher):
 
 
 @pytest.mark.parametrize("backend, steps, agreement", [("qnnpack", 3, 0.95), ("x86", 16, 0.85)])
-def test_int8_onnx_agrees_with_pytorchs_int8_model(tmp_path, backend, steps, agreement):
+def test_int8_onnx_agrees_with_pytorchs_int8_model(tmp_path, capsys, backend, steps, agreement):
     import onnxruntime
 
     from kdforge.deploy.export import export_model
@@ -148,6 +148,12 @@ def test_int8_onnx_agrees_with_pytorchs_int8_model(tmp_path, backend, steps, agr
     assert (got.argmax(1) == want.argmax(1)).float().mean() >= agreement
     ops = {node.op_type for node in __import__("onnx").load(result["path"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops
+    if backend == "qnnpack":  # the command: no fp32 model to put beside a QAT student's int8 file
+        from kdforge.cli import main
+
+        assert main(["export", str(tmp_path / "s"), "--format", "onnx", "--int8"]) == 0
+        text = capsys.readouterr().out
+        assert "agrees with PyTorch's int8 model" in text and "| int8:" in text and "| fp32:" not in text
 
 
 def test_bad_quantize_settings_are_one_line(tmp_path):

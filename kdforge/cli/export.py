@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
                         "activations calibrated on --calibrate training images; ONNX Runtime)")
     p.add_argument("--calibrate", type=int, default=256, metavar="N",
                    help="training images the int8 activations are calibrated on (default 256; never test images)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="with --int8: skip the table of the int8 file beside the fp32 one (test top-1, size, ms per "
+                        "image in ONNX Runtime); by default it is printed, the fp32 ONNX written beside the int8 one")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="file to write (default: <run folder>/export/<model>.pt, .torchscript.pt or .onnx); "
                         "the metadata goes to FILE.json")
@@ -59,15 +62,51 @@ def run(args) -> int:
     print(f"wrote {result['path']} ({result['format']}): {result['model']} ({what}{result['checkpoint']}), "
           f"{result['params']:,} parameters, {format_macs(result['macs'])} MACs at {size}x{size}; "
           f"{_check(result)}; metadata {result['metadata']}")
+    if args.int8 and not args.no_compare:
+        print("\n".join(_int8_beside_fp32(args, result)))
     return 0
+
+
+def _int8_beside_fp32(args, result: dict) -> list[str]:
+    """The int8 file beside the fp32 ONNX of the same student (written next to it; a QAT student has no fp32
+    model): test top-1 as deployed, size, and ONNX Runtime's ms per image with one thread, batch 1 and 64."""
+    import json
+    from pathlib import Path
+
+    from kdforge.deploy.evaluate_file import evaluate_file
+    from kdforge.deploy.export import export_model
+    from kdforge.deploy.latency import onnx_ms_per_image
+
+    int8 = Path(result["path"])
+    files = [("int8", int8)]
+    if not result["qat"]:
+        suffix = ".int8.onnx"
+        name = int8.name[:-len(suffix)] + ".onnx" if int8.name.endswith(suffix) else int8.stem + ".fp32.onnx"
+        fp32 = export_model(args.source, subnet=args.subnet, which=args.which, format="onnx", out=int8.with_name(name))
+        files.insert(0, ("fp32", Path(fp32["path"])))
+    channels = json.loads(Path(result["metadata"]).read_text())["in_channels"]
+    lines = []
+    for kind, path in files:
+        metrics = evaluate_file(path)
+        one = onnx_ms_per_image(str(path), result["image_size"], channels, 1)
+        many = onnx_ms_per_image(str(path), result["image_size"], channels, 64, repeats=5)
+        if not lines:
+            lines = [f"on {metrics['dataset']}/{metrics['split']} ({metrics['n']} images), ONNX Runtime, one thread:",
+                     "| file | size (KB) | top-1 | ms / image, batch 1 | ms / image, batch 64 |",
+                     "|---|---:|---:|---:|---:|"]
+        lines.append(f"| {kind}: {path} | {path.stat().st_size / 1024:.0f} | {metrics['top1']:.2f} | {one:.3f} | "
+                     f"{many:.3f} |")
+    return lines
 
 
 def _check(result: dict) -> str:
     """How the written file was checked, in words."""
     if result.get("int8_check"):
         check = result["int8_check"]
-        return (f"int8 (QDQ): top-1 agrees with the fp32 model on {100 * check['top1_agreement']:.1f} % of held "
-                f"training images, max |logit difference| {check['max_abs_diff']:.3g}")
+        against = ("PyTorch's int8 model on training images" if result.get("qat") else
+                   "the fp32 model on held training images")
+        return (f"int8 (QDQ): top-1 agrees with {against} on {100 * check['top1_agreement']:.1f} %, "
+                f"max |logit difference| {check['max_abs_diff']:.3g}")
     diff = result["max_abs_diff"]
     if diff is None:
         return "graph validated by onnx.checker, not run (onnxruntime is not installed)"

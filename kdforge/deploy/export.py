@@ -90,7 +90,7 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     to the metadata (`int8`) and the result (`int8_check`).
 
     Returns {path, format, model, params, macs, max_abs_diff, checked_with, metadata, subnet,
-    full_net, checkpoint, which, image_size, int8_check}; `macs` of one image of the checkpoint's data size.
+    full_net, checkpoint, which, image_size, int8_check, qat}; `macs` of one image of the checkpoint's data size.
     """
     if which not in ("last", "best"):
         raise ConfigError(f"which: 'last' or 'best', got {which!r}")
@@ -170,7 +170,7 @@ def export_model(source: str | Path, subnet: str | None = None, which: str = "la
     return {"path": str(out), "format": format, "model": student.name, "subnet": subnet, "full_net": full,
             "checkpoint": origin, "which": metadata["source"]["which"], "params": metadata["params"],
             "macs": metadata["macs"], "image_size": size, "max_abs_diff": diff, "checked_with": checked_with,
-            "metadata": str(meta_file), "int8_check": int8_check}
+            "metadata": str(meta_file), "int8_check": int8_check, "qat": bool(quantized)}
 
 
 def _quantize_staged(staged: Path, model, ckpt: dict, metadata: dict[str, Any], calibrate: int) -> dict[str, Any]:

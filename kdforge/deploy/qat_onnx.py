@@ -6,8 +6,8 @@ through QuantizeLinear -> DequantizeLinear with the model's own scale and zero p
 read their int8 weights (per output channel) through DequantizeLinear, their bias as int32 at scale
 input_scale x weight_scale (how the int8 kernels add it), and end in the output's QuantizeLinear. ONNX Runtime
 fuses these patterns into its int8 kernels (QLinearConv, ...). The ops written are those kdforge's zoo students
-quantise to: quantize_per_tensor, Conv2d (+ReLU), Linear, BatchNorm2d (+ReLU), add (+ReLU), ReLU/ReLU6, max and
-average pooling, global average pooling, flatten, identity, dequantize; any other op (one without an int8 kernel, left in float by the converter)
+quantise to: quantize_per_tensor, Conv2d (+ReLU), Linear, BatchNorm2d (+ReLU), add (+ReLU), ReLU/ReLU6, max
+and average pooling, global average pooling, flatten, identity, dequantize; any other op (one without an int8 kernel, left in float by the converter)
 is a ConfigError naming its module and the op.
 """
 
