@@ -71,9 +71,19 @@ def test_an_unknown_or_missing_tracker_is_one_line(tmp_path, capsys, monkeypatch
 # ---------------------------------------------------------------- Weights & Biases (offline, read back from its file)
 
 def _wandb_runs(root):
+    """Every offline run under `root`, read once W&B's writer process has written each one's exit record (on a
+    loaded machine it may still be flushing when `finish()` has returned)."""
+    import time
+
     from wandb_log import read_run
 
-    return [read_run(f) for f in sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))]
+    files = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
+    deadline = time.monotonic() + 60
+    while True:
+        runs = [read_run(f) for f in files]
+        if all(r["exited"] for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 @pytest.fixture

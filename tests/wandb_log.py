@@ -47,10 +47,11 @@ def raw_records(path: str | Path) -> Iterator[bytes]:
 
 def read_run(path: str | Path) -> dict:
     """{'run': the run record, 'config': {key: value}, 'history': [{key: value} per logged step],
-    'summary': {key: value}, 'artifacts': [artifact records]} of one offline run file."""
+    'summary': {key: value}, 'artifacts': [artifact records], 'exited': whether the run's last record (its
+    exit) is in the file} of one offline run file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out = {"run": None, "config": {}, "history": [], "summary": {}, "artifacts": []}
+    out = {"run": None, "config": {}, "history": [], "summary": {}, "artifacts": [], "exited": False}
     for raw in raw_records(path):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -64,6 +65,8 @@ def read_run(path: str | Path) -> dict:
             out["summary"].update({_key(item): json.loads(item.value_json) for item in record.summary.update})
         elif kind == "artifact":
             out["artifacts"].append(record.artifact)
+        elif kind == "exit":
+            out["exited"] = True
     return out
 
 
