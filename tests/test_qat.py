@@ -80,6 +80,9 @@ def test_fake_quantisation_starts_at_its_epoch_and_not_before(tmp_path):
     unquantised = copy.deepcopy(student).apply(torch.ao.quantization.disable_fake_quant)
     with torch.no_grad():
         assert not torch.allclose(unquantised(x), simulated, atol=1e-4)  # and it changes what the student says
+    with pytest.raises(ConfigError, match="holds a student trained with fake int8 quantisation"):
+        train_from_config(config(tmp_path, "from-qat", losses={"ce": 1.0, "kd": 1.0},
+                                 teacher={"checkpoint": str(tmp_path / "qat")}, epochs=1))
 
 
 def test_resume_in_the_quantised_phase_is_exact(tmp_path, teacher):
