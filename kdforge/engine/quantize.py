@@ -27,12 +27,17 @@ from torch import nn
 
 from kdforge.errors import ConfigError
 
-__all__ = ["TapPoint", "convert", "like_checkpoint", "prepare_qat", "quantize_record", "set_observers",
-           "with_tap_points"]
+__all__ = ["TapPoint", "convert", "example_images", "like_checkpoint", "prepare_qat", "quantize_record",
+           "set_observers", "with_tap_points"]
 
 
 class TapPoint(nn.Identity):
     """Where a tapped module's output (or input) is in a traced, quantisation-prepared student."""
+
+
+def example_images(in_channels: int, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch of two blank images, what `prepare_qat` traces the student with."""
+    return torch.zeros(2, in_channels, image_size, image_size, device=device)
 
 
 def _qat_mapping(backend: str):
@@ -152,6 +157,4 @@ def like_checkpoint(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
     if not q:
         return model
     data = ckpt.get("data") or {}
-    size = data.get("image_size") or 32
-    example = torch.zeros(2, data.get("in_channels") or 3, size, size)
-    return prepare_qat(model, q["backend"], example)
+    return prepare_qat(model, q["backend"], example_images(data.get("in_channels") or 3, data.get("image_size") or 32))

@@ -116,11 +116,10 @@ def check_quantizable(trainer) -> None:
     import copy
 
     from kdforge.deploy.qat_onnx import check_int8_graph
-    from kdforge.engine.quantize import convert, prepare_qat, with_tap_points
+    from kdforge.engine.quantize import convert, example_images, prepare_qat, with_tap_points
 
     data = trainer.train_data
-    param = next(trainer.student.parameters())
-    example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=param.device)
+    example = example_images(data.in_channels, data.image_size, next(trainer.student.parameters()).device)
     student = copy.deepcopy(trainer.student)
     for module in student.modules():  # without the copied feature taps' hooks
         module._forward_hooks.clear()

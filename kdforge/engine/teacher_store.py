@@ -126,16 +126,15 @@ class TeacherLogitStore:
         all, else record it (written at the end only if the run trains it from its first batch)."""
         self.epoch, self._from_start = int(epoch), first_batch == 0
         stored = self._load(self.epoch)
-        visited = visited.to("cpu")
-        if stored is not None and bool(stored["seen"][visited].all()):
+        if stored is not None and bool(stored["seen"][visited.to("cpu")].all()):
             self.serving = True
             self.logits = stored["logits"].to(self.device)
-            self.seen = stored["seen"]
+            self.seen = stored["seen"].to(self.device)
             self.out_dtype = STORE_DTYPES[stored["out_dtype"]]
             return
         self.serving = False
         self.logits = torch.zeros(self.n, self.classes, dtype=self.dtype, device=self.device)
-        self.seen = torch.zeros(self.n, dtype=torch.bool)
+        self.seen = torch.zeros(self.n, dtype=torch.bool, device=self.device)  # on the device: no sync per step
         self.out_dtype = None
 
     def _load(self, epoch: int) -> dict[str, Any] | None:
@@ -160,8 +159,9 @@ class TeacherLogitStore:
         """Keep the teacher's logits of these images; returns them rounded to the store dtype, as later runs see
         them."""
         rounded = logits.detach().to(self.dtype)
-        self.logits[indices.to(self.device)] = rounded
-        self.seen[indices.to("cpu")] = True
+        indices = indices.to(self.device)
+        self.logits[indices] = rounded
+        self.seen[indices] = True
         self.out_dtype = logits.dtype
         self.computed_images += indices.numel()
         return rounded.to(logits.dtype)
@@ -173,7 +173,7 @@ class TeacherLogitStore:
         wrote = False
         if not self.serving and complete and self._from_start and self.out_dtype is not None:
             name = next(k for k, v in STORE_DTYPES.items() if v == self.out_dtype)
-            atomic_save({"logits": self.logits.to("cpu"), "seen": self.seen, "out_dtype": name},
+            atomic_save({"logits": self.logits.to("cpu"), "seen": self.seen.to("cpu"), "out_dtype": name},
                         self.path(self.epoch))
             wrote = True
         self.logits = self.seen = None

@@ -34,13 +34,14 @@ from kdforge.engine.dot import dot_update
 from kdforge.engine.epoch_tally import EpochTally
 from kdforge.engine.hooks import (AfterPretrainHook, BNRecalibrationHook, CheckpointHook, EpochRecordHook,
                                   EvaluationHook, Hook, Hooks, StepLogHook, SummaryHook)
-from kdforge.engine.hooks.quantize import QuantizeHook
+from kdforge.engine.hooks.quantize import quantize_hooks
 from kdforge.engine.hooks.teacher_store import TeacherStoreHook
 from kdforge.engine.hooks.trackers import tracker_hooks
 from kdforge.engine.interrupts import RunInterrupted, StopSignals
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.nonfinite import NonFiniteLossError
 from kdforge.engine.state import StepResult, TrainState
+from kdforge.engine.teacher_outputs import teacher_outputs
 from kdforge.engine.training_checkpoint import checkpoint_of, resume as resume_from_last
 from kdforge.errors import ConfigError
 from kdforge.methods.base import StepOutputs
@@ -92,8 +93,8 @@ class Trainer:
         self.dist = distributed or Distributed.current()
         if not self.dist.is_main:
             self.cfg.train.progress = False  # one progress bar and one set of messages: rank 0's
-        quantize = [QuantizeHook()] if self.cfg.train.quantize is not None else []
-        self.hooks = Hooks(default_hooks(hooks, [*quantize, *losses.loop_hooks()], tracker_hooks(self.cfg)))
+        self.hooks = Hooks(default_hooks(hooks, [*quantize_hooks(self.cfg), *losses.loop_hooks()],
+                                         tracker_hooks(self.cfg)))
         self.state = TrainState()
         self._prepared = False
         self._ddp: nn.Module | None = None  # student + adapters under DDP, built when training starts
@@ -221,7 +222,7 @@ class Trainer:
             images = torch.cat([images, *views.values()])
         t_logits, t_feats = None, {}
         if self.use_teacher:
-            t_logits, t_feats = self._teacher_outputs(images, n, indices)
+            t_logits, t_feats = teacher_outputs(self, images, n, indices)
         s_logits, s_feats = self.student_taps(images)
 
         def part(start: int, end: int | None, labels_: torch.Tensor | None, indices_: torch.Tensor | None):
@@ -236,29 +237,6 @@ class Trainer:
             out.views[key] = part(start, start + extra.shape[0], None, None)
             start += extra.shape[0]
         return out
-
-    def _teacher_outputs(self, images: torch.Tensor, n: int, indices: torch.Tensor | None):
-        """The teacher's (logits, {tap: feature}) for `images`, whose first `n` are the batch's own (dataset
-        `indices`) and the rest methods' extra views: looked up in the run's teacher cache or the study's store
-        where they hold the batch, else computed (and recorded by a store that is recording this epoch)."""
-        cache = self.teacher_cache
-        store = self.teacher_store if indices is not None else None
-        if cache is not None and indices is not None:
-            t_logits, t_feats = cache.lookup(indices)
-        elif store is not None and store.serving:
-            t_logits, t_feats = store.lookup(indices), {}
-        else:
-            with torch.no_grad():
-                t_logits, t_feats = self.teacher_taps(images)
-            if store is not None:  # every run of the study sees the logits as stored
-                t_logits = torch.cat([store.record(indices, t_logits[:n]), t_logits[n:]])
-            return t_logits, t_feats
-        if images.shape[0] > n:  # a lookup holds the batch's own images; the teacher (eval mode) runs on the rest
-            with torch.no_grad():
-                v_logits, v_feats = self.teacher_taps(images[n:])
-            t_logits = torch.cat([t_logits, v_logits])
-            t_feats = {k: torch.cat([t_feats[k], v_feats[k]]) for k in t_feats}
-        return t_logits, t_feats
 
     def _forward_loss_values(self, images: torch.Tensor, labels: torch.Tensor | None,
                              indices: torch.Tensor | None):

@@ -131,13 +131,16 @@ def plan_compare(base: dict[str, Any], methods: list[str], seeds: list[int], out
     return planned
 
 
-def with_teacher_store(base: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """`base` with `train.teacher_store` at `folder` unless it sets one (or `null`, to go without): the study's
-    logit-only runs then pay the teacher once per seed (`engine/teacher_store.py`)."""
-    if "teacher_store" in (base.get("train") or {}):
-        return base
+def study_base(base: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`base` with a study's defaults for the runs under `folder` (`kdforge compare`, `kdforge tune`), each unless
+    the base sets it: `train.teacher_store` at `folder`/teacher-store (or `null`, to go without; the study's
+    logit-only runs then pay the teacher once per seed, `engine/teacher_store.py`) and, with trackers,
+    `train.tracker_group` = the folder's name (one MLflow experiment / W&B group per study)."""
     base = copy.deepcopy(base)
-    base.setdefault("train", {})["teacher_store"] = str(folder)
+    train = base.setdefault("train", {})
+    train.setdefault("teacher_store", str(Path(folder) / "teacher-store"))
+    if train.get("trackers") and not train.get("tracker_group"):
+        train["tracker_group"] = Path(folder).resolve().name
     return base
 
 
@@ -150,10 +153,7 @@ def run_compare(base: dict[str, Any], methods: list[str], seeds: list[int], outp
     if progress is not None:
         base = copy.deepcopy(base)
         base.setdefault("train", {})["progress"] = progress
-    if (base.get("train") or {}).get("trackers") and not base["train"].get("tracker_group"):
-        base = copy.deepcopy(base)
-        base["train"]["tracker_group"] = Path(output_dir).resolve().name  # one MLflow experiment per comparison
-    base = with_teacher_store(base, Path(output_dir) / "teacher-store")
+    base = study_base(base, Path(output_dir))
     planned = plan_compare(base, methods, seeds, output_dir, teacher_model)
     for i, run in enumerate(planned):
         reused = is_finished(run.config)

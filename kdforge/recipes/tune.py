@@ -130,7 +130,8 @@ def _trial_config(base: dict[str, Any], out: Path, method: str, number: int, see
 
 def _settings_key(base: dict[str, Any], dims: list[Dimension], teacher: dict[str, Any], seed: int) -> str:
     """What a study's trials depend on: a second call in the same folder must ask for the same."""
-    base = {**base, "train": {k: v for k, v in (base.get("train") or {}).items() if k != "teacher_store"}}  # its place changes no trial
+    # where the teacher store lives changes no trial
+    base = {**base, "train": {k: v for k, v in (base.get("train") or {}).items() if k != "teacher_store"}}
     return json.dumps({"base": base, "teacher": teacher, "seed": seed,
                        "space": [d.__dict__ for d in dims]}, sort_keys=True, default=str)
 
@@ -262,8 +263,6 @@ def plot_study(study, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-
-
 def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: str | Path, *,
              teacher_model: str | None, budget_s: float, trials: int | None = None, final: bool = True,
              progress: bool = False, on_trial=None, on_run=None) -> dict[str, Any]:
@@ -271,7 +270,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     them beside the usual settings over `seeds`. Returns {'best': {method: {...}}, 'files', 'compare'}."""
     from kdforge.config import config_from_dict, merge_configs
     from kdforge.methods import method_class
-    from kdforge.recipes.compare import BASELINE, TEACHER, plan_compare, run_compare, with_teacher_store
+    from kdforge.recipes.compare import BASELINE, TEACHER, plan_compare, run_compare, study_base
     from kdforge.recipes.runs import run_planned, teacher_section
 
     import optuna
@@ -287,9 +286,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     if budget_s / len(methods) < MIN_TRIAL_S:
         raise ConfigError(f"--budget: {budget_s:g} s for {len(methods)} methods cannot fit one trial each")
     base = merge_configs(copy.deepcopy(base), {"train": {"progress": progress}})
-    base = with_teacher_store(base, out / "teacher-store")  # the trials and the final runs share it
-    if base["train"].get("trackers") and not base["train"].get("tracker_group"):
-        base["train"]["tracker_group"] = out.resolve().name  # the trials and the final runs: one experiment / group
+    base = study_base(base, out)  # the trials and the final runs share its teacher store and tracker group
     planned = plan_compare(base, [], seeds, out / "final", teacher_model)  # checks the base; the teacher runs
     if teacher_model:
         own = teacher_model == (base.get("student") or {}).get("model")  # self-distillation: the student alone

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from kdforge.engine.hooks.base import Hook
+
+
+def quantize_hooks(cfg) -> list[Hook]:
+    """The hook of the run's `train.quantize` (none without it)."""
+    return [QuantizeHook()] if cfg.train.quantize is not None else []
 
 
 class QuantizeHook(Hook):
@@ -53,13 +56,13 @@ class QuantizeHook(Hook):
 
 def switch_to_qat(trainer) -> None:
     """Swap `trainer.student` for its QAT-prepared graph, with the methods' student taps on it."""
-    from kdforge.engine.quantize import prepare_qat, with_tap_points
+    from kdforge.engine.quantize import example_images, prepare_qat, with_tap_points
     from kdforge.features import FeatureTaps
 
     q = trainer.cfg.train.quantize
     data = trainer.train_data
     device = next(trainer.student.parameters()).device
-    example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=device)
+    example = example_images(data.in_channels, data.image_size, device)
     taps = [str(t) for t in trainer.student_taps.taps]
     trainer.student_taps.remove()
     prepared = with_tap_points(prepare_qat(trainer.student, q.backend, example), taps)
