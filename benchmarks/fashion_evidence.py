@@ -141,11 +141,15 @@ DDNN_VARIANTS = {
     "subnet-ce-off": ({"lambda_ce": 0.0}, "switchable"),                     # (b) sub-nets learn from the full net only
     "per-k": ({"lambda_ce": 0.5, "lambda_kl": 0.5, "lambda_at": 0.5}, "switchable"),  # (c) sub-net terms x 1/K
     "t4": ({"T": 4.0}, "switchable"),                                        # (d) T = 4
+    "kl-only": ({"lambda_at": 0.0}, "switchable"),                           # which term costs the full net?
+    "at-only": ({"lambda_kl": 0.0}, "switchable"),
     "bn-recalibrate": ({}, "recalibrate"),
     "bn-shared": ({}, "shared"),
 }
 #: variants the issue asks for "once": trained at seed 0 only (their rows then have one seed and no interval)
 DDNN_ONCE, DDNN_ONCE_SEED = {"bn-recalibrate", "bn-shared"}, 0
+#: the diagnosis of the full net's loss (the distillation terms one at a time): seeds 0-2 only
+DDNN_DIAGNOSIS, DDNN_DIAGNOSIS_SEEDS = {"kl-only", "at-only"}, {0, 1, 2}
 
 
 def experiment_ddnn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
@@ -159,7 +163,8 @@ def experiment_ddnn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
                      "EKD sub-nets beat the same depths trained alone; the full net is no worse (Zhao et al. 2021)")
     for seed in seeds:
         for variant, (ekd, bn) in DDNN_VARIANTS.items():
-            if variant in DDNN_ONCE and seed != DDNN_ONCE_SEED:
+            if variant in DDNN_ONCE and seed != DDNN_ONCE_SEED or \
+                    variant in DDNN_DIAGNOSIS and seed not in DDNN_DIAGNOSIS_SEEDS:
                 continue
             plan = plan_ddnn(DDNN_FULL, DDNN_SUBNETS, base=student_base(base), seeds=[seed], output_dir=runs / variant,
                              bn=bn, ekd=ekd, independent=variant == "ekd")
@@ -178,8 +183,11 @@ def experiment_ddnn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
                                                                    "depth alone"))
     for variant in DDNN_VARIANTS:
         if variant != "ekd":
-            for path in DDNN_SUBNETS:
+            for path in [DDNN_FULL, *DDNN_SUBNETS]:
                 exp.comparisons.append((f"ekd [{path}]", f"{variant} [{path}]", "ablation vs the default"))
+    for variant in ("kl-only", "at-only", "ekd"):  # joint CE training plus one distillation term, or both
+        exp.comparisons.append((f"no-distil [{DDNN_FULL}]", f"{variant} [{DDNN_FULL}]",
+                                "(diagnosis) what the distillation terms cost the full net"))
     for path in DDNN_SUBNETS:
         exp.comparisons.append((f"alone {path}", f"t4 [{path}]", "EKD at T = 4 beats the depth alone"))
     exp.notes.append("Every run trains 10 epochs (the table's schedule); no teacher: the full net teaches online.")
