@@ -12,6 +12,7 @@ Resumable: the study is SQLite (`runs/fashion-tune/tune.db`, copied to benchmark
 trial) and the final runs are kept there as they finish, so a later session on a fresh machine continues it.
 
     python benchmarks/fashion_tune.py [--budget-per-method 20m] [--methods kd dkd cc vid ab crd]
+    python benchmarks/fashion_tune.py --table-only   # tuned vs usual (KEPT/tuned-vs-usual.md) from the kept runs
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-per-method", default="20m", help="search time per method (e.g. 20m, 1h)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
+    p.add_argument("--table-only", action="store_true",
+                   help="write tuned-vs-usual.md from the kept study and final runs; train nothing")
     args = p.parse_args(argv)
+    if args.table_only:
+        print(write_table(KEPT))
+        return 0
     from kdforge.recipes.runs import teacher_section
     from kdforge.recipes.tune import parse_budget, run_tune
 
@@ -89,7 +95,51 @@ def main(argv: list[str] | None = None) -> int:
         "budget_per_method": args.budget_per_method, "methods": args.methods, "seeds": args.seeds},
         indent=2) + "\n")
     print(json.dumps(result["best"], indent=2, default=str))
+    print(write_table(KEPT))
     return 0
+
+
+def _top1(final: Path, label: str) -> dict[int, float]:
+    """{seed: test top-1 at the last epoch} of the kept final runs `label`-seed<N>."""
+    values = {}
+    for summary in sorted(final.glob(f"{label}-seed*/summary.json")):
+        seed = summary.parent.name.removeprefix(f"{label}-seed")
+        if seed.isdigit():
+            values[int(seed)] = json.loads(summary.read_text())["top1_last"]
+    return values
+
+
+def write_table(kept: Path) -> str:
+    """tuned-vs-usual.md: per method, the search (trials, pruned, validation top-1 of the usual and of the best
+    settings, the best settings) and the test comparison over the seeds (usual, tuned, tuned - usual by the paired
+    rule, each against the student alone). Where the usual settings won the search the tuned row is the usual one."""
+    from kdforge.recipes.stats import format_interval, format_mean_std, paired_difference
+
+    best = json.loads((kept / "tune.json").read_text())
+    command = json.loads((kept / "command.json").read_text()) if (kept / "command.json").is_file() else {}
+    final = kept / "final"
+    alone = _top1(final, "student-alone")
+    lines = [f"Budget {command.get('budget_per_method', '?')} of search per method (validation split of seed 0), "
+             f"then {len(alone)} seeds on the test split; machine: {command.get('machine', '?')}.", "",
+             "| method | trials (pruned) | val top-1 usual → best | best settings | test usual | test tuned | "
+             "tuned − usual [95 %] | verdict | tuned − alone [95 %] |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, b in best.items():
+        usual = _top1(final, method)
+        tuned = usual if b["usual_was_best"] else _top1(final, method + "_tuned")
+        gain = paired_difference(tuned, usual)
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in b["params"].items())
+        usual_val = "?" if b["usual_val_top1"] is None else f"{b['usual_val_top1']:.2f}"
+        lines.append(
+            f"| {method} | {b['trials']} ({b['pruned']}) | {usual_val} → {b['val_top1']:.2f} | "
+            f"{'usual (won)' if b['usual_was_best'] else shown} | {format_mean_std(list(usual.values()))} | "
+            f"{format_mean_std(list(tuned.values()))} | "
+            f"{'0 (same runs)' if b['usual_was_best'] else format_interval(gain)} | "
+            f"{'—' if b['usual_was_best'] else gain['verdict']} | {format_interval(paired_difference(tuned, alone))} |")
+    lines += ["", f"student alone: {format_mean_std(list(alone.values()))} "
+                  f"({', '.join(f'{s}: {v:.2f}' for s, v in sorted(alone.items()))})"]
+    text = "\n".join(lines) + "\n"
+    (kept / "tuned-vs-usual.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -181,3 +181,25 @@ def test_the_final_comparison_trains_the_tuned_settings_beside_the_usual(tmp_pat
     assert "Gain over student-alone" in report and "95 % interval" in report
     page = (tmp_path / "out" / "final" / "report" / "report.html").read_text()
     assert "<h3>kd: the search</h3>" in page and (tmp_path / "out" / "tune-kd.png").is_file()
+
+
+def test_a_pruned_trial_never_counts_as_the_best_so_far(tmp_path):
+    """Optuna keeps a pruned trial's last reported value; the study's picture must not take it for a result."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"weight": FloatDistribution(0.1, 10.0, log=True)}
+
+    def add(state, value):
+        study.add_trial(create_trial(state=state, value=value, params={"weight": 1.0}, distributions=dist,
+                                     intermediate_values={1: value}))
+
+    add(TrialState.COMPLETE, 80.0)
+    add(TrialState.PRUNED, 95.0)  # stopped early with a high epoch value: not a result
+    add(TrialState.COMPLETE, 85.0)
+    add(TrialState.COMPLETE, 82.0)
+    assert study.trials[1].value == 95.0  # the premise: Optuna keeps the value
+    assert tune.best_so_far(study) == [(0, 80.0), (2, 85.0), (3, 85.0)]
+    assert study.best_trial.number == 2  # what `tune` writes as the best settings agrees with the picture
+    assert tune.plot_study(study, tmp_path / "study.png").is_file()

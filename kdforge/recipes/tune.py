@@ -239,24 +239,37 @@ def plot_importances(study, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def best_so_far(study) -> list[tuple[int, float]]:
+    """(trial number, best validation top-1 so far) over the trials that ran to the end. A pruned trial's value is
+    the last epoch it reported (Optuna keeps it), not a result: it never counts as the best."""
+    best: list[tuple[int, float]] = []
+    for t in study.trials:
+        if t.state.name == "COMPLETE" and t.value is not None:
+            best.append((t.number, max(best[-1][1], t.value) if best else t.value))
+    return best
+
+
 def plot_study(study, path: Path) -> Path | None:
-    """Each trial's validation top-1 and the best so far against the trial number (PNG)."""
+    """Each trial's validation top-1 against the trial number (PNG): the trials that ran to the end, the pruned
+    ones at the last epoch they reported, and the best so far (of the finished ones)."""
     import matplotlib.pyplot as plt
 
     from kdforge.plots import save_figure
 
-    done = [t for t in study.trials if t.value is not None]
-    if not done:
+    best = best_so_far(study)
+    if not best:
         return None
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    pruned = [t for t in study.trials if t.state.name == "PRUNED" and t.value is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([t.number for t in done], [t.value for t in done], "o", label="trial (finished)")
-    best = []
-    for t in done:
-        best.append(max(best[-1] if best else t.value, t.value))
-    ax.step([t.number for t in done], best, where="post", label="best so far")
-    pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
     if pruned:
-        ax.plot(pruned, [min(t.value for t in done)] * len(pruned), "x", color="gray", label="pruned")
+        ax.plot([t.number for t in pruned], [t.value for t in pruned], "x", color="gray", alpha=0.6,
+                label="pruned (its last epoch)")
+    ax.plot([t.number for t in done], [t.value for t in done], "o", label="ran to the end")
+    ax.step([n for n, _ in best] + [study.trials[-1].number], [v for _, v in best] + [best[-1][1]], where="post",
+            label="best so far")
+    low = min(t.value for t in done)  # trials pruned far lower (first epochs) fall below the picture
+    ax.set_ylim(bottom=max(min(t.value for t in [*done, *pruned]) - 1.0, low - 10.0))
     ax.set(xlabel="trial", ylabel="validation top-1 (%)", title=study.study_name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
