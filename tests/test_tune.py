@@ -32,6 +32,9 @@ def test_search_space_is_the_weight_t_and_what_the_method_declares():
     assert not margin.integer and epochs.integer and not epochs.log and epochs.usual == 1  # 30 of 240 -> 1 of 10
     _, dims = search_space("kd", 10)
     assert [d.name for d in dims] == ["weight", "T"] and dims[0].usual == 0.9
+    _, dims = search_space("cc", 10)  # a method may declare its weight's range: CC's reaches 100 (RESULTS)
+    weight = next(d for d in dims if d.name == "weight")
+    assert weight.usual == 0.02 and weight.low <= 0.02 and weight.high >= 100.0 and weight.log
     assert trial_losses({"ce": 0.1, "kd": {"weight": 0.9, "T": 4.0}}, "kd", {"T": 2.0}) == \
         {"ce": 0.1, "kd": {"weight": 0.9, "T": 2.0}}
     assert trial_losses({"ce": 1.0, "at": 1000.0}, "at", {"weight": 50.0}) == {"ce": 1.0, "at": {"weight": 50.0}}

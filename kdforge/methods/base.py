@@ -81,7 +81,8 @@ class Method(nn.Module):
     #: patch-token maps, its embedding is the pre-logits feature; `models/tokens.py`); else why it cannot
     token_models: ClassVar[str | None] = None
     #: parameters `kdforge tune` searches besides the loss weight (and T where the method has one):
-    #: {name: (low, high)}, log scale for floats, every integer for ints (recipes/tune.py)
+    #: {name: (low, high)}, log scale for floats, every integer for ints (recipes/tune.py); a "weight" entry
+    #: replaces the weight's usual range (10x either side of the usual weight)
     tunable: ClassVar[dict[str, tuple[float, float]]] = {}
     #: None where any student will do; else what the student must be (DeiT's: a transformer with a distillation
     #: token and head), shown by `kdforge methods`

@@ -67,14 +67,16 @@ def search_space(method: str, epochs: int) -> tuple[dict[str, Any], list[Dimensi
     entry = _as_entry(usual[method])
     defaults = {p.name: p.default for p in method_params(method)}
     dims = []
+    tunable = method_class(method).tunable
     weight = float(entry.get("weight", 1.0))
-    if weight > 0:
-        dims.append(Dimension("weight", weight / WEIGHT_SPAN, weight * WEIGHT_SPAN, True, False, weight))
+    if weight > 0:  # the method's own range where it declares one, else WEIGHT_SPAN times either side
+        low, high = tunable.get("weight", (weight / WEIGHT_SPAN, weight * WEIGHT_SPAN))
+        dims.append(Dimension("weight", min(low, weight), max(high, weight), True, False, weight))
     if "T" in defaults:
         t = float(entry.get("T", defaults["T"]))
         dims.append(Dimension("T", min(T_RANGE[0], t), max(T_RANGE[1], t), True, False, t))
-    for name, (low, high) in method_class(method).tunable.items():
-        if name not in defaults:
+    for name, (low, high) in tunable.items():
+        if name not in defaults:  # the weight (above), or a name the method does not take
             continue
         value = entry.get(name, defaults[name])
         integer = isinstance(low, int) and isinstance(high, int)
