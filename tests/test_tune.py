@@ -206,3 +206,17 @@ def test_a_pruned_trial_never_counts_as_the_best_so_far(tmp_path):
     assert tune.best_so_far(study) == [(0, 80.0), (2, 85.0), (3, 85.0)]
     assert study.best_trial.number == 2  # what `tune` writes as the best settings agrees with the picture
     assert tune.plot_study(study, tmp_path / "study.png").is_file()
+
+
+def test_a_study_whose_every_trial_was_pruned_says_to_give_a_larger_budget(tmp_path, capsys, monkeypatch):
+    """Pruned trials keep a value in Optuna, but none is a result: one line, not Optuna's 'no trials completed'."""
+    from optuna.trial import TrialState, create_trial
+
+    def only_pruned(study, *args, **kwargs):
+        study.add_trial(create_trial(state=TrialState.PRUNED, value=70.0, intermediate_values={1: 70.0}))
+
+    monkeypatch.setattr(tune, "tune_method", only_pruned)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    code = main(["tune", str(tmp_path / "base.yaml"), "--methods", "kd", "--budget", "10m", "--teacher", "resnet8",
+                 "--seeds", "0", "--no-final", "--no-progress", "--out", str(tmp_path / "out")])
+    assert code == 2 and "no trial of kd finished; give a larger budget" in capsys.readouterr().err

@@ -322,7 +322,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
         study = open_study(storage, method, _settings_key(search_base, dims, teacher, seeds[0]))
         tune_method(study, search_base, out, method, seeds[0], usual, dims, teacher, budget_s / len(methods),
                     trials, on_trial)
-        finished = [t for t in study.trials if t.value is not None]
+        finished = [t for t in study.trials if t.state.name == "COMPLETE"]  # a pruned one keeps a value too
         if not finished:
             raise ConfigError(f"--budget: no trial of {method} finished; give a larger budget")
         usual_value = next((t.value for t in finished if t.number == 0), None)
