@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The rest of issue 36's and 37's measurements, in two lanes (one torch thread each) for a 2-core machine.
-# Every script keeps each finished run in benchmarks/results/ at once and skips what is kept, so this can be
-# started again after any stop; commit benchmarks/results/ as runs finish. Logs: runs/queue-lane{1,2}.log.
+# What is left of issue 36's measurements, in two lanes (one torch thread each) for a 2-core machine: the SFTN
+# experiment (three teachers per seed, KD and FitNet students, 30 epochs), seeds 0-2 in one lane and 3-4 in the
+# other, then its table over all five seeds. Every script keeps each finished run in benchmarks/results/ at once
+# and skips what is kept, so this can be started again after any stop; commit benchmarks/results/ as runs finish.
+# Logs: runs/queue-lane{1,2}.log.
+# Already run (each command reuses its kept runs and only rewrites its table):
+#   fashion_evidence.py --experiment pursuhint | netgraft | ddnn | rtk ; fashion_vit.py --teacher-epochs 20 ;
+#   fashion_claims.py --claim rtk --methods afd rtk --seeds 3 4 5 6 7 8 9
 #   bash benchmarks/evidence_queue.sh            # both lanes, in the background of this shell
 #   LANE=1 bash benchmarks/evidence_queue.sh     # one lane in the foreground
 set -uo pipefail
@@ -9,21 +14,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 mkdir -p runs
-lane1() {  # claims whose runs are cheapest first
-  $PY benchmarks/fashion_evidence.py --experiment pursuhint
-  $PY benchmarks/fashion_evidence.py --experiment netgraft
-  $PY benchmarks/fashion_evidence.py --experiment ddnn
-}
-lane2() {  # ViT (issue 37) first: its last two seeds are short
-  $PY benchmarks/fashion_vit.py --teacher-epochs 20
-  $PY benchmarks/fashion_claims.py --claim rtk --methods afd rtk --seeds 3 4 5 6 7 8 9
-  $PY benchmarks/fashion_evidence.py --experiment rtk
-  $PY benchmarks/fashion_evidence.py --experiment sftn
-}
+lane1() { $PY benchmarks/fashion_evidence.py --experiment sftn --seeds 3 4; }
+lane2() { $PY benchmarks/fashion_evidence.py --experiment sftn --seeds 0 1 2; }
 case "${LANE:-both}" in
   1) lane1 ;;
   2) lane2 ;;
   *) lane1 > runs/queue-lane1.log 2>&1 &
      lane2 > runs/queue-lane2.log 2>&1 &
-     echo "lanes started: tail -f runs/queue-lane1.log runs/queue-lane2.log"; wait ;;
+     echo "lanes started: tail -f runs/queue-lane1.log runs/queue-lane2.log"; wait
+     $PY benchmarks/fashion_evidence.py --experiment sftn --table-only ;;  # the table over seeds 0-4
 esac
