@@ -4,8 +4,9 @@ The ablation's `distil / CE` compares loss *values*. Near its minimum a KL term 
 quadratic in the gap between the two distributions) while its gradient is only linear in that gap, so the value
 ratio understates the pull. This script measures, at the last checkpoint of each given DDNN run (train mode, one
 batch of its training split, the run's normalisation), the gradient norms on the shared weights (every conv and
-the classifier; BN excluded, which `bn: switchable` keeps per path) of: the full net's CE, the sub-nets' CE
-(summed), their KL to the detached full net (EKD's form, at the run's T), and their attention terms; and the
+the classifier; BN excluded, which `bn: switchable` keeps per path) of the terms `losses.ekd` computes (the
+method's own forward, every term at weight 1 and the run's T): the full net's CE, and the sub-nets' CE, KL to the
+detached full net and attention terms, each summed over the sub-nets; and the
 cosine between each distillation gradient and the full net's CE gradient (near 0: the term spends the steps on
 making the paths agree, not on the full net's task).
 
@@ -18,43 +19,40 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 
 def shared_gradients(run: str, batch: int = 256, seed: int = 0) -> dict[str, float]:
     from kdforge.config import config_from_dict
     from kdforge.data import load_dataset, normalize
     from kdforge.engine.checkpoint import load_model
-    from kdforge.methods.ekd import self_attention
-    from kdforge.methods.kd import kd_loss
+    from kdforge.features import FeatureTaps
+    from kdforge.methods.base import StepOutputs
+    from kdforge.methods.ekd import EKD
+    from kdforge.methods.losses import parse_loss_spec
 
     net, ckpt = load_model(run, "last")
     cfg = config_from_dict(ckpt["config"])
-    ekd = dict(cfg.losses.get("ekd") or {}) if isinstance(cfg.losses.get("ekd"), dict) else {}
-    temperature, attention = float(ekd.get("T", 1.0)), ekd.get("attention", "at")
+    _, _, params = parse_loss_spec("ekd", cfg.losses["ekd"])
+    # every term at weight 1 (also those the run switched off), at the run's T and attention map
+    ekd = EKD(T=params.get("T", 1.0), attention=params.get("attention", "at"), subnets=params.get("subnets"))
+    ekd.bind(net, None)
     data = load_dataset(cfg.data.name, cfg.data.root, "train", **(cfg.data.options or {}))
     pick = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))[:batch]
     x = normalize(data.images[pick], data.mean, data.std)
-    y = data.labels[pick].long()
     net.train()
-    params = [p for name, p in net.named_parameters() if p.ndim > 1]  # convs and the classifier (shared)
+    with FeatureTaps(net, ekd.student_layers) as taps:
+        logits, features = taps(x)
+    parts = ekd(StepOutputs(images=x, labels=data.labels[pick].long(), student_logits=logits,
+                            student_features=features, student=net))
+    terms = {"full CE": parts["full_ce"]}
+    for name, kind in (("sub CE", "ce"), ("sub KL", "kl"), ("sub AT", "at")):  # summed over the sub-nets
+        terms[name] = sum(v for k, v in parts.items() if k.endswith(f"/{kind}"))
+    shared = [p for p in net.parameters() if p.ndim > 1]  # convs and the classifier (shared by the paths)
 
     def grad(loss: torch.Tensor) -> torch.Tensor:
-        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, params)])
+        g = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+        return torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, shared)])
 
-    stem = net.stem(x)
-    z, full_stages = net.continue_path(net.full_name, stem, 0, 0)
-    subnets = [n for n in net.names if n != net.full_name]
-    paths = {n: net.continue_path(n, stem, 0, 0) for n in subnets}
-    maps = [self_attention(f.detach(), attention) for f in full_stages]
-    terms = {
-        "full CE": F.cross_entropy(z, y),
-        "sub CE": sum(F.cross_entropy(logits, y) for logits, _ in paths.values()),
-        "sub KL": sum(kd_loss(logits, z.detach(), temperature) for logits, _ in paths.values()),
-        "sub AT": sum(torch.stack([(self_attention(f, attention) - a).pow(2).sum(1).mean()
-                                   for f, a in zip(stages, maps)]).sum() for _, stages in paths.values()),
-    }
     grads = {name: grad(loss) for name, loss in terms.items()}
     out = {f"|g {name}|": float(g.norm()) for name, g in grads.items()}
     out.update({f"{name} value": float(loss.detach()) for name, loss in terms.items()})
