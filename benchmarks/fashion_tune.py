@@ -13,6 +13,8 @@ trial) and the final runs are kept there as they finish, so a later session on a
 
     python benchmarks/fashion_tune.py [--budget-per-method 20m] [--methods kd dkd cc vid ab crd]
     python benchmarks/fashion_tune.py --table-only   # tuned vs usual (KEPT/tuned-vs-usual.md) from the kept runs
+    python benchmarks/fashion_tune.py --methods cc --min-epochs 4   # no pruning before epoch 4: its own folders,
+                                                     # runs/ and results/fashion-tune-min-epochs-4/
 """
 
 from __future__ import annotations
@@ -40,62 +42,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-per-method", default="20m", help="search time per method (e.g. 20m, 1h)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
+    p.add_argument("--min-epochs", type=int, default=1,
+                   help="kdforge tune --min-epochs: no trial pruned before this epoch; other than 1, the study and "
+                        "its runs have their own folders (fashion-tune-min-epochs-N)")
     p.add_argument("--table-only", action="store_true",
                    help="write tuned-vs-usual.md from the kept study and final runs; train nothing")
     args = p.parse_args(argv)
+    name = "fashion-tune" if args.min_epochs == 1 else f"fashion-tune-min-epochs-{args.min_epochs}"
+    kept = KEPT.parent / name
     if args.table_only:
-        print(write_table(KEPT))
+        print(write_table(kept))
         return 0
     from kdforge.recipes.runs import teacher_section
     from kdforge.recipes.tune import parse_budget, run_tune
 
-    out = Path("runs") / "fashion-tune"
+    out = Path("runs") / name
     base = TABLE.recipe(False, args.root)
-    teacher_dir = out / "table-teacher-seed0"
+    teacher_dir = Path("runs") / "fashion-tune" / "table-teacher-seed0"  # every variant: the same teacher path
     if not (teacher_dir / "summary.json").is_file():
         TABLE.put_back(TEACHER, teacher_dir)
     base["teacher"] = teacher_section(base, teacher_dir)
     base["train"]["progress"] = False
-    KEPT.mkdir(parents=True, exist_ok=True)
+    kept.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    if (KEPT / "tune.db").is_file() and not (out / "tune.db").is_file():
-        shutil.copyfile(KEPT / "tune.db", out / "tune.db")  # the study so far, from an earlier session
-    TABLE.restore(KEPT / "final", out / "final")
+    if (kept / "tune.db").is_file() and not (out / "tune.db").is_file():
+        shutil.copyfile(kept / "tune.db", out / "tune.db")  # the study so far, from an earlier session
+    if kept != KEPT:  # the usual settings and the student alone are the same runs as the main study's: reuse them
+        for run in [r for m in ["student-alone", *args.methods] for r in (KEPT / "final").glob(f"{m}-seed*")]:
+            shutil.copytree(run, kept / "final" / run.name, dirs_exist_ok=True)
+    TABLE.restore(kept / "final", out / "final")
 
     def trial_done(method, number, values, seconds):
-        shutil.copyfile(out / "tune.db", KEPT / "tune.db")
+        shutil.copyfile(out / "tune.db", kept / "tune.db")
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         print(f"{method} trial {number} ({shown}): {seconds:.0f} s", flush=True)
 
     def run_done(i, n, run, summary, reused):
         if not reused:
-            TABLE.keep(run.run_dir, KEPT / "final", run.label == "teacher", "last")
+            TABLE.keep(run.run_dir, kept / "final", run.label == "teacher", "last")
         print(f"[{i + 1}/{n}] {run.config['name']}: top-1 {summary.get('top1_last', float('nan')):.2f}"
               f"{' (reused)' if reused else ''}", flush=True)
 
     started = time.time()
     budget = parse_budget(args.budget_per_method) * len(args.methods)
     result = run_tune(base, args.methods, args.seeds, out, teacher_model=None, budget_s=budget,
-                      on_trial=trial_done, on_run=run_done)
-    shutil.copyfile(out / "tune.db", KEPT / "tune.db")
-    for name in ("tune.json",):
-        shutil.copyfile(out / name, KEPT / name)
-    (KEPT / "best").mkdir(exist_ok=True)
+                      on_trial=trial_done, on_run=run_done, min_epochs=args.min_epochs)
+    shutil.copyfile(out / "tune.db", kept / "tune.db")
+    shutil.copyfile(out / "tune.json", kept / "tune.json")
+    (kept / "best").mkdir(exist_ok=True)
     for f in (out / "best").glob("*.yaml"):
-        shutil.copyfile(f, KEPT / "best" / f.name)
+        shutil.copyfile(f, kept / "best" / f.name)
     for f in out.glob("tune-*.png"):
-        shutil.copyfile(f, KEPT / f.name)
+        shutil.copyfile(f, kept / f.name)
     report = out / "final" / "report"
-    for name in ("report.md", "bars.png"):
-        if (report / name).is_file():
-            shutil.copyfile(report / name, KEPT / name)
-    (KEPT / "command.json").write_text(json.dumps({
+    for file_name in ("report.md", "bars.png"):
+        if (report / file_name).is_file():
+            shutil.copyfile(report / file_name, kept / file_name)
+    (kept / "command.json").write_text(json.dumps({
         "command": "python benchmarks/fashion_tune.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": TABLE.machine(), "seconds_this_call": round(time.time() - started),
-        "budget_per_method": args.budget_per_method, "methods": args.methods, "seeds": args.seeds},
+        "budget_per_method": args.budget_per_method, "min_epochs": args.min_epochs, "methods": args.methods,
+        "seeds": args.seeds},
         indent=2) + "\n")
     print(json.dumps(result["best"], indent=2, default=str))
-    print(write_table(KEPT))
+    print(write_table(kept))
     return 0
 
 
@@ -119,7 +129,8 @@ def write_table(kept: Path) -> str:
     command = json.loads((kept / "command.json").read_text()) if (kept / "command.json").is_file() else {}
     final = kept / "final"
     alone = _top1(final, "student-alone")
-    lines = [f"Budget {command.get('budget_per_method', '?')} of search per method (validation split of seed 0), "
+    lines = [f"Budget {command.get('budget_per_method', '?')} of search per method (validation split of seed 0; "
+             f"no trial pruned before epoch {command.get('min_epochs', 1)}), "
              f"then {len(alone)} seeds on the test split; machine: {command.get('machine', '?')}.", "",
              "| method | trials (pruned) | val top-1 usual → best | best settings | test usual | test tuned | "
              "tuned − usual [95 %] | verdict | tuned − alone [95 %] |", "|---|---|---|---|---|---|---|---|---|"]

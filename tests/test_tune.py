@@ -65,13 +65,33 @@ def test_the_prune_hook_stops_a_trial_the_pruner_prunes():
         class state:
             epoch = 1
 
-    hook, trial = tune._prune_hook(Trial()), None
+    hook, trial = tune._prune_hook(Trial(), 3), None
     hook.after_epoch(Trainer, {"val_top1": 50.0})
     Trainer.state.epoch = 2
     with pytest.raises(optuna.TrialPruned, match="epoch 2"):
         hook.after_epoch(Trainer, {"val_top1": 40.0})
     assert Trial.reported == [(1, 50.0), (2, 40.0)]
     hook.after_epoch(Trainer, {"train_loss": 1.0})  # an epoch without validation reports nothing
+    Trainer.state.epoch = 3  # the last epoch: the run is over, its result counts even where the pruner says prune
+    hook.after_epoch(Trainer, {"val_top1": 30.0})
+    assert Trial.reported[-1] == (3, 30.0)
+
+
+@pytest.mark.parametrize("min_epochs, pruned_at", [(1, 1), (3, 3)])
+def test_min_epochs_is_the_first_epoch_a_trial_can_be_pruned(tmp_path, min_epochs, pruned_at):
+    study = tune.open_study(f"sqlite:///{tmp_path / 'tune.db'}", "kd", "key", min_epochs)
+    for i in range(4):  # finished trials at about 90 on every epoch
+        trial = study.ask()
+        for epoch in range(1, 11):
+            trial.report(90.0 + i / 10, epoch)
+            trial.should_prune()
+        study.tell(trial, 90.0 + i / 10)
+    trial = study.ask()  # far below them from the first epoch on
+    decisions = []
+    for epoch in range(1, 4):
+        trial.report(50.0, epoch)
+        decisions.append(trial.should_prune())
+    assert decisions.index(True) + 1 == pruned_at
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +164,7 @@ def test_a_trial_left_running_by_a_kill_is_marked_failed(tmp_path):
     (["--methods", "tfkd"], None, "not a distillation method"),
     (["--budget", "1s", "--methods", "kd", "dkd"], None, "cannot fit one trial"),
     (["--budget", "later"], None, "--budget 'later'"),
+    (["--min-epochs", "3"], None, "--min-epochs 3: must be between 1 and the schedule's 2 epochs"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, extra, base, message):
     config = {**BASE, **(base or {})}

@@ -21,6 +21,10 @@ def add_parser(sub) -> None:
     p.add_argument("--budget", required=True, help="time for the whole search, e.g. 2h, 90m, 600s (split equally "
                                                    "over the methods; the final comparison comes on top)")
     p.add_argument("--trials", type=positive_int, default=None, help="at most this many trials per method")
+    p.add_argument("--min-epochs", type=positive_int, default=1, metavar="N",
+                   help="prune no trial before epoch N (successive halving judges trials after N, 3N, 9N... "
+                        "epochs; default 1). Larger N: fewer trials, but settings whose gain comes late are not "
+                        "cut after their first epochs")
     p.add_argument("--teacher", metavar="MODEL", default=None,
                    help="train a teacher of this zoo architecture per seed (else: the base config's "
                         "teacher.checkpoint); the search distils from the first seed's")
@@ -58,6 +62,7 @@ def run(args) -> int:
 
     result = run_tune(base, args.methods, args.seeds, args.out, teacher_model=args.teacher, budget_s=budget,
                       trials=args.trials, final=not args.no_final, progress=not args.no_progress,
+                      min_epochs=args.min_epochs,
                       on_trial=trial_done, on_run=run_done)
     print()
     for method, best in result["best"].items():

@@ -91,9 +91,9 @@ def trial_losses(usual: dict[str, Any], method: str, values: dict[str, float]) -
     return losses
 
 
-def _prune_hook(trial):
+def _prune_hook(trial, epochs: int):
     """A loop hook (`engine/hooks/`) that reports each epoch's validation top-1 to `trial` and stops the run when
-    Optuna prunes it."""
+    Optuna prunes it. The last of the `epochs` is never pruned: the run is over, and its result counts."""
     import optuna
 
     from kdforge.engine.hooks import Hook
@@ -106,7 +106,7 @@ def _prune_hook(trial):
             if value is None:
                 return
             trial.report(float(value), int(trainer.state.epoch))
-            if trial.should_prune():
+            if trainer.state.epoch < epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {trainer.state.epoch}: validation top-1 {value:.2f}")
 
     return PruneHook()
@@ -138,14 +138,16 @@ def _settings_key(base: dict[str, Any], dims: list[Dimension], teacher: dict[str
                        "space": [d.__dict__ for d in dims]}, sort_keys=True, default=str)
 
 
-def open_study(storage: str, method: str, key: str):
+def open_study(storage: str, method: str, key: str, min_epochs: int = 1):
     """The method's study, created or continued; another search in the same folder is a ConfigError. Trials a
-    killed call left running are marked failed."""
+    killed call left running are marked failed. Successive halving (reduction 3) judges trials first after
+    `min_epochs` epochs, then after 3x, 9x... as many: a larger `min_epochs` gives settings whose gain comes late
+    (a large feature-loss weight) the time to show it, at the cost of fewer trials in the budget."""
     import optuna
     from optuna.trial import TrialState
 
     sampler = optuna.samplers.TPESampler(seed=0)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=3)
     study = optuna.create_study(study_name=f"tune-{method}", storage=storage, direction="maximize",
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     saved = study.user_attrs.get("settings")
@@ -184,10 +186,12 @@ def tune_method(study, base: dict[str, Any], out: Path, method: str, seed: int, 
                 values[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high))
             else:
                 values[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
-        config = _trial_config(base, out, method, trial.number, seed, trial_losses(usual, method, values), teacher)
+        config = config_from_dict(_trial_config(base, out, method, trial.number, seed,
+                                                trial_losses(usual, method, values), teacher))
         started = time.time()
         try:
-            summary = train_from_config(config_from_dict(config), overwrite=True, hooks=[_prune_hook(trial)])
+            summary = train_from_config(config, overwrite=True,
+                                        hooks=[_prune_hook(trial, config.schedule.epochs)])
         finally:
             if on_trial is not None:
                 on_trial(method, trial.number, values, time.time() - started)
@@ -280,7 +284,7 @@ def plot_study(study, path: Path) -> Path | None:
 
 def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: str | Path, *,
              teacher_model: str | None, budget_s: float, trials: int | None = None, final: bool = True,
-             progress: bool = False, on_trial=None, on_run=None) -> dict[str, Any]:
+             progress: bool = False, on_trial=None, on_run=None, min_epochs: int = 1) -> dict[str, Any]:
     """Search each method (an equal share of `budget_s`), write the best settings, then (with `final`) compare
     them beside the usual settings over `seeds`. Returns {'best': {method: {...}}, 'files', 'compare'}."""
     from kdforge.config import config_from_dict, merge_configs
@@ -303,6 +307,10 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     base = merge_configs(copy.deepcopy(base), {"train": {"progress": progress}})
     base = study_base(base, out)  # the trials and the final runs share its teacher store and tracker group
     planned = plan_compare(base, [], seeds, out / "final", teacher_model)  # checks the base; the teacher runs
+    search_base = {k: v for k, v in base.items() if k != "teacher"}  # each trial gets the teacher found below
+    epochs = config_from_dict(search_base).schedule.epochs
+    if not 1 <= min_epochs <= epochs:
+        raise ConfigError(f"--min-epochs {min_epochs}: must be between 1 and the schedule's {epochs} epochs")
     if teacher_model:
         own = teacher_model == (base.get("student") or {}).get("model")  # self-distillation: the student alone
         first_teacher = next(r for r in planned if r.label == (BASELINE if own else TEACHER) and r.seed == seeds[0])
@@ -310,8 +318,6 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
         teacher = teacher_section(base, first_teacher.run_dir)
     else:
         teacher = copy.deepcopy(base["teacher"])
-    search_base = {k: v for k, v in base.items() if k != "teacher"}
-    epochs = config_from_dict(search_base).schedule.epochs
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(out / 'tune.db').resolve()}"
     best: dict[str, Any] = {}
@@ -319,7 +325,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
     pictures: dict[str, Path] = {}
     for method in methods:
         usual, dims = search_space(method, epochs)
-        study = open_study(storage, method, _settings_key(search_base, dims, teacher, seeds[0]))
+        study = open_study(storage, method, _settings_key(search_base, dims, teacher, seeds[0]), min_epochs)
         tune_method(study, search_base, out, method, seeds[0], usual, dims, teacher, budget_s / len(methods),
                     trials, on_trial)
         finished = [t for t in study.trials if t.state.name == "COMPLETE"]  # a pruned one keeps a value too
@@ -336,7 +342,7 @@ def run_tune(base: dict[str, Any], methods: list[str], seeds: list[int], out: st
         best[method] = {"params": study.best_trial.params, "val_top1": study.best_value,
                         "usual_val_top1": usual_value, "trials": len(study.trials),
                         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-                        "seconds": spent_s(study), "file": str(tuned),
+                        "seconds": spent_s(study), "file": str(tuned), "min_epochs": min_epochs,
                         "usual_was_best": study.best_trial.number == 0}
     (out / "tune.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
     result: dict[str, Any] = {"best": best, "files": [str(f) for f in files], "compare": None}
