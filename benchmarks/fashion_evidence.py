@@ -202,6 +202,32 @@ SFTN_KINDS = {"standard": {"ce": 1.0}, "sftn": {"sftn": {"weight": 1.0, "student
 SFTN_METHODS = ["kd", "fitnet"]
 
 
+#: the row suffix of a KD student's T^2 KL to its teacher (training split, last epoch: the logged KD term / its weight)
+KL_ROW = "T²·KL to teacher"
+
+
+def last_epoch_log(run_dir: str | Path, key: str) -> float | None:
+    """`key` of the last epoch record in a run's log.jsonl; None without one."""
+    log = Path(run_dir) / "log.jsonl"
+    if not log.is_file():
+        return None
+    epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "epoch" and key in r]
+    return epochs[-1][key] if epochs else None
+
+
+def _kd_student_read(label: str, losses: dict) -> Callable[[dict], dict[str, float]]:
+    """A KD student's rows: its top-1, and how closely it imitates its teacher at the end of training: the logged
+    KD term of the last epoch over the KD weight, i.e. T^2 KL(teacher || student) on the (augmented) training
+    images (SFTN's claim is that students match a student-friendly teacher more closely)."""
+    def read(summary: dict) -> dict[str, float]:
+        rows = {label: summary["top1_last"]}
+        term = last_epoch_log(summary["run_dir"], "train_kd")
+        if term is not None:
+            rows[f"{label} {KL_ROW}"] = term / float(losses["kd"]["weight"])
+        return rows
+    return read
+
+
 def experiment_sftn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
     """SFTN (Park et al., NeurIPS 2021): students of a student-friendly teacher (trained with resnet8 branches) beat
     students of a standard teacher. Three teachers per seed, 30 epochs each (teachers and students): standard, SFTN
@@ -224,12 +250,17 @@ def experiment_sftn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
                                losses=copy.deepcopy(losses))
             exp.runs.append(Run(f"{kind} teacher", seed, teacher))
             for method in SFTN_METHODS:
+                losses = usual_losses(method, epochs)
                 exp.runs.append(Run(f"{kind} {method}", seed, plan_run(
                     cfg, runs, f"{kind}-{method}-seed{seed}", seed=seed, student={"model": SFTN_STUDENT},
-                    losses=usual_losses(method, epochs), teacher=teacher_section(cfg, folder_of(teacher)))))
+                    losses=losses, teacher=teacher_section(cfg, folder_of(teacher))),
+                    _kd_student_read(f"{kind} {method}", losses) if method == "kd" else None))
     for method in SFTN_METHODS:
         for kind in ("sftn", "sftn-detached"):
             exp.comparisons.append((f"standard {method}", f"{kind} {method}", "students of the SFTN teacher are better"))
+    for kind in ("sftn", "sftn-detached"):  # the paper's mechanism: a student imitates an SFTN teacher more closely
+        exp.comparisons.append((f"standard kd {KL_ROW}", f"{kind} kd {KL_ROW}",
+                                "(mechanism) the KD student is closer to an SFTN teacher: lower"))
     for kind in ("sftn", "sftn-detached"):
         exp.comparisons.append(("standard teacher", f"{kind} teacher", "(reference) the SFTN teacher's own top-1"))
     return exp
@@ -390,10 +421,11 @@ def write_table(exp: Experiment, values: dict[str, dict[int, float]], kept: Path
         lines += [f"Teacher {format_mean_std(list(t.values()))} vs the student alone {format_mean_std(list(a.values()))}"
                   f" ({'clearly stronger' if min(t.values()) > max(a.values()) else 'NOT clearly stronger'}: every "
                   f"teacher run against every student-alone run).", ""]
-    lines += ["| row | top-1 (mean ± std) | n | per seed |", "|---|---|---|---|"]
+    lines += [f"Values are top-1 (%), except rows ending in distil/CE or {KL_ROW} (ratios of logged loss terms).", "",
+              "| row | value (mean ± std) | n | per seed |", "|---|---|---|---|"]
     for row, by_seed in values.items():
         seeds = sorted(by_seed)
-        digits = 3 if row.endswith("distil/CE") else 2
+        digits = 3 if row.endswith(("distil/CE", KL_ROW)) else 2
         lines.append(f"| {row} | {format_mean_std([by_seed[s] for s in seeds], digits)} | {len(seeds)} | "
                      + ", ".join(f"{s}: {by_seed[s]:.{digits}f}" for s in seeds) + " |")
     lines += ["", "| claim | row minus baseline | paired difference [95 % interval] | seeds | verdict |",

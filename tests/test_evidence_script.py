@@ -109,3 +109,19 @@ def test_every_run_a_student_distils_from_is_kept_as_a_teacher(evidence, tmp_pat
         assert taught_by and all(evidence.is_teacher(exp, folders[t]) for t in taught_by), name
         assert not any(evidence.is_teacher(exp, r.label) for r in exp.runs if str(evidence.folder_of(r.config))
                        not in taught_by), name
+
+
+def test_a_kd_students_kl_row_is_its_last_epochs_kd_term_over_the_kd_weight(evidence, tmp_path):
+    """SFTN's mechanism row: T^2 KL to the teacher = the logged (weighted) KD term of the last epoch / the weight."""
+    base = evidence.TABLE.recipe(False, None)
+    exp = evidence.experiment_sftn(base, tmp_path / "runs", [0])
+    run = next(r for r in exp.runs if r.label == "sftn kd")
+    weight = run.config["losses"]["kd"]["weight"]
+    records = [{"kind": "step", "kd": 9.0}, {"kind": "epoch", "epoch": 1, "train_kd": 0.5},
+               {"kind": "epoch", "epoch": 2, "train_kd": 0.27}, {"kind": "step", "kd": 7.0}]
+    (tmp_path / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    rows = run.rows({"top1_last": 88.5, "run_dir": str(tmp_path)})
+    assert rows == {"sftn kd": 88.5, f"sftn kd {evidence.KL_ROW}": pytest.approx(0.27 / weight)}
+    (tmp_path / "log.jsonl").unlink()  # a run without its log gives its top-1 only
+    assert run.rows({"top1_last": 88.5, "run_dir": str(tmp_path)}) == {"sftn kd": 88.5}
+    assert ("standard kd " + evidence.KL_ROW, "sftn kd " + evidence.KL_ROW) in [c[:2] for c in exp.comparisons]
