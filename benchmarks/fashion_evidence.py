@@ -163,8 +163,8 @@ def experiment_ddnn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
                      "EKD sub-nets beat the same depths trained alone; the full net is no worse (Zhao et al. 2021)")
     for seed in seeds:
         for variant, (ekd, bn) in DDNN_VARIANTS.items():
-            if variant in DDNN_ONCE and seed != DDNN_ONCE_SEED or \
-                    variant in DDNN_DIAGNOSIS and seed not in DDNN_DIAGNOSIS_SEEDS:
+            if (variant in DDNN_ONCE and seed != DDNN_ONCE_SEED) or \
+                    (variant in DDNN_DIAGNOSIS and seed not in DDNN_DIAGNOSIS_SEEDS):
                 continue
             plan = plan_ddnn(DDNN_FULL, DDNN_SUBNETS, base=student_base(base), seeds=[seed], output_dir=runs / variant,
                              bn=bn, ekd=ekd, independent=variant == "ekd")
