@@ -84,9 +84,16 @@ class DataConfig:
     @property
     def selection_split(self) -> str:
         """What chooses best.pt: the validation hold-out, the few-shot hold-out, or (neither set) the eval split."""
-        f, v = self.few_shot, self.val_split
+        v = self.val_split
         if v is not None:
             return f"val ({v.fraction:g} of each class of {self.train_split}, seed {v.seed})"
+        return self.evaluated_split
+
+    @property
+    def evaluated_split(self) -> str:
+        """What a run's `eval_top1` (its `top1_last`) measures: the few-shot hold-out, which takes the eval split's
+        place, or the eval split."""
+        f = self.few_shot
         if f is not None and f.holdout:
             return (f"few-shot hold-out ({f.holdout} per class of {self.train_split}, disjoint from the "
                     f"{f.shots} training shots)")

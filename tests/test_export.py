@@ -293,3 +293,14 @@ def test_metadata_which_is_the_checkpoint_really_loaded(runs, tmp_path):
     meta = json.loads(Path(result["metadata"]).read_text())
     assert result["which"] is None and meta["source"]["which"] is None and meta["accuracy"]["which"] is None
     assert meta["accuracy"]["top1"] == summary["top1_last"]
+
+
+def test_metadata_names_the_split_its_top1_was_measured_on(tmp_path):
+    """With a validation hold-out, best.pt is chosen on it, but a run's top-1 (`eval_top1`) is the eval split's:
+    the exported metadata must say "test", not the hold-out that chose the checkpoint."""
+    run, summary = tiny_run(tmp_path, "val", {"model": "resnet8"}, {"ce": 1},
+                            data={"val_split": {"fraction": 0.2, "seed": 0}}, max_steps=4)
+    assert summary["selection_split"].startswith("val") and summary["val_top1_last"] is not None
+    for which in ("last", "best"):
+        meta = json.loads(Path(export_model(run, which=which, out=tmp_path / f"{which}.pt")["metadata"]).read_text())
+        assert meta["accuracy"]["split"] == "test" and meta["accuracy"]["top1"] == summary["top1_last"], which

@@ -84,7 +84,7 @@ def accuracy(ckpt: dict, subnet: str | None = None, full_name: str | None = None
     top1 = path_top1(history[-1], subnet, full_name)
     if top1 is None:
         return None
-    return {"top1": top1, "which": which, "split": _selection_split(ckpt),
+    return {"top1": top1, "which": which, "split": _evaluated_split(ckpt),
             "dataset": (ckpt.get("data") or {}).get("name")}
 
 
@@ -126,12 +126,13 @@ def subnet_state(state: dict[str, Any] | None, subnet: str, full_name: str | Non
             "best_epoch": 0 if best is None else int(best.get("epoch", 0))}
 
 
-def _selection_split(ckpt: dict) -> str | None:
-    """The split the run evaluated on (its few-shot hold-out where it had one)."""
+def _evaluated_split(ckpt: dict) -> str | None:
+    """The split the run's `eval_top1` was measured on (its few-shot hold-out where it had one; not the validation
+    hold-out, which is logged as `val_top1`)."""
     from kdforge.config import config_from_dict
 
     try:
-        return config_from_dict(ckpt.get("config") or {}).data.selection_split
+        return config_from_dict(ckpt.get("config") or {}).data.evaluated_split
     except (ValueError, TypeError):  # a config of an older kdforge: the split is unknown
         return None
 
