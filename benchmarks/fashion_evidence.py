@@ -379,6 +379,14 @@ def run_all(exp: Experiment, runs: Path, kept: Path, which: str) -> None:
 
     for run in exp.runs:
         check_folder(run.config)
+        folder = folder_of(run.config)
+        if is_finished(run.config) and folder.is_relative_to(runs) and not (folder / "reused_from.txt").is_file():
+            # finished, but a stop came before it was kept
+            copy_ = kept / folder.relative_to(runs)
+            teacher = is_teacher(exp, run.label)
+            if not (copy_ / "summary.json").is_file() or teacher and not (copy_ / "teacher.pt").is_file():
+                TABLE.keep(folder, copy_.parent, teacher, which)
+                print(f"kept {folder.relative_to(runs)}, finished before a stop", flush=True)
     todo = [r for r in exp.runs if not is_finished(r.config)]
     print(f"{len(exp.runs) - len(todo)} of {len(exp.runs)} runs finished; training {len(todo)}", flush=True)
     for i, run in enumerate(todo):

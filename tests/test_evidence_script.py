@@ -125,3 +125,28 @@ def test_a_kd_students_kl_row_is_its_last_epochs_kd_term_over_the_kd_weight(evid
     (tmp_path / "log.jsonl").unlink()  # a run without its log gives its top-1 only
     assert run.rows({"top1_last": 88.5, "run_dir": str(tmp_path)}) == {"sftn kd": 88.5}
     assert ("standard kd " + evidence.KL_ROW, "sftn kd " + evidence.KL_ROW) in [c[:2] for c in exp.comparisons]
+
+
+def test_a_run_finished_before_a_stop_but_not_kept_is_kept_on_the_next_call(evidence, tmp_path, monkeypatch):
+    base = evidence.TABLE.recipe(False, None)
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    exp = evidence.experiment_sftn(base, runs, [0])
+    exp.runs = [r for r in exp.runs if r.label in ("alone", "standard teacher")]
+    for run in exp.runs:  # both trained to the end; the stop came before either was kept
+        evidence.folder_of(run.config).mkdir(parents=True)
+        (evidence.folder_of(run.config) / "summary.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(evidence.TABLE, "keep", lambda folder, where, teacher, which: calls.append(
+        (folder.name, where, teacher, which)))
+    evidence.run_all(exp, runs, kept, "best")
+    assert calls == [("alone-resnet8-seed0", kept, False, "best"), ("standard-teacher-seed0", kept, True, "best")]
+    for name in ("alone-resnet8-seed0", "standard-teacher-seed0"):
+        (kept / name).mkdir(parents=True)
+        (kept / name / "summary.json").write_text("{}")
+    calls.clear()
+    evidence.run_all(exp, runs, kept, "best")
+    assert calls == [("standard-teacher-seed0", kept, True, "best")]  # a teacher kept without its checkpoint
+    (kept / "standard-teacher-seed0" / "teacher.pt").write_bytes(b"")
+    calls.clear()
+    evidence.run_all(exp, runs, kept, "best")
+    assert calls == []
