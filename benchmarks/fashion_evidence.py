@@ -250,11 +250,11 @@ def experiment_sftn(base: dict, runs: Path, seeds: list[int]) -> Experiment:
                                losses=copy.deepcopy(losses))
             exp.runs.append(Run(f"{kind} teacher", seed, teacher))
             for method in SFTN_METHODS:
-                losses = usual_losses(method, epochs)
+                student_losses = usual_losses(method, epochs)
                 exp.runs.append(Run(f"{kind} {method}", seed, plan_run(
                     cfg, runs, f"{kind}-{method}-seed{seed}", seed=seed, student={"model": SFTN_STUDENT},
-                    losses=losses, teacher=teacher_section(cfg, folder_of(teacher))),
-                    _kd_student_read(f"{kind} {method}", losses) if method == "kd" else None))
+                    losses=student_losses, teacher=teacher_section(cfg, folder_of(teacher))),
+                    _kd_student_read(f"{kind} {method}", student_losses) if method == "kd" else None))
     for method in SFTN_METHODS:
         for kind in ("sftn", "sftn-detached"):
             exp.comparisons.append((f"standard {method}", f"{kind} {method}", "students of the SFTN teacher are better"))

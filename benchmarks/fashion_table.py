@@ -94,13 +94,13 @@ def restore(kept: Path, runs: Path) -> int:
 def put_back(source: Path, target: Path) -> None:
     """One kept run (`source`: its small files, a teacher's slim checkpoint) as the run folder `target`."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
     if (source / "teacher.pt").is_file():
         (target / "checkpoints").mkdir(exist_ok=True)
         for which in ("last", "best"):  # the slim file is the checkpoint the students use
             shutil.copyfile(source / "teacher.pt", target / "checkpoints" / f"{which}.pt")
+    for name in reversed(RUN_FILES):  # summary.json last: a stop in between leaves a run that is not finished
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
 
 
 def keep(run_dir: Path, kept: Path, is_teacher: bool, which: str) -> None:
@@ -109,7 +109,7 @@ def keep(run_dir: Path, kept: Path, is_teacher: bool, which: str) -> None:
 
     dest = kept / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
+    for name in reversed(RUN_FILES):  # summary.json last: a kept run without the rest is never taken as finished
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, dest / name)
     if is_teacher and not (dest / "teacher.pt").is_file():

@@ -65,7 +65,11 @@ def test_the_prune_hook_stops_a_trial_the_pruner_prunes():
         class state:
             epoch = 1
 
-    hook, trial = tune._prune_hook(Trial(), 3), None
+        @classmethod
+        def stopping(cls):  # the run's last epoch is 3
+            return cls.state.epoch >= 3
+
+    hook, trial = tune._prune_hook(Trial()), None
     hook.after_epoch(Trainer, {"val_top1": 50.0})
     Trainer.state.epoch = 2
     with pytest.raises(optuna.TrialPruned, match="epoch 2"):
@@ -111,7 +115,8 @@ def tuned(tmp_path_factory):
     data_package.load_dataset = recording
     try:
         code = main(["tune", str(root / "base.yaml"), "--methods", "kd", "--budget", "10m", "--trials", "3",
-                     "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(root / "out")])
+                     "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(root / "out"),
+                     "--min-epochs", "2"])
     finally:
         data_package.load_dataset = original
     assert code == 0
@@ -138,14 +143,24 @@ def test_the_best_settings_are_a_method_file_and_the_study_resumes(tuned):
     best = json.loads((out / "tune.json").read_text())["kd"]
     study = optuna.load_study(study_name="tune-kd", storage=f"sqlite:///{out / 'tune.db'}")
     assert best["trials"] == len(study.trials) == 3 and best["val_top1"] == study.best_value
+    assert best["min_epochs"] == study.user_attrs["min_epochs"] == 2  # --min-epochs reaches the study
     losses = yaml.safe_load(Path(best["file"]).read_text())["losses"]
     assert losses["kd"]["T"] == pytest.approx(study.best_params["T"]) and losses["ce"] == 0.1
     stamps = {t: (t / "summary.json").stat().st_mtime_ns for t in (out / "trials" / "kd").iterdir()}
     assert main(["tune", str(root / "base.yaml"), "--methods", "kd", "--budget", "10m", "--trials", "4",
-                 "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(out)]) == 0
+                 "--teacher", "resnet8", "--seeds", "0", "--no-final", "--no-progress", "--out", str(out),
+                 "--min-epochs", "2"]) == 0
     study = optuna.load_study(study_name="tune-kd", storage=f"sqlite:///{out / 'tune.db'}")
     assert len(study.trials) == 4 and (out / "trials" / "kd" / "trial-3" / "summary.json").is_file()
     assert all((t / "summary.json").stat().st_mtime_ns == s for t, s in stamps.items())  # not trained again
+
+
+def test_a_study_continues_only_with_the_min_epochs_it_started_with(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    tune.open_study(storage, "kd", "key", 3)
+    assert tune.open_study(storage, "kd", "key", 3).user_attrs["min_epochs"] == 3
+    with pytest.raises(ConfigError, match="--min-epochs 1: the study of kd in this folder prunes from epoch 3"):
+        tune.open_study(storage, "kd", "key", 1)
 
 
 def test_a_trial_left_running_by_a_kill_is_marked_failed(tmp_path):

@@ -91,9 +91,10 @@ def trial_losses(usual: dict[str, Any], method: str, values: dict[str, float]) -
     return losses
 
 
-def _prune_hook(trial, epochs: int):
+def _prune_hook(trial):
     """A loop hook (`engine/hooks/`) that reports each epoch's validation top-1 to `trial` and stops the run when
-    Optuna prunes it. The last of the `epochs` is never pruned: the run is over, and its result counts."""
+    Optuna prunes it. The run's last epoch (its schedule's, or `train.max_steps`') is never pruned: the run is over,
+    and its result counts."""
     import optuna
 
     from kdforge.engine.hooks import Hook
@@ -106,7 +107,7 @@ def _prune_hook(trial, epochs: int):
             if value is None:
                 return
             trial.report(float(value), int(trainer.state.epoch))
-            if trainer.state.epoch < epochs and trial.should_prune():
+            if not trainer.stopping() and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {trainer.state.epoch}: validation top-1 {value:.2f}")
 
     return PruneHook()
@@ -142,7 +143,8 @@ def open_study(storage: str, method: str, key: str, min_epochs: int = 1):
     """The method's study, created or continued; another search in the same folder is a ConfigError. Trials a
     killed call left running are marked failed. Successive halving (reduction 3) judges trials first after
     `min_epochs` epochs, then after 3x, 9x... as many: a larger `min_epochs` gives settings whose gain comes late
-    (a large feature-loss weight) the time to show it, at the cost of fewer trials in the budget."""
+    (a large feature-loss weight) the time to show it, at the cost of fewer trials in the budget. Optuna ranks a
+    trial against the others at the same rung, not epoch, so a study continues only with its own `min_epochs`."""
     import optuna
     from optuna.trial import TrialState
 
@@ -153,9 +155,14 @@ def open_study(storage: str, method: str, key: str, min_epochs: int = 1):
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", key)
+        study.set_user_attr("min_epochs", min_epochs)
     elif saved != key:
         raise ConfigError(f"the tune folder already holds a search for {method} with other settings (base config, "
                           f"teacher, seed or search space): use another --out, or the same settings to continue it")
+    first = study.user_attrs.get("min_epochs", 1)  # a study from before --min-epochs pruned from epoch 1
+    if first != min_epochs:
+        raise ConfigError(f"--min-epochs {min_epochs}: the study of {method} in this folder prunes from epoch {first}; "
+                          f"continue it with --min-epochs {first}, or use another --out")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
     return study
@@ -191,7 +198,7 @@ def tune_method(study, base: dict[str, Any], out: Path, method: str, seed: int, 
         started = time.time()
         try:
             summary = train_from_config(config, overwrite=True,
-                                        hooks=[_prune_hook(trial, config.schedule.epochs)])
+                                        hooks=[_prune_hook(trial)])
         finally:
             if on_trial is not None:
                 on_trial(method, trial.number, values, time.time() - started)
