@@ -4,6 +4,8 @@
 # other, then its table over all five seeds. Every script keeps each finished run in benchmarks/results/ at once
 # and skips what is kept, so this can be started again after any stop; commit benchmarks/results/ as runs finish.
 # Logs: runs/queue-lane{1,2}.log.
+# Everything below and the SFTN lanes have run (2026-12-08): on a machine with the committed results this trains
+# nothing and rewrites the SFTN table. Kept as the record of how issue 36's runs were laid out over two cores.
 # Already run (each command reuses its kept runs and only rewrites its table):
 #   fashion_evidence.py --experiment pursuhint | netgraft | ddnn | rtk ; fashion_vit.py --teacher-epochs 20 ;
 #   fashion_claims.py --claim rtk --methods afd rtk --seeds 3 4 5 6 7 8 9
