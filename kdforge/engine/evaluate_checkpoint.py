@@ -10,8 +10,12 @@ from kdforge.errors import CheckpointError
 
 def evaluate_checkpoint(source: str | Path, which: str = "last", *, model_name: str | None = None,
                         data: str | None = None, root: str | None = None, split: str | None = None,
-                        batch_size: int = 256, device: str = "auto", precision: str = "fp32") -> dict[str, Any]:
-    """{top1, top5, loss, n, checkpoint, model, dataset, split} of the model in `source`.
+                        batch_size: int = 256, device: str = "auto", precision: str = "fp32",
+                        teacher: str | None = None) -> dict[str, Any]:
+    """{top1, top5, loss, n, checkpoint, model, dataset, split} of the model in `source`; with `teacher` also
+    'teacher': the student's fidelity to a teacher on the same images (`engine/fidelity.py`: top-1 agreement, KL,
+    and the teacher's own top-1). `teacher` "" is the run's own (its config's `teacher` section), else a run
+    folder (its last epoch) or a checkpoint file.
 
     The dataset defaults to the one the model was trained on (its root and options too), the
     split to the run's `data.eval_split` (the test split unless changed; a few-shot hold-out is
@@ -64,7 +68,31 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, model_name: 
                          channels_last=prec.channels_last, workers=int(data_cfg.get("workers", 4)))
     metrics = evaluate(model, loader, prec)
     metrics.update(checkpoint=ckpt["path"], model=record["name"], dataset=name, split=split)
+    if teacher is not None:
+        from kdforge.engine.fidelity import fidelity
+
+        teacher_model, teacher_file = _teacher(ckpt, teacher, dataset)
+        teacher_model.to(device=dev, memory_format=prec.memory_format())
+        metrics["teacher"] = {"checkpoint": teacher_file, **fidelity(model, teacher_model, loader, prec)}
     if ckpt.get("stated_accuracy") is not None:
         metrics["stated_top1"] = ckpt["stated_accuracy"]
     return metrics
 
+
+
+def _teacher(ckpt: dict[str, Any], teacher: str, dataset):
+    """(the teacher model, its file) for `evaluate_checkpoint(teacher=...)`, for `dataset`'s classes."""
+    from kdforge.config import ModelConfig, config_from_dict
+    from kdforge.engine.run import build_zoo_model
+
+    if teacher:
+        section = ModelConfig(checkpoint=str(teacher))
+    else:
+        config = ckpt.get("config") or {}
+        section = config_from_dict(config).teacher if config.get("teacher") else None
+        if section is None or not section.checkpoint:
+            raise CheckpointError(f"{ckpt['path']} was trained without a teacher: name one (--teacher RUN_OR_CHECKPOINT)")
+    sources: dict[str, dict[str, Any]] = {}
+    model = build_zoo_model(section, dataset.num_classes, dataset.in_channels, "teacher", sources,
+                            getattr(dataset, "image_size", None))
+    return model, sources.get("teacher", {}).get("file", section.checkpoint)
