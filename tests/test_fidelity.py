@@ -93,3 +93,13 @@ def test_without_a_teacher_to_compare_with_it_is_one_line(runs, capsys):
     assert main(["eval", str(alone), "--teacher"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trained without a teacher" in err and "--teacher RUN_OR_CHECKPOINT" in err
+
+
+def test_an_exported_file_with_teacher_is_refused_in_one_line(runs, tmp_path, capsys):
+    from kdforge.deploy.export import export_model
+
+    _, student, _ = runs
+    exported = export_model(student, format="torchscript", out=tmp_path / "student.ts")["path"]
+    assert main(["eval", str(exported), "--teacher"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the exported file" in err
