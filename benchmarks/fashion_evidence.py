@@ -375,6 +375,20 @@ def is_teacher(exp: Experiment, label: str) -> bool:
     return label == exp.teacher or label.endswith("teacher")
 
 
+def only_rows(exp: Experiment, labels: list[str]) -> Experiment:
+    """`exp` with only the runs of `labels` (and the teachers those runs distil from, which must exist first); an
+    unknown label is an error naming the known ones."""
+    known = list(dict.fromkeys(r.label for r in exp.runs))
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise SystemExit(f"--only: no run labelled {', '.join(map(repr, unknown))}; labels: {', '.join(known)}")
+    chosen = [r for r in exp.runs if r.label in labels]
+    taught_by = {str(Path(r.config["teacher"]["checkpoint"])) for r in chosen if r.config.get("teacher")}
+    keep = [r for r in exp.runs if r in chosen or str(folder_of(r.config)) in taught_by]
+    return Experiment(exp.title, exp.claim, runs=keep, comparisons=exp.comparisons, teacher=exp.teacher,
+                      alone=exp.alone, joined=exp.joined, notes=exp.notes)
+
+
 def run_all(exp: Experiment, runs: Path, kept: Path, which: str) -> None:
     """Train what is missing, in order; each finished run is kept at once (so nothing is lost on a stop)."""
     from kdforge.recipes.runs import check_folder, is_finished, run_planned
@@ -478,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None, help="folder of the IDX files (default: Debian's package folder)")
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--table-only", action="store_true", help="write the table from the finished runs, train nothing")
+    p.add_argument("--only", nargs="+", metavar="ROW", default=None,
+                   help="train only the runs of these row labels (e.g. ekd no-distil 'alone resnet8'), for a short "
+                        "session; the table shows whatever has finished")
     p.add_argument("--epochs", type=int, default=None,
                    help="the students' epochs instead of the table's 10 (teachers scale with them: PURSUhInT 4x, SFTN "
                         "3x), in folders named -e<N>; e.g. 240 on a GPU (not netgraft: the paper's schedule; not rtk)")
@@ -512,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         if reused:
             print(f"reused {reused} finished run(s) of the same settings from {source}", flush=True)
     if not args.table_only and name not in TABLE_ONLY:
-        run_all(exp, runs, kept, teacher_which(base))
+        run_all(only_rows(exp, args.only) if args.only else exp, runs, kept, teacher_which(base))
     command = (f"python benchmarks/fashion_evidence.py --experiment {name} --seeds {' '.join(map(str, args.seeds))}"
                + (f" --epochs {args.epochs}" if args.epochs else ""))
     print(write_table(exp, collect(exp, runs, kept), kept, command))

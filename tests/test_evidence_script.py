@@ -150,3 +150,15 @@ def test_a_run_finished_before_a_stop_but_not_kept_is_kept_on_the_next_call(evid
     calls.clear()
     evidence.run_all(exp, runs, kept, "best")
     assert calls == []
+
+
+def test_only_keeps_the_rows_asked_for_and_the_teachers_they_distil_from(evidence, tmp_path):
+    base = evidence.TABLE.recipe(False, None)
+    exp = evidence.experiment_sftn(base, tmp_path / "runs", [0, 1])
+    only = evidence.only_rows(exp, ["sftn kd", "alone"])
+    assert sorted({r.label for r in only.runs}) == ["alone", "sftn kd", "sftn teacher"]
+    assert len(only.runs) == 6 and only.comparisons == exp.comparisons  # two seeds each
+    ddnn = evidence.only_rows(evidence.experiment_ddnn(base, tmp_path / "d", [0]), ["ekd", "alone resnet8"])
+    assert sorted(r.label for r in ddnn.runs) == ["alone resnet8", "ekd"]
+    with pytest.raises(SystemExit, match="--only: no run labelled 'nope'; labels: alone, standard teacher"):
+        evidence.only_rows(exp, ["nope"])
