@@ -208,10 +208,11 @@ KL_ROW = "T²·KL to teacher"
 
 def last_epoch_log(run_dir: str | Path, key: str) -> float | None:
     """`key` of the last epoch record in a run's log.jsonl; None without one."""
-    log = Path(run_dir) / "log.jsonl"
-    if not log.is_file():
+    from kdforge.engine.logger import read_log
+
+    if not (Path(run_dir) / "log.jsonl").is_file():
         return None
-    epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "epoch" and key in r]
+    epochs = [r for r in read_log(run_dir, "epoch") if key in r]
     return epochs[-1][key] if epochs else None
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,19 @@ from kdforge.engine.precision import Precision
 HeadsFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """`models` in eval mode inside the block; every submodule gets its own train/eval flag back after it."""
+    modes = [(sub, sub.training) for m in models for sub in m.modules()]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for sub, mode in modes:
+            sub.training = mode
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | None = None,
              also_eval: Sequence[nn.Module] = (), reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -21,16 +35,13 @@ def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | No
     """{top1, top5, loss, n} of `model`; with `heads(images, labels) -> (logits, {name: logits})`
     also `top1/<name>` of every extra head. `also_eval` modules are put in eval mode meanwhile.
     `reduce` sums the counts over processes that each evaluated a share (distributed runs)."""
-    modes = [(sub, sub.training) for m in (model, *also_eval) for sub in m.modules()]  # each its own flag back
-    for m in (model, *also_eval):
-        m.eval()
     device = precision.device
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     head_hits: dict[str, torch.Tensor] = {}
     count = 0
-    try:
+    with eval_mode(model, *also_eval):
         for images, labels in loader:
             with precision.autocast():
                 logits, extra = heads(images, labels) if heads is not None else (model(images), {})
@@ -45,9 +56,6 @@ def evaluate(model: nn.Module, loader, precision: Precision, heads: HeadsFn | No
             correct1 += hits[:, 0].sum()
             correct5 += hits.any(dim=1).sum()
             count += labels.shape[0]
-    finally:
-        for sub, mode in modes:
-            sub.training = mode
     names = sorted(head_hits)
     totals = torch.stack([correct1.double(), correct5.double(), loss_sum, torch.tensor(count, device=device).double(),
                           *(head_hits[name].double() for name in names)])

@@ -79,7 +79,6 @@ def evaluate_checkpoint(source: str | Path, which: str = "last", *, model_name: 
     return metrics
 
 
-
 def _teacher(ckpt: dict[str, Any], teacher: str, dataset):
     """(the teacher model, its file) for `evaluate_checkpoint(teacher=...)`, for `dataset`'s classes."""
     from kdforge.config import ModelConfig, config_from_dict

@@ -10,25 +10,23 @@ KL(p_teacher || p_student) of the softmax outputs at temperature 1, in nats.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kdforge.engine.evaluate import eval_mode
 from kdforge.engine.precision import Precision
+from kdforge.methods.kd import kd_loss
 
 
 @torch.inference_mode()
 def fidelity(student: nn.Module, teacher: nn.Module, loader, precision: Precision) -> dict[str, float]:
     """{agreement (% of images with the same top-1 class), kl (mean KL(teacher || student), nats), teacher_top1,
     n} of `student` against `teacher` over `loader`, both in eval mode (their modes are given back)."""
-    modes = [(sub, sub.training) for m in (student, teacher) for sub in m.modules()]
-    student.eval()
-    teacher.eval()
     device = precision.device
     same = torch.zeros((), dtype=torch.long, device=device)
     teacher_hits = torch.zeros((), dtype=torch.long, device=device)
     kl_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    try:
+    with eval_mode(student, teacher):
         for images, labels in loader:
             with precision.autocast():
                 s, t = student(images), teacher(images)
@@ -39,12 +37,8 @@ def fidelity(student: nn.Module, teacher: nn.Module, loader, precision: Precisio
             t_class = t.argmax(1)
             same += (s.argmax(1) == t_class).sum()
             teacher_hits += (t_class == labels).sum()
-            log_pt, log_ps = F.log_softmax(t, 1), F.log_softmax(s, 1)
-            kl_sum += (log_pt.exp() * (log_pt - log_ps)).sum().double()
+            kl_sum += kd_loss(s, t, 1.0).double() * labels.shape[0]  # KL(teacher || student), batch mean at T = 1
             count += labels.shape[0]
-    finally:
-        for sub, mode in modes:
-            sub.training = mode
     if count == 0:
         return {"agreement": float("nan"), "kl": float("nan"), "teacher_top1": float("nan"), "n": 0}
     same_n, hits_n, kl = torch.stack([same.double(), teacher_hits.double(), kl_sum]).tolist()  # one sync
